@@ -1,0 +1,152 @@
+"""The hidden-state chain ``h_t = act(a_t + W_hh h_{t-1})``, forward, with masks.
+
+``a_t = W_xh x_t + b_h`` does not depend on ``h``, so it is computed for all
+``t`` at once (one ``[T*B, I] x [I, H]`` matmul, :func:`input_projection`) and
+only the truly sequential part runs inside ``lax.scan``.
+
+Variable-length sequences carry a mask ``m_t`` (1 inside the sequence, 0
+after its end); a masked step freezes the state:
+``h_t = m_t act(a_t + W_hh h_{t-1}) + (1 - m_t) h_{t-1}``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cell import ACTIVATIONS, activation_derivative
+
+
+def lengths_to_mask(lengths: jax.Array, num_steps: int, dtype: jnp.dtype) -> jax.Array:
+  """``m[t, b] = 1`` if ``t < lengths[b]`` else ``0``; ``[B] -> [T, B]``."""
+  return (jnp.arange(num_steps)[:, None] < lengths[None, :]).astype(dtype)
+
+
+def input_projection(W_xh: jax.Array, b_h: jax.Array, xs: jax.Array) -> jax.Array:
+  """``a_t = W_xh x_t + b_h`` for every step at once; ``[T, B, I] -> [T, B, H]``."""
+  return xs @ W_xh.T + b_h
+
+
+def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
+                activation: str, scan_unroll: int = 1) -> jax.Array:
+  """Runs ``h_t = act(a_t + W_hh h_{t-1})`` for ``t = 1..T`` with ``lax.scan``.
+
+  Args:
+    pre: ``a_t = W_xh x_t + b_h`` for all steps, ``[T, B, H]``.
+    W_hh: ``[H, H]``.
+    h0: ``[B, H]``.
+    mask: ``[T, B]`` of 0/1, or ``None`` (every step live). A masked step keeps
+      ``h_t = h_{t-1}``.
+    activation: a key of :data:`jaxrnn.cell.ACTIVATIONS`.
+    scan_unroll: ``unroll`` argument of ``lax.scan`` (steps per loop iteration).
+
+  Returns:
+    ``hs = [h_1, ..., h_T]``, ``[T, B, H]``.
+  """
+  act = ACTIVATIONS[activation]
+  W_hh_T = W_hh.T
+
+  if mask is None:
+    def step(h, a_t):
+      h = act(a_t + h @ W_hh_T)
+      return h, h
+    _, hs = jax.lax.scan(step, h0, pre, unroll=scan_unroll)
+    return hs
+
+  def masked_step(h, inputs):
+    a_t, m_t = inputs
+    h = jnp.where(m_t[:, None] > 0, act(a_t + h @ W_hh_T), h)
+    return h, h
+  _, hs = jax.lax.scan(masked_step, h0, (pre, mask), unroll=scan_unroll)
+  return hs
+
+
+def backward_hidden(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
+                    mask: jax.Array | None, activation: str,
+                    scan_unroll: int = 1) -> tuple[jax.Array, jax.Array]:
+  """The hand-derived backward recursion of the chain, as a reverse ``lax.scan``.
+
+  With ``g_t = dL_t/dh_t`` (what reaches ``h_t`` from the output at step ``t``)
+  and ``delta_t = dL/da_t`` (the gradient at the pre-activation),
+
+  ``delta_t = (g_t + W_hh^T delta_{t+1}) * act'(a_t + W_hh h_{t-1})``,
+  ``delta_{T+1} = 0``, and ``dL/dh_0 = W_hh^T delta_1``.
+
+  This is the seed's ``dh_t/dh_k = prod_{i=k+1}^t W_hh^T diag(act'(.))``
+  applied right to left, one factor per step. ``act'`` is read off the stored
+  ``h_t`` (:func:`jaxrnn.cell.activation_derivative`). With a mask, a frozen
+  step passes the whole gradient of ``h_t`` on to ``h_{t-1}``: writing
+  ``e_t = g_t + c_t`` for the full ``dL/dh_t`` (``c_t`` what comes from later
+  steps), ``delta_t = m_t e_t act'_t`` and
+  ``c_{t-1} = W_hh^T delta_t + (1 - m_t) e_t``.
+
+  The scan carries only ``c_t`` (``[B, H]``); the weight gradients are left to
+  one large matmul each over the returned ``delta``.
+
+  Args:
+    W_hh: ``[H, H]``.
+    hs: the forward states ``h_1..h_T``, ``[T, B, H]``.
+    h0: ``[B, H]`` (unused by the recursion; sets the dtype of ``dL/dh_0``).
+    g: ``dL_t/dh_t``, ``[T, B, H]``.
+    mask: ``[T, B]`` of 0/1, or ``None``.
+    activation: ``"tanh"`` or ``"relu"``.
+    scan_unroll: ``unroll`` argument of ``lax.scan``.
+
+  Returns:
+    ``(delta [T, B, H], dL/dh_0 [B, H])``.
+  """
+  c_T = jnp.zeros_like(h0)
+
+  if mask is None:
+    def step(c, inputs):
+      g_t, h_t = inputs
+      delta_t = (g_t + c) * activation_derivative(activation, h_t)
+      return delta_t @ W_hh, delta_t
+    dh0, delta = jax.lax.scan(step, c_T, (g, hs), reverse=True, unroll=scan_unroll)
+    return delta, dh0
+
+  def masked_step(c, inputs):
+    g_t, h_t, m_t = inputs
+    e_t = g_t + c
+    live = m_t[:, None] > 0
+    delta_t = jnp.where(live, e_t * activation_derivative(activation, h_t), 0)
+    return delta_t @ W_hh + jnp.where(live, 0, e_t), delta_t
+  dh0, delta = jax.lax.scan(masked_step, c_T, (g, hs, mask), reverse=True, unroll=scan_unroll)
+  return delta, dh0
+
+
+def previous_states(h0: jax.Array, hs: jax.Array) -> jax.Array:
+  """``[h_0, ..., h_{T-1}]`` from ``h0 [B, H]`` and ``hs = [h_1..h_T]``; ``[T, B, H]``."""
+  return jnp.concatenate([h0[None], hs[:-1]], axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def fused_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
+                 activation: str, scan_unroll: int = 1) -> jax.Array:
+  """:func:`scan_hidden` whose gradient is the hand-derived :func:`backward_hidden`.
+
+  Same arguments and result as :func:`scan_hidden`. The forward pass saves
+  only ``hs`` (no per-step intermediates); the backward pass runs the
+  ``delta`` recursion and forms ``dL/dW_hh = sum_t delta_t h_{t-1}^T`` as one
+  matmul after the scan. ``dL/da_t = delta_t`` flows on to ``W_xh`` and ``b_h``
+  through the (batched) input projection by ordinary autodiff.
+  """
+  return scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll)
+
+
+def _fused_fwd(pre, W_hh, h0, mask, activation, scan_unroll):
+  hs = scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll)
+  return hs, (W_hh, hs, h0, mask)
+
+
+def _fused_bwd(activation, scan_unroll, residuals, g):
+  W_hh, hs, h0, mask = residuals
+  delta, dh0 = backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll)
+  dW_hh = jnp.einsum("tbh,tbk->hk", delta, previous_states(h0, hs))
+  dmask = None if mask is None else jnp.zeros_like(mask)
+  return delta, dW_hh, dh0, dmask
+
+
+fused_hidden.defvjp(_fused_fwd, _fused_bwd)
