@@ -1,0 +1,8 @@
+"""``python -m jaxrnn``: the ``jaxrnn`` command; with no arguments, the demo."""
+
+import sys
+
+from jaxrnn.cli import main
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:] or ["demo"]))

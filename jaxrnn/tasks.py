@@ -1,0 +1,226 @@
+"""The command-line tasks: a run's :class:`Config` and, per task, its data, metric and baseline.
+
+:func:`build_task` turns a :class:`Config` into a :class:`Task`: a training
+batch for every step (``step -> Batch``, drawn with
+``jax.random.fold_in(key, step)``, so a run resumed at step ``k`` sees exactly
+the batches an uninterrupted run would), a held-out test batch, and the
+task's metric next to a trivial baseline it must beat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import data
+from jaxrnn.train import Batch
+
+COPY_SYMBOLS = 8
+TEST_SEQUENCES = 1000
+TEXT_TEST_CHUNK = 256
+TEXT_TEST_CHUNKS = 128
+
+
+class Config(NamedTuple):
+  """Everything that defines a run; saved, as JSON, in every checkpoint.
+
+  ``seq_len`` is the task's length: T for ``adding`` and ``sine``, the number
+  of symbols to copy for ``copy``, the training window for ``sunspots`` and
+  ``text``. ``clip_norm=0`` disables clipping. ``vocab`` is filled in by the
+  ``text`` task (the characters of the corpus, in code order).
+  """
+  task: str = "adding"
+  steps: int = 2000
+  batch_size: int = 64
+  hidden_size: int = 64
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  clip_norm: float = 1.0
+  activation: str = "tanh"
+  init: str = "orthogonal"
+  gradient: str = "fused"
+  seed: int = 0
+  seq_len: int = 50
+  delay: int = 10
+  read: str = "rows"
+  text_file: str | None = None
+  eval_every: int = 250
+  checkpoint_every: int = 500
+  keep: int = 3
+  dtype: str = "float32"
+  vocab: str = ""
+
+
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adding": dict(steps=3000, hidden_size=64, activation="relu", init="identity",
+                   learning_rate=1e-3, seq_len=50),
+    "copy": dict(steps=3000, hidden_size=128, learning_rate=3e-3, seq_len=5, delay=10),
+    "sine": dict(steps=1000, hidden_size=32, learning_rate=3e-3, seq_len=50),
+    "digits": dict(steps=1500, hidden_size=128, learning_rate=3e-3),
+    "sunspots": dict(steps=1000, batch_size=32, hidden_size=32, learning_rate=3e-3, seq_len=40,
+                     eval_every=100),
+    "text": dict(steps=3000, batch_size=32, hidden_size=256, learning_rate=3e-3, seq_len=64,
+                 eval_every=500),
+}
+
+
+class Task(NamedTuple):
+  """A task built for one :class:`Config`.
+
+  Attributes:
+    input_size, output_size: ``I`` and ``O`` of the model.
+    loss: ``"cross_entropy"`` or ``"squared_error"``.
+    batches: ``step -> Batch``, the training batch of each step.
+    test: the held-out :class:`Batch`.
+    metric: what :attr:`score` reports: ``"mse"``, ``"accuracy"``, ``"rmse"`` or ``"bits/char"``.
+    score: ``jaxrnn.evaluate`` metrics of :attr:`test` -> the metric.
+    baseline: the metric of the trivial predictor named by :attr:`baseline_name`.
+    train_size: examples in one epoch, ``None`` for generated tasks (fresh data every step).
+    vocab: the characters of a text task, ``""`` otherwise.
+  """
+  input_size: int
+  output_size: int
+  loss: str
+  batches: Callable[[int], Batch]
+  test: Batch
+  metric: str
+  score: Callable[[dict[str, float]], float]
+  baseline: float
+  baseline_name: str
+  train_size: int | None = None
+  vocab: str = ""
+
+
+def higher_is_better(metric: str) -> bool:
+  """Whether a larger value of ``metric`` is better (accuracy) or worse (errors, bits)."""
+  return metric == "accuracy"
+
+
+def resolve_config(task: str, **options: Any) -> Config:
+  """The :class:`Config` of ``task``: its :data:`TASK_DEFAULTS`, overridden by non-``None`` options.
+
+  Raises:
+    ValueError: unknown task or option.
+  """
+  if task not in TASKS:
+    raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+  unknown = set(options) - set(Config._fields)
+  if unknown:
+    raise ValueError(f"unknown options {sorted(unknown)}")
+  given = {k: v for k, v in options.items() if v is not None}
+  return Config(**{**TASK_DEFAULTS[task], **given, "task": task})
+
+
+def _per_step(sample: Callable[[jax.Array], Batch], key: jax.Array) -> Callable[[int], Batch]:
+  """``step -> sample(fold_in(key, step))``, compiled."""
+  return jax.jit(lambda step: sample(jax.random.fold_in(key, step)))
+
+
+def _adding(config: Config, key: jax.Array, dtype: Any) -> Task:
+  k_train, k_test = jax.random.split(key)
+  sample = lambda k: data.adding_problem(k, config.batch_size, config.seq_len, dtype)
+  test = data.adding_problem(k_test, TEST_SEQUENCES, config.seq_len, dtype)
+  baseline = float(jnp.mean((test.targets[-1] - 1.0) ** 2))
+  return Task(2, 1, "squared_error", _per_step(sample, k_train), test, "mse",
+              lambda m: m["mse"], baseline, "predict 1.0")
+
+
+def _copy(config: Config, key: jax.Array, dtype: Any) -> Task:
+  k_train, k_test = jax.random.split(key)
+  sample = lambda k: data.copy_task(k, config.batch_size, config.seq_len, config.delay,
+                                    COPY_SYMBOLS, dtype)
+  test = data.copy_task(k_test, TEST_SEQUENCES, config.seq_len, config.delay, COPY_SYMBOLS, dtype)
+  return Task(COPY_SYMBOLS + 2, COPY_SYMBOLS, "cross_entropy", _per_step(sample, k_train), test,
+              "accuracy", lambda m: m["accuracy"], 1 / COPY_SYMBOLS, "chance")
+
+
+def _sine(config: Config, key: jax.Array, dtype: Any) -> Task:
+  k_train, k_test = jax.random.split(key)
+  sample = lambda k: data.noisy_sines(k, config.batch_size, config.seq_len, dtype=dtype)
+  test = data.noisy_sines(k_test, TEST_SEQUENCES, config.seq_len, dtype=dtype)
+  baseline = float(jnp.mean((test.xs - test.targets) ** 2))
+  return Task(1, 1, "squared_error", _per_step(sample, k_train), test, "mse",
+              lambda m: m["mse"], baseline, "repeat last value")
+
+
+def _digits(config: Config, key: jax.Array, dtype: Any) -> Task:
+  images, labels = data.load_digits()
+  order = np.random.default_rng(0).permutation(len(labels))     # a fixed split, whatever the seed
+  num_test = len(labels) // 5
+  test_rows, train_rows = order[:num_test], order[num_test:]
+  seqs = jnp.asarray(data.digit_sequences(images, config.read), dtype)        # [T, N, I]
+  labels = jnp.asarray(labels)
+  train_xs, train_labels = seqs[:, train_rows], labels[train_rows]
+
+  def sample(k):
+    rows = data.sample_rows(k, len(train_rows), config.batch_size)
+    return data.labelled_sequences(train_xs[:, rows], train_labels[rows])
+
+  test = data.labelled_sequences(seqs[:, test_rows], labels[test_rows])
+  majority = float(np.max(np.bincount(np.asarray(labels[test_rows]))) / num_test)
+  return Task(seqs.shape[-1], 10, "cross_entropy", _per_step(sample, key), test, "accuracy",
+              lambda m: m["accuracy"], majority, "most frequent class", len(train_rows))
+
+
+def _sunspots(config: Config, key: jax.Array, dtype: Any) -> Task:
+  years = data.load_sunspots()
+  num_train = int(0.8 * len(years))
+  if config.seq_len >= num_train:
+    raise ValueError(f"seq_len must be below the {num_train} training years")
+  mean, std = years[:num_train].mean(), years[:num_train].std()
+  series = jnp.asarray((years - mean) / std, dtype)                            # [N]
+  sample = lambda k: data.forecast_batch(
+      data.random_windows(k, series[:num_train], config.batch_size, config.seq_len))
+  test = data.forecast_batch(series[:, None])._replace(
+      target_mask=(jnp.arange(len(years) - 1) >= num_train - 1)[:, None])     # forecast test years
+  persistence = float(np.sqrt(np.mean(np.diff(years)[num_train - 1:] ** 2)))
+  return Task(1, 1, "squared_error", _per_step(sample, key), test, "rmse",
+              lambda m: math.sqrt(m["mse"]) * std, persistence, "persistence",
+              num_train - config.seq_len)
+
+
+def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
+  text = data.load_text(config.text_file)
+  vocab = config.vocab or "".join(sorted(set(text)))
+  try:
+    codes = data.encode_text(text, vocab)
+  except ValueError:
+    raise ValueError("the text has characters outside the run's vocabulary; "
+                     "was the text file changed?") from None
+  num_train = int(0.9 * len(codes))
+  train, held_out = jnp.asarray(codes[:num_train]), codes[num_train:]
+  if num_train <= config.seq_len + 1 or len(held_out) < 2:
+    raise ValueError(f"the text ({len(codes)} characters) is too short for seq_len "
+                     f"{config.seq_len}; 90% of it is for training, 10% held out")
+  chunk = min(TEXT_TEST_CHUNK, len(held_out) - 1)
+  count = min(TEXT_TEST_CHUNKS, (len(held_out) - 1) // chunk)
+  windows = held_out[np.arange(count)[None, :] * chunk + np.arange(chunk + 1)[:, None]]
+  test = data.text_batch(jnp.asarray(windows), len(vocab), dtype)             # [chunk, count]
+  counts = np.bincount(codes[:num_train], minlength=len(vocab)) + 1.0
+  unigram = float(-np.mean(np.log2(counts / counts.sum())[windows[1:]]))
+  sample = lambda k: data.text_batch(
+      data.random_windows(k, train, config.batch_size, config.seq_len), len(vocab), dtype)
+  return Task(len(vocab), len(vocab), "cross_entropy", _per_step(sample, key), test, "bits/char",
+              lambda m: m["loss"] / math.log(2), unigram, "unigram", num_train, vocab)
+
+
+TASKS: dict[str, Callable[[Config, jax.Array, Any], Task]] = {
+    "adding": _adding, "copy": _copy, "sine": _sine, "digits": _digits,
+    "sunspots": _sunspots, "text": _text,
+}
+
+
+def build_task(config: Config, key: jax.Array) -> Task:
+  """The :class:`Task` of ``config``, its data drawn from ``key`` (a pure function of both).
+
+  Raises:
+    ValueError: unknown task, or data that cannot serve (a missing or empty text file).
+  """
+  if config.task not in TASKS:
+    raise ValueError(f"unknown task {config.task!r}; choose from {', '.join(TASKS)}")
+  return TASKS[config.task](config, key, jnp.dtype(config.dtype))
