@@ -173,7 +173,7 @@ def fit(params: RNNParams, optimizer: optax.GradientTransformation,
         gradient: str = "fused", opt_state: Any = None, start_step: int = 0,
         progress: bool = True,
         callback: Callable[[int, RNNParams, Any, dict[str, float]], None] | None = None,
-        ) -> FitResult:
+        sequences_per_step: int | None = None) -> FitResult:
   """Trains for ``num_steps`` steps with a progress bar that shows the loss.
 
   Args:
@@ -188,6 +188,7 @@ def fit(params: RNNParams, optimizer: optax.GradientTransformation,
     start_step: index of the first step (for resuming).
     progress: show a tqdm progress bar.
     callback: called after every step as ``callback(step, params, opt_state, metrics)``.
+    sequences_per_step: the batch size; when given, the progress bar also shows sequences/s.
 
   Returns:
     :class:`FitResult` with ``history["loss"]`` and ``history["grad_norm"]`` of length ``num_steps``.
@@ -207,7 +208,10 @@ def fit(params: RNNParams, optimizer: optax.GradientTransformation,
       raise FloatingPointError(f"non-finite training metrics at step {step}: {values}")
     for k, v in values.items():
       history[k].append(v)
-    bar.set_postfix(loss=f"{values['loss']:.4f}")
+    postfix = {"loss": f"{values['loss']:.4f}"}
+    if sequences_per_step and bar.format_dict["rate"]:
+      postfix["seq/s"] = f"{bar.format_dict['rate'] * sequences_per_step:.0f}"
+    bar.set_postfix(postfix)
     if callback is not None:
       callback(step, params, opt_state, values)
   return FitResult(params, opt_state, {k: np.asarray(v) for k, v in history.items()})
