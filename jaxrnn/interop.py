@@ -1,0 +1,131 @@
+"""Parameters to and from ``torch.nn.RNN`` (and an ``nn.Linear`` readout).
+
+torch's layer ``k`` computes
+``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, the same recurrence as
+:mod:`jaxrnn.stacked` in the same (column-vector) orientation, so
+
+* ``weight_ih_l{k}[_reverse]`` ``[H, I_k]`` is ``layers[k][d].W_xh``,
+* ``weight_hh_l{k}[_reverse]`` ``[H, H]`` is ``layers[k][d].W_hh``,
+* ``bias_ih_l{k}[_reverse] + bias_hh_l{k}[_reverse]`` is ``layers[k][d].b_h``
+  (only the sum ever enters the recurrence),
+
+with ``d = 1`` for the ``_reverse`` keys. torch concatenates the two
+directions, so a bidirectional model must use ``merge="concat"``; its
+``nonlinearity`` is jaxrnn's ``activation`` argument, its ``h_0``/``h_n``
+layout ``[L*D, B, H]`` is jaxrnn's, and its ``batch_first`` is
+:func:`jaxrnn.unroll_stacked_batch_first`. An ``nn.Linear(D*H, O)`` readout
+has ``weight = W_hy`` and ``bias = b_y``.
+
+torch is imported only by :func:`to_torch`; :func:`from_torch` reads anything
+with ``.detach()`` or an array interface.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn.stacked import LayerParams, StackedParams, check_stacked
+
+_KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?")
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+  """A torch tensor (any device, with or without grad) or array as a NumPy array."""
+  if hasattr(tensor, "detach"):
+    tensor = tensor.detach().cpu().numpy()
+  return np.asarray(tensor)
+
+
+def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None = None,
+               dtype: Any = None) -> StackedParams:
+  """:class:`StackedParams` from a ``torch.nn.RNN`` state dict.
+
+  Args:
+    state_dict: ``rnn.state_dict()``; the number of layers and directions is
+      read off its keys. ``bias=False`` models (no bias keys) get ``b_h = 0``.
+    linear: optionally an ``nn.Linear(D*H, O)`` state dict (``weight``,
+      ``bias``) for the readout; without it the readout is empty
+      (``W_hy [0, D*H]``, ``b_y [0]``) and ``ys`` have ``O = 0`` outputs.
+    dtype: the dtype of the result; default the tensors' own.
+
+  Returns:
+    :class:`StackedParams` (``merge="concat"``).
+
+  Raises:
+    ValueError: keys of an unsupported model (``proj_size``) or a state dict
+      with missing layers.
+
+  Example:
+    >>> rnn = torch.nn.RNN(3, 8, num_layers=2, bidirectional=True)
+    >>> params = jaxrnn.from_torch(rnn.state_dict())
+  """
+  found: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+  for name, tensor in state_dict.items():
+    match = _KEY.fullmatch(name)
+    if match is None:
+      raise ValueError(f"unsupported torch.nn.RNN state dict key {name!r} (proj_size is not "
+                       f"supported)")
+    kind, layer, reverse = match.groups()
+    found.setdefault((int(layer), int(reverse is not None)), {})[kind] = _to_numpy(tensor)
+  num_layers = 1 + max(layer for layer, _ in found) if found else 0
+  num_dirs = 1 + max(d for _, d in found) if found else 0
+  if not found or set(found) != {(l, d) for l in range(num_layers) for d in range(num_dirs)}:
+    raise ValueError(f"state dict must hold layers 0..L-1 in every direction, got {sorted(found)}")
+  if any({"weight_ih", "weight_hh"} - set(arrays) for arrays in found.values()):
+    raise ValueError("every layer needs weight_ih_l{k} and weight_hh_l{k}")
+  dtype = jnp.dtype(dtype if dtype is not None else found[0, 0]["weight_ih"].dtype)
+
+  def layer(arrays: dict[str, np.ndarray]) -> LayerParams:
+    zeros = np.zeros(arrays["weight_hh"].shape[0], arrays["weight_hh"].dtype)
+    b_h = arrays.get("bias_ih", zeros) + arrays.get("bias_hh", zeros)
+    return LayerParams(W_xh=jnp.asarray(arrays["weight_ih"], dtype),
+                       W_hh=jnp.asarray(arrays["weight_hh"], dtype), b_h=jnp.asarray(b_h, dtype))
+
+  layers = tuple(tuple(layer(found[l, d]) for d in range(num_dirs)) for l in range(num_layers))
+  if linear is None:
+    width = num_dirs * layers[0][0].W_hh.shape[0]
+    return StackedParams(layers=layers, W_hy=jnp.zeros((0, width), dtype),
+                         b_y=jnp.zeros((0,), dtype))
+  W_hy = jnp.asarray(_to_numpy(linear["weight"]), dtype)
+  b_y = (jnp.asarray(_to_numpy(linear["bias"]), dtype) if "bias" in linear
+         else jnp.zeros(W_hy.shape[:1], dtype))
+  return StackedParams(layers=layers, W_hy=W_hy, b_y=b_y)
+
+
+def to_torch(params: StackedParams) -> tuple[dict[str, Any], dict[str, Any]]:
+  """``torch.nn.RNN`` and ``nn.Linear`` state dicts from :class:`StackedParams`.
+
+  torch has two biases where jaxrnn has one: ``bias_ih`` gets ``b_h`` and
+  ``bias_hh`` gets zeros (their sum, all that the model computes with, is
+  ``b_h``). ``from_torch(*to_torch(params))`` gives back ``params``.
+
+  Returns:
+    ``(rnn_state_dict, linear_state_dict)`` of CPU tensors in the params'
+    dtype, for ``nn.RNN(I, H, num_layers=L, bidirectional=D == 2).load_state_dict``
+    and ``nn.Linear(D*H, O).load_state_dict``.
+
+  Raises:
+    ImportError: torch is not installed.
+    ValueError: ``params`` is not a ``merge="concat"`` model.
+  """
+  import torch  # pylint: disable=import-outside-toplevel
+
+  check_stacked(params, "concat")
+
+  def tensor(a: jnp.ndarray) -> Any:
+    return torch.from_numpy(np.array(a))
+
+  rnn: dict[str, Any] = {}
+  for l, layer in enumerate(params.layers):
+    for d, p in enumerate(layer):
+      suffix = f"_l{l}" + ("_reverse" if d == 1 else "")
+      rnn[f"weight_ih{suffix}"] = tensor(p.W_xh)
+      rnn[f"weight_hh{suffix}"] = tensor(p.W_hh)
+      rnn[f"bias_ih{suffix}"] = tensor(p.b_h)
+      rnn[f"bias_hh{suffix}"] = tensor(jnp.zeros_like(p.b_h))
+  return rnn, {"weight": tensor(params.W_hy), "bias": tensor(params.b_y)}
