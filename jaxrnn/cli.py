@@ -72,7 +72,7 @@ def fresh_model(config: Config, input_size: int, output_size: int) -> tuple[Any,
 def checkpoint_state(params: Any, opt_state: Any, seed: int, step: int) -> dict[str, Any]:
   """What a checkpoint holds besides the config: params, optimizer state, RNG key, step."""
   return {"params": params, "opt_state": opt_state,
-          "key": jax.random.key_data(jax.random.key(seed)), "step": jnp.asarray(step)}
+          "key": jax.random.key_data(jax.random.key(seed)), "step": jnp.asarray(step, jnp.int32)}
 
 
 def restore_state(checkpoints: Any, step: int, config: Config, params: Any, optimizer: Any,
@@ -152,11 +152,11 @@ def print_table(config: Config, task: Task, score: float, steps: int, seconds: f
   better = score > task.baseline if higher_is_better(task.metric) else score < task.baseline
   change = (score - task.baseline) / task.baseline
   print(f"\n{config.task}: {steps} steps in {seconds:.1f} s")
-  print(f"  {'':26} {'test ' + task.metric:>14}")
-  print(f"  {'model':26} {score:>14.4f}")
-  print(f"  {'baseline (' + task.baseline_name + ')':26} {task.baseline:>14.4f}")
-  print(f"  {'model vs baseline':26} {change:>+13.1%}  ({'beats' if better else 'does not beat'} "
-        "the baseline)")
+  print(f"  {'':32} {'test ' + task.metric:>14}")
+  print(f"  {'model':32} {score:>14.4f}")
+  print(f"  {'baseline (' + task.baseline_name + ')':32} {task.baseline:>14.4f}")
+  print(f"  {'model vs baseline':32} {change:>+14.1%}  "
+        f"({'beats' if better else 'does not beat'} the baseline)")
 
 
 def run(config: Config, run_dir: Path | None, resume: bool = False,
@@ -226,7 +226,7 @@ def run(config: Config, run_dir: Path | None, resume: bool = False,
                  opt_state, start, progress, callback, config.batch_size)
   except FloatingPointError as error:
     where = ("no checkpoint was written" if last_saved[0] is None
-             else f"the last good checkpoint is step {last_saved[0]} in {run_dir}")
+             else f"the last good checkpoint, after {last_saved[0]} steps, is in {run_dir}")
     raise TrainingStopped(f"training stopped: {error}; {where}") from None
   finally:
     if log is not None:

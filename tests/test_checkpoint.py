@@ -1,0 +1,114 @@
+"""Checkpoints: round trip, keep-last-N, and saves killed half-way leave the previous one loadable."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("orbax.checkpoint")
+
+import jaxrnn
+from jaxrnn import checkpoint
+
+
+def state_of(step: int) -> dict:
+  """A small checkpoint state whose arrays all hold ``step``."""
+  params = jaxrnn.init_params(jax.random.key(0), 2, 4, 1, dtype=jnp.float32)
+  params = jax.tree.map(lambda x: jnp.full_like(x, step), params)
+  optimizer = jaxrnn.make_optimizer("adam", 1e-3, clip_norm=1.0)
+  return {"params": params, "opt_state": optimizer.init(params),
+          "key": jax.random.key_data(jax.random.key(step)), "step": jnp.asarray(step, jnp.int32)}
+
+
+def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_keeps_structure_values_and_config(tmp_path):
+  checkpoints = checkpoint.manager(tmp_path, keep=3)
+  checkpoint.save(checkpoints, 7, state_of(7), {"task": "adding", "text_file": None})
+  assert checkpoint.latest_step(checkpoints) == 7
+  assert checkpoint.saved_config(checkpoints, 7) == {"task": "adding", "text_file": None}
+  assert_trees_equal(checkpoint.restore(checkpoints, 7, state_of(0)), state_of(7))
+
+
+def test_keeps_the_last_n(tmp_path):
+  checkpoints = checkpoint.manager(tmp_path, keep=2)
+  for step in range(1, 6):
+    checkpoint.save(checkpoints, step, state_of(step), {})
+  assert checkpoints.all_steps() == [4, 5]
+
+
+def test_restore_with_other_shapes_raises(tmp_path):
+  checkpoints = checkpoint.manager(tmp_path)
+  checkpoint.save(checkpoints, 1, state_of(1), {})
+  like = state_of(0)
+  like["params"] = like["params"]._replace(W_hh=jnp.zeros((5, 5), jnp.float32))
+  with pytest.raises(ValueError):
+    checkpoint.restore(checkpoints, 1, like)
+
+
+SAVER = textwrap.dedent("""
+    import os, sys, jax, jax.numpy as jnp
+    sys.path.insert(0, {tests!r})
+    from test_checkpoint import state_of
+    from jaxrnn import checkpoint
+    from orbax.checkpoint._src.path import atomicity
+    checkpoints = checkpoint.manager({directory!r}, keep=10)
+    checkpoint.save(checkpoints, 1, state_of(1), {{"step": 1}})
+    if {die_before_commit}:
+      async def die(*args, **kwargs):
+        os._exit(9)                     # killed after writing step 2, before its commit
+      atomicity.AtomicRenameTemporaryPath.finalize = die
+      checkpoint.save(checkpoints, 2, state_of(2), {{"step": 2}})
+    step = 2
+    while True:                         # save until killed
+      checkpoint.save(checkpoints, step, state_of(step), {{"step": step}})
+      step += 1
+""")
+
+
+def saver(directory, die_before_commit: bool) -> subprocess.Popen:
+  code = SAVER.format(tests=os.path.dirname(__file__), directory=str(directory),
+                      die_before_commit=die_before_commit)
+  return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+
+
+def test_process_killed_before_commit_leaves_previous_checkpoint(tmp_path):
+  process = saver(tmp_path, die_before_commit=True)
+  assert process.wait(timeout=120) == 9, process.stderr.read().decode()[-2000:]
+  leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("2")]
+  assert leftovers and all("tmp" in name for name in leftovers)   # step 2 died half-written
+  checkpoints = checkpoint.manager(tmp_path, keep=10)
+  assert checkpoint.latest_step(checkpoints) == 1
+  assert_trees_equal(checkpoint.restore(checkpoints, 1, state_of(0)), state_of(1))
+  checkpoint.save(checkpoints, 2, state_of(2), {"step": 2})      # the next save succeeds
+  assert_trees_equal(checkpoint.restore(checkpoints, 2, state_of(0)), state_of(2))
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.25])
+def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path, delay):
+  process = saver(tmp_path, die_before_commit=False)
+  deadline = time.monotonic() + 120
+  while not (tmp_path / "2").exists():                            # saving in a loop by now
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  time.sleep(delay)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  checkpoints = checkpoint.manager(tmp_path, keep=10)
+  step = checkpoint.latest_step(checkpoints)
+  assert step >= 2
+  assert checkpoint.saved_config(checkpoints, step) == {"step": step}
+  assert_trees_equal(checkpoint.restore(checkpoints, step, state_of(0)), state_of(step))

@@ -1,0 +1,196 @@
+"""The ``jaxrnn`` command end to end, on tiny settings (a few seconds each)."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("orbax.checkpoint")
+pytest.importorskip("matplotlib")
+
+from jaxrnn import checkpoint, cli
+
+TINY = ["--batch-size", "16", "--eval-every", "10", "--checkpoint-every", "10", "--no-progress"]
+TASK_OPTIONS = {
+    "adding": ["--steps", "200", "--seq-len", "10", "--hidden-size", "16", "--lr", "1e-2"],
+    "copy": ["--steps", "20", "--seq-len", "2", "--delay", "2", "--hidden-size", "16"],
+    "sine": ["--steps", "100", "--seq-len", "20", "--hidden-size", "16", "--lr", "1e-2"],
+    "digits": ["--steps", "100", "--hidden-size", "32", "--lr", "1e-2"],
+    "sunspots": ["--steps", "20", "--seq-len", "20", "--hidden-size", "8"],
+    "text": ["--steps", "60", "--seq-len", "16", "--hidden-size", "32", "--lr", "1e-2"],
+}
+BEATS_BASELINE = ("adding", "sine", "digits", "text")
+
+
+@pytest.fixture
+def text_file(tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text("the cat sat on the mat. " * 40, encoding="utf-8")
+  return str(path)
+
+
+def train(task, run_dir, *options):
+  return cli.main(["train", task, "--run-dir", str(run_dir), *TINY, *TASK_OPTIONS[task], *options])
+
+
+def final_state(run_dir, input_size, output_size):
+  """The config and the state of the last checkpoint in ``run_dir``."""
+  config, step = cli.run_config(run_dir)
+  params, optimizer = cli.fresh_model(config, input_size, output_size)
+  checkpoints = checkpoint.manager(run_dir / "checkpoints")
+  state = cli.restore_state(checkpoints, step, config, params, optimizer, run_dir)
+  checkpoints.close()
+  return config, step, state
+
+
+def one_error_line(capsys):
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("jaxrnn: ") and "\n" not in err and "Traceback" not in err, err
+  return err
+
+
+@pytest.mark.parametrize("task", list(TASK_OPTIONS))
+def test_train_writes_a_run_and_learns(task, tmp_path, text_file, capsys):
+  extra = ["--text-file", text_file] if task == "text" else []
+  assert train(task, tmp_path / "run", *extra) == 0
+  out = capsys.readouterr().out
+  assert "baseline (" in out and f"test {json.load(open(tmp_path / 'run/summary.json'))['metric']}" in out
+  summary = json.load(open(tmp_path / "run" / "summary.json"))
+  assert np.isfinite(summary["test"]) and summary["steps"] == int(TASK_OPTIONS[task][1])
+  if task in BEATS_BASELINE:
+    better = summary["test"] > summary["baseline"] if task == "digits" else (
+        summary["test"] < summary["baseline"])
+    assert better, summary
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
+  assert sum("test" in r for r in records) == summary["steps"] // 10
+  assert (tmp_path / "run" / "loss.png").stat().st_size > 10_000
+  config, step = cli.run_config(tmp_path / "run")
+  assert step == summary["steps"] and config.task == task and config.dtype == "float32"
+
+
+def interrupt_after(monkeypatch, stop_at):
+  """Makes the next ``cli.fit`` raise ``KeyboardInterrupt`` once ``stop_at`` steps are done."""
+  real_fit = cli.fit
+
+  def fit(*args):
+    args = list(args)
+    callback = args[9]
+
+    def stop(step, *rest):
+      callback(step, *rest)
+      if step + 1 == stop_at:
+        raise KeyboardInterrupt
+    args[9] = stop
+    return real_fit(*args)
+
+  monkeypatch.setattr(cli, "fit", fit)
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+  options = ["--steps", "30", "--checkpoint-every", "8", "--gradient", "autodiff"]
+  assert train("adding", tmp_path / "whole", *options) == 0
+  with monkeypatch.context() as patch:
+    interrupt_after(patch, 13)                       # last checkpoint at step 8
+    assert train("adding", tmp_path / "cut", *options) == 130
+  assert "jaxrnn resume" in one_error_line(capsys)
+  _, step, _ = final_state(tmp_path / "cut", 2, 1)
+  assert step == 8
+  assert cli.main(["resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+  _, step_whole, whole = final_state(tmp_path / "whole", 2, 1)
+  _, step_cut, cut = final_state(tmp_path / "cut", 2, 1)
+  assert step_whole == step_cut == 30
+  assert jax.tree.structure(whole) == jax.tree.structure(cut)
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(cut)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  lines = [open(tmp_path / run / "metrics.jsonl").read() for run in ("whole", "cut")]
+  assert lines[0] == lines[1]                        # the log lost steps 9..13 and redid them
+
+
+def test_resume_can_extend_a_finished_run(tmp_path, capsys):
+  assert train("adding", tmp_path / "run", "--steps", "10") == 0
+  assert cli.main(["resume", str(tmp_path / "run"), "--no-progress"]) == 2
+  assert "complete" in one_error_line(capsys)
+  assert cli.main(["resume", str(tmp_path / "run"), "--steps", "20", "--no-progress"]) == 0
+  assert cli.run_config(tmp_path / "run")[1] == 20
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, capsys):
+  status = train("adding", tmp_path / "run", "--lr", "1e30", "--clip-norm", "0",
+                 "--checkpoint-every", "1", "--activation", "relu")
+  assert status == 1
+  err = one_error_line(capsys)
+  assert "non-finite" in err and "at step 1" in err and "after 1 steps" in err
+  _, step, state = final_state(tmp_path / "run", 2, 1)
+  assert step == 1
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state["params"]))
+
+
+def test_sample_generates_from_the_prompt_with_the_text_model(tmp_path, text_file, capsys):
+  assert train("text", tmp_path / "run", "--text-file", text_file) == 0
+  capsys.readouterr()
+  assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "40",
+                   "--temperature", "0.5"]) == 0
+  text = capsys.readouterr().out[:-1]
+  assert text.startswith("the ") and len(text) == 44 and set(text) <= set("the cat sat on mat. ")
+  assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "40",
+                   "--temperature", "0.5"]) == 0
+  assert capsys.readouterr().out[:-1] == text        # same seed, same text
+
+
+def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
+  out = tmp_path / "gradients.png"
+  assert cli.main(["gradients", "--steps", "12", "--hidden-size", "8", "--radii", "0.5", "1.5",
+                   "--out", str(out)]) == 0
+  rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:5]]
+  assert [(r[0], float(r[1])) for r in rows] == [("tanh", 0.5), ("tanh", 1.5), ("relu", 0.5),
+                                                  ("relu", 1.5)]
+  for _, _, _, norm, bound in rows:
+    assert float(norm) <= float(bound) * (1 + 1e-5)
+  assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "nonsense"], "unknown task 'nonsense'"),
+    (["train", "text", "--text-file", "/nonexistent/corpus.txt"], "does not exist"),
+    (["train", "adding", "--activation", "sigmoid"], "unknown activation"),
+    (["train", "adding", "--epochs", "2"], "use --steps"),
+    (["resume", "/nonexistent/run"], "not a run directory"),
+    (["sample", "/nonexistent/run"], "not a run directory"),
+])
+def test_bad_input_is_one_line_and_non_zero(argv, message, capsys):
+  assert cli.main(argv) == 2
+  assert message in one_error_line(capsys)
+
+
+def test_empty_text_file_is_one_line_error(tmp_path, capsys):
+  empty = tmp_path / "empty.txt"
+  empty.write_text("")
+  assert cli.main(["train", "text", "--text-file", str(empty), "--run-dir",
+                   str(tmp_path / "run")]) == 2
+  assert "is empty" in one_error_line(capsys)
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path, capsys):
+  assert train("adding", tmp_path / "run", "--steps", "10") == 0
+  assert train("adding", tmp_path / "run", "--steps", "10", "--hidden-size", "8") == 2
+  assert "different config (hidden_size 16 there, 8 here)" in one_error_line(capsys)
+  assert train("adding", tmp_path / "run", "--steps", "10") == 2
+  assert "jaxrnn resume" in one_error_line(capsys)
+  assert cli.main(["sample", str(tmp_path / "run")]) == 2
+  assert "sample needs a text run" in one_error_line(capsys)
+
+
+def test_demo_runs_with_only_the_core_dependencies():
+  code = ("import sys\n"
+          "for name in ('matplotlib', 'orbax', 'sklearn', 'statsmodels'):\n"
+          "  sys.modules[name] = None\n"
+          "from jaxrnn import cli\n"
+          "cli.DEMO.update(steps=40, seq_len=10)\n"
+          "sys.exit(cli.main(['demo', '--no-progress']))\n")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "baseline (predict 1.0)" in done.stdout and "test mse" in done.stdout
