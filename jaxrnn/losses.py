@@ -16,6 +16,8 @@ some steps only, e.g. many-to-one classification). ``reduction``
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +25,7 @@ import numpy as np
 from jaxrnn import _checks
 from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
 from jaxrnn.init import RNNParams
+from jaxrnn.memory import checkpointed_loss
 from jaxrnn.unroll import SequenceInputs, check_inputs, hidden_states
 
 LOSSES: dict[str, tuple[str, ...]] = {
@@ -128,7 +131,7 @@ def sequence_loss(params: RNNParams, xs: jax.Array, targets: jax.Array,
                   h0: jax.Array | None = None, activation: str = "tanh",
                   output_activation: str = "identity", reduction: str = "sum",
                   target_mask: jax.Array | None = None, backward: str = "fused",
-                  scan_unroll: int = 1) -> jax.Array:
+                  scan_unroll: int = 1, checkpoint_every: int | None = None) -> jax.Array:
   """``L = sum_t L_t(y_t, target_t)`` over a batch of sequences.
 
   ``jax.grad`` of this function is the gradient the library trains with; with
@@ -148,12 +151,19 @@ def sequence_loss(params: RNNParams, xs: jax.Array, targets: jax.Array,
     target_mask: ``[T, B]``, 1 where a step has a target; ``None`` for all.
     backward: ``"fused"`` or ``"autodiff"``.
     scan_unroll: steps per ``lax.scan`` iteration.
+    checkpoint_every: ``None``, or a chunk length ``k``: keep only every
+      ``k``-th hidden state and recompute the rest in the backward pass
+      (:func:`jaxrnn.memory.checkpointed_loss`; memory ``~T/k + k``).
 
   Returns:
     The scalar loss.
   """
   inputs, weights = check_loss_inputs(params, xs, targets, loss, lengths, h0, activation,
                                       output_activation, reduction, target_mask)  # w [T, B]
+  if checkpoint_every is not None:
+    losses = functools.partial(step_losses, loss=loss, output_activation=output_activation)
+    return checkpointed_loss(params, xs, targets, weights, inputs, activation, losses,
+                             checkpoint_every, backward, scan_unroll)
   hs = hidden_states(params, xs, inputs, activation, backward=backward,
                      scan_unroll=scan_unroll)                           # [T, B, H]
   z = output_logits(params, hs)                                         # [T, B, O]

@@ -144,7 +144,9 @@ def _fused_fwd(pre, W_hh, h0, mask, activation, scan_unroll):
 def _fused_bwd(activation, scan_unroll, residuals, g):
   W_hh, hs, h0, mask = residuals
   delta, dh0 = backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll)
-  dW_hh = jnp.einsum("tbh,tbk->hk", delta, previous_states(h0, hs))
+  hidden = hs.shape[-1]
+  dW_hh = (delta[1:].reshape(-1, hidden).T @ hs[:-1].reshape(-1, hidden)
+           + delta[0].T @ h0)                                        # [H, H]
   dmask = None if mask is None else jnp.zeros_like(mask)
   return delta, dW_hh, dh0, dmask
 

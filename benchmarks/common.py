@@ -1,0 +1,100 @@
+"""Shared helpers of the benchmarks: timing, the sgemm roofline, machine info, tables, JSON.
+
+Import this module only after ``XLA_FLAGS`` is final: it imports ``jax``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SGEMM_SIZE = 1024
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+  """Seconds taken by ``fn()``, which must block until its work is done."""
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int,
+                      warmup: int) -> dict[str, list[float]]:
+  """Runs every ``fn`` once per round, in turn, ``warmup`` untimed rounds first.
+
+  Interleaving exposes every implementation to the same background load, so
+  ratios stay meaningful on a noisy machine. Returns seconds per call.
+  """
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      times[name].append(time_call(fn))
+  return times
+
+
+def sgemm_calls(size: int = SGEMM_SIZE) -> dict[str, Callable[[], Any]]:
+  """One ``[n, n] x [n, n]`` float32 matmul by XLA and by NumPy's BLAS, as blocking calls."""
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  matmul = jax.jit(jnp.matmul)
+  return {"sgemm_xla": lambda: matmul(ja, jb).block_until_ready(),
+          "sgemm_numpy": lambda: a @ b}
+
+
+def sgemm_gflops(times: dict[str, list[float]], size: int = SGEMM_SIZE) -> float:
+  """The machine's sgemm GFLOP/s: the faster of XLA's and NumPy's median, ``2 n^3 / t``."""
+  return max(2 * size**3 / np.median(times[name]) / 1e9 for name in ("sgemm_xla", "sgemm_numpy"))
+
+
+def machine_info() -> dict[str, Any]:
+  """CPU model, core count, load, library versions and the date, for the result files."""
+  try:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                  if line.startswith("Model name")), platform.processor())
+  except OSError:
+    model = platform.processor()
+  return {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "cpu": model,
+      "cores": os.cpu_count(),
+      "loadavg": os.getloadavg(),
+      "jax": jax.__version__,
+      "jax_devices": len(jax.devices()),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+  """Prints ``rows`` under ``header`` as a Markdown table (floats to 2 decimals)."""
+  cells = [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+  widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+  line = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"
+  print(line(header))
+  print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+  for row in cells:
+    print(line(row))
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+  """Writes ``payload`` to ``benchmarks/results/<name>.json`` and returns the path."""
+  RESULTS.mkdir(exist_ok=True)
+  path = RESULTS / f"{name}.json"
+  path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+  return path

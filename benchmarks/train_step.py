@@ -1,0 +1,311 @@
+"""Benchmark 1: one full training step (forward, backward, Adam), every implementation side by side.
+
+Run: ``python benchmarks/train_step.py`` (all configurations), ``--quick`` for
+a tiny smoke run, ``--impls jaxrnn_fused torch`` for a subset, ``--devices 2``
+to add the two-core batch split (``jaxrnn_fused_2dev``).
+
+Implementations, all float32 on the same data and the same initial weights,
+loss ``L = sum_t sum_b -log softmax(W_hy h_t + b_y)[target]``, Adam(1e-3):
+
+* ``jaxrnn_fused``: :func:`jaxrnn.make_train_step` with the default
+  (hand-BPTT ``custom_vjp``) gradient, jit-compiled, buffers donated.
+* ``jaxrnn_autodiff``: the same with ``gradient="autodiff"`` (``jax.grad``
+  through ``lax.scan``).
+* ``torch``: ``torch.nn.RNN`` + ``nn.Linear`` + ``torch.optim.Adam`` on
+  ``torch.set_num_threads(2)``.
+* ``flax``: ``flax.linen.RNN(nn.SimpleCell)`` + ``nn.Dense`` + ``optax.adam``, jit.
+* ``numpy``: the seed's style, a Python loop over steps with hand BPTT and Adam.
+
+Steps run interleaved (one of each implementation per round, plus a
+``[1024, 1024]`` sgemm for the roofline) and the median of ``--rounds`` timed
+rounds after ``--warmup`` is reported. Roofline: ``3 * 2 T B (I H + H H + H O)``
+FLOPs (forward + backward matmuls) over the median sgemm GFLOP/s of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+if __name__ == "__main__":
+  _devices = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--devices=")), 1)
+  if "--devices" in sys.argv:
+    _devices = int(sys.argv[sys.argv.index("--devices") + 1])
+  if _devices > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={_devices}")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import jaxrnn  # noqa: E402
+from jaxrnn.init import RNNParams  # noqa: E402
+
+from common import interleaved_times, machine_info, print_table, sgemm_calls, sgemm_gflops, write_json  # noqa: E402,I001
+
+CONFIGS: dict[str, tuple[int, int, int, int, int]] = {   # (T, B, I, H, O)
+    "small": (100, 32, 32, 128, 32),
+    "medium": (200, 64, 64, 256, 64),
+    "charlm": (100, 32, 65, 512, 65),
+}
+QUICK_CONFIGS = {"tiny": (12, 4, 5, 16, 5)}
+LEARNING_RATE = 1e-3
+IMPLS = ("jaxrnn_fused", "jaxrnn_autodiff", "torch", "flax", "numpy")
+
+
+class Problem(NamedTuple):
+  """One configuration's data and initial weights (NumPy, float32)."""
+  xs: np.ndarray        # [T, B, I]
+  targets: np.ndarray   # [T, B] int32
+  params: RNNParams     # NumPy arrays in jaxrnn's orientation
+
+
+def make_problem(T: int, B: int, I: int, H: int, O: int, seed: int = 0) -> Problem:
+  """Random inputs ``~N(0, 1)``, random class targets, ``init_params(scheme="glorot")`` weights."""
+  rng = np.random.default_rng(seed)
+  params = jaxrnn.init_params(jax.random.key(seed), I, H, O, scheme="glorot", dtype=jnp.float32)
+  return Problem(rng.standard_normal((T, B, I), dtype=np.float32),
+                 rng.integers(0, O, (T, B)).astype(np.int32),
+                 RNNParams(*(np.asarray(p) for p in params)))
+
+
+def train_flops(T: int, B: int, I: int, H: int, O: int) -> float:
+  """Matmul FLOPs of forward + backward: ``3 * 2 T B (I H + H H + H O)``."""
+  return 3 * 2 * T * B * (I * H + H * H + H * O)
+
+
+def jax_stepper(step: Callable, params: Any, opt_state: Any, batch: Any) -> Callable[[], float]:
+  """Wraps a jitted ``(params, opt_state, batch) -> (params, opt_state, loss)`` as a blocking call.
+
+  The call returns the loss (before the update) as a Python float.
+  """
+  state = [params, opt_state]
+
+  def run():
+    state[0], state[1], loss = jax.block_until_ready(step(state[0], state[1], batch))
+    return float(loss)
+  return run
+
+
+def make_jaxrnn(problem: Problem, gradient: str) -> Callable[[], float]:
+  """:func:`jaxrnn.make_train_step` with ``gradient`` and a summed cross-entropy."""
+  optimizer = optax.adam(LEARNING_RATE)
+  params = jax.tree.map(jnp.asarray, problem.params)
+  train_step = jaxrnn.make_train_step(optimizer, jaxrnn.LossSpec(reduction="sum"), gradient=gradient)
+
+  def step(params, opt_state, batch):
+    params, opt_state, metrics = train_step(params, opt_state, batch)
+    return params, opt_state, metrics["loss"]
+  batch = jaxrnn.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
+  return jax_stepper(step, params, optimizer.init(params), batch)
+
+
+def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
+  """The fused step with the batch split over all host devices (one chain per core).
+
+  ``shard_map`` runs :func:`jaxrnn.sequence_loss`'s ``value_and_grad`` on each
+  device's ``B / n`` sequences with no communication inside the recurrence,
+  then one ``psum`` of the loss and gradients before the Adam update.
+  """
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = jax.make_mesh((len(jax.devices()),), ("batch",))
+  optimizer = optax.adam(LEARNING_RATE)
+
+  def local(params, xs, targets):
+    loss, grads = jax.value_and_grad(jaxrnn.sequence_loss)(params, xs, targets)
+    return jax.lax.psum((loss, grads), "batch")
+  value_and_grad = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, "batch"), P(None, "batch")),
+                                 out_specs=P(), check_vma=False)
+
+  def step(params, opt_state, batch):
+    loss, grads = value_and_grad(params, *batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  split = NamedSharding(mesh, P(None, "batch"))
+  params = jax.tree.map(jnp.asarray, problem.params)
+  batch = (jax.device_put(problem.xs, split), jax.device_put(problem.targets, split))
+  return jax_stepper(jax.jit(step, donate_argnums=(0, 1)), params, optimizer.init(params), batch)
+
+
+def make_torch(problem: Problem) -> Callable[[], float]:
+  """``torch.nn.RNN`` + ``nn.Linear`` + ``torch.optim.Adam``, 2 intra-op threads."""
+  import torch
+  torch.set_num_threads(2)
+  p = problem.params
+  hidden, inputs = p.W_xh.shape
+  rnn = torch.nn.RNN(inputs, hidden, nonlinearity="tanh")
+  out = torch.nn.Linear(hidden, p.W_hy.shape[0])
+  with torch.no_grad():
+    for name, value in (("weight_ih_l0", p.W_xh), ("weight_hh_l0", p.W_hh),
+                        ("bias_ih_l0", p.b_h), ("bias_hh_l0", np.zeros_like(p.b_h))):
+      getattr(rnn, name).copy_(torch.from_numpy(value))
+    out.weight.copy_(torch.from_numpy(p.W_hy))
+    out.bias.copy_(torch.from_numpy(p.b_y))
+  optimizer = torch.optim.Adam([*rnn.parameters(), *out.parameters()], lr=LEARNING_RATE)
+  xs = torch.from_numpy(problem.xs)
+  targets = torch.from_numpy(problem.targets).long().reshape(-1)
+
+  def run():
+    optimizer.zero_grad(set_to_none=True)
+    hs, _ = rnn(xs)                                                     # [T, B, H]
+    logits = out(hs)                                                    # [T, B, O]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets,
+                                             reduction="sum")
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+  return run
+
+
+def make_flax(problem: Problem) -> Callable[[], float]:
+  """``flax.linen.RNN(nn.SimpleCell)`` + ``nn.Dense`` + ``optax.adam``, jit-compiled."""
+  import flax.linen as nn
+  p = problem.params
+
+  class Model(nn.Module):
+    hidden: int
+    outputs: int
+
+    @nn.compact
+    def __call__(self, xs):
+      hs = nn.RNN(nn.SimpleCell(self.hidden), time_major=True)(xs)      # [T, B, H]
+      return nn.Dense(self.outputs)(hs)                                 # [T, B, O]
+
+  model = Model(p.W_hh.shape[0], p.W_hy.shape[0])
+  params = jax.tree.map(jnp.asarray, {"params": {
+      "SimpleCell_0": {"i": {"kernel": p.W_xh.T, "bias": p.b_h}, "h": {"kernel": p.W_hh.T}},
+      "Dense_0": {"kernel": p.W_hy.T, "bias": p.b_y}}})
+  expected = jax.eval_shape(model.init, jax.random.key(0), problem.xs)
+  assert jax.tree.structure(params) == jax.tree.structure(expected), expected
+  optimizer = optax.adam(LEARNING_RATE)
+
+  def loss_fn(params, xs, targets):
+    logits = model.apply(params, xs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  batch = (jnp.asarray(problem.xs), jnp.asarray(problem.targets))
+  return jax_stepper(jax.jit(step, donate_argnums=(0, 1)), params, optimizer.init(params), batch)
+
+
+def make_numpy(problem: Problem) -> Callable[[], float]:
+  """The seed's style: a Python loop over steps, hand BPTT, NumPy Adam."""
+  params = [np.array(a) for a in problem.params]                       # W_xh, W_hh, W_hy, b_h, b_y
+  moments = [[np.zeros_like(a) for a in params] for _ in range(2)]
+  count = [0]
+  xs, targets = problem.xs, problem.targets
+  rows = np.arange(xs.shape[1])
+
+  def run():
+    W_xh, W_hh, W_hy, b_h, b_y = params
+    T, B, _ = xs.shape
+    hs = np.zeros((T + 1, B, W_hh.shape[0]), np.float32)               # h_0..h_T
+    ps = np.empty((T, B, W_hy.shape[0]), np.float32)
+    loss = 0.0
+    for t in range(T):
+      hs[t + 1] = np.tanh(xs[t] @ W_xh.T + hs[t] @ W_hh.T + b_h)
+      z = hs[t + 1] @ W_hy.T + b_y
+      e = np.exp(z - z.max(axis=1, keepdims=True))
+      ps[t] = e / e.sum(axis=1, keepdims=True)
+      loss -= np.log(ps[t][rows, targets[t]]).sum()
+    grads = [np.zeros_like(a) for a in params]
+    dh_next = np.zeros_like(hs[0])
+    for t in reversed(range(T)):
+      dy = ps[t].copy()
+      dy[rows, targets[t]] -= 1
+      grads[2] += dy.T @ hs[t + 1]
+      grads[4] += dy.sum(axis=0)
+      draw = (1 - hs[t + 1] ** 2) * (dy @ W_hy + dh_next)
+      grads[0] += draw.T @ xs[t]
+      grads[1] += draw.T @ hs[t]
+      grads[3] += draw.sum(axis=0)
+      dh_next = draw @ W_hh
+    count[0] += 1
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for a, g, m, v in zip(params, grads, *moments):
+      m *= b1
+      m += (1 - b1) * g
+      v *= b2
+      v += (1 - b2) * g * g
+      a -= LEARNING_RATE * (m / (1 - b1 ** count[0])) / (np.sqrt(v / (1 - b2 ** count[0])) + eps)
+    return float(loss)
+  return run
+
+
+MAKERS: dict[str, Callable[[Problem], Callable[[], float]]] = {
+    "jaxrnn_fused": lambda problem: make_jaxrnn(problem, "fused"),
+    "jaxrnn_autodiff": lambda problem: make_jaxrnn(problem, "autodiff"),
+    "jaxrnn_fused_2dev": make_jaxrnn_sharded,
+    "torch": make_torch,
+    "flax": make_flax,
+    "numpy": make_numpy,
+}
+
+
+def run_config(sizes: tuple[int, int, int, int, int], impls: Sequence[str], rounds: int,
+               warmup: int) -> dict[str, Any]:
+  """Times ``impls`` interleaved on one configuration; returns medians, ratios and roofline."""
+  problem = make_problem(*sizes)
+  calls = {name: MAKERS[name](problem) for name in impls}
+  first_losses = {name: call() for name, call in calls.items()}   # same data: same loss
+  times = interleaved_times({**calls, **sgemm_calls()}, rounds, warmup)
+  gflops = sgemm_gflops(times)
+  flops = train_flops(*sizes)
+  reference = np.median(times[impls[0]])
+  results = {}
+  for name in impls:
+    median = float(np.median(times[name]))
+    results[name] = {"ms": 1e3 * median, "first_loss": first_losses[name], "ratio_to_jaxrnn": median / reference,
+                     "roofline_pct": 100 * flops / median / (gflops * 1e9),
+                     "times_ms": [1e3 * t for t in times[name]]}
+  return {"sizes": dict(zip("TBIHO", sizes)), "flops": flops, "sgemm_gflops": gflops,
+          "results": results}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny sizes, jaxrnn only, few rounds")
+  parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+  parser.add_argument("--impls", nargs="+", default=None, choices=list(MAKERS))
+  parser.add_argument("--rounds", type=int, default=20, help="timed steps per implementation")
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--devices", type=int, default=1,
+                      help="host devices (set before jax starts); >1 adds jaxrnn_fused_2dev")
+  parser.add_argument("--output", default="train_step", help="results/<output>.json")
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  args = parse_args(argv)
+  if args.quick:
+    configs, impls, rounds, warmup = QUICK_CONFIGS, ["jaxrnn_fused", "jaxrnn_autodiff"], 3, 1
+  else:
+    configs = {name: CONFIGS[name] for name in args.configs}
+    impls = args.impls or [*IMPLS[:2], *(["jaxrnn_fused_2dev"] if len(jax.devices()) > 1 else []),
+                           *IMPLS[2:]]
+    rounds, warmup = args.rounds, args.warmup
+  payload = {"machine": machine_info(), "rounds": rounds, "warmup": warmup, "configs": {}}
+  for name, sizes in configs.items():
+    result = run_config(sizes, impls, rounds, warmup)
+    payload["configs"][name] = result
+    print(f"\n{name} (T, B, I, H, O) = {sizes}, sgemm {result['sgemm_gflops']:.1f} GFLOP/s")
+    rows = [(impl, r["ms"], r["ratio_to_jaxrnn"], r["roofline_pct"], f"{r['first_loss']:.4f}")
+            for impl, r in result["results"].items()]
+    print_table(["impl", "ms/step", "x jaxrnn_fused", "% roofline", "first loss"], rows)
+  path = write_json(args.output, payload)
+  print(f"\nwrote {path}")
+  return payload
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,156 @@
+"""The fast paths give autodiff's numbers: fused hand-BPTT gradient, chunk checkpointing, inference.
+
+float64 (the suite's default) to 1e-10, float32 to 1e-5 relative.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrnn
+from jaxrnn.memory import infer
+from jaxrnn.recurrence import backward_hidden, fused_hidden, scan_hidden
+
+T, B, I, H, O = 13, 4, 3, 7, 5
+LENGTHS = np.array([13, 6, 0, 1])
+
+
+def problem(dtype, seed=0, scale=0.6):
+  rng = np.random.default_rng(seed)
+  params = jaxrnn.init_params(jax.random.key(seed), I, H, O, scale=scale, dtype=dtype)
+  params = params._replace(b_h=jnp.asarray(rng.standard_normal(H) * 0.1, dtype),
+                           b_y=jnp.asarray(rng.standard_normal(O) * 0.1, dtype))
+  xs = jnp.asarray(rng.standard_normal((T, B, I)), dtype)
+  targets = jnp.asarray(rng.integers(0, O, (T, B)))
+  h0 = jnp.asarray(rng.standard_normal((B, H)) * 0.5, dtype)
+  return params, xs, targets, h0
+
+
+def assert_close(actual, expected, rtol):
+  """``max |a - e| <= rtol * max |e|`` leaf by leaf (relative to each leaf's scale)."""
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    a, e = np.asarray(a), np.asarray(e)
+    assert a.shape == e.shape and a.dtype == e.dtype
+    assert np.max(np.abs(a - e)) <= rtol * max(np.max(np.abs(e)), 1e-30)
+
+
+def unroll_loss(params, xs, h0, targets, lengths, activation, reverse, backward):
+  """A loss on ``unroll``'s outputs, so gradients flow through ``reverse`` and ``h0``."""
+  hs, ys = jaxrnn.unroll(params, xs, h0, lengths, activation, "softmax", reverse, backward)
+  picked = jnp.take_along_axis(ys, targets[..., None], axis=-1)
+  return jnp.sum(jnp.log(picked + 1.0)) + jnp.sum(jnp.sin(hs))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float64, 1e-10), (jnp.float32, 1e-5)])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_gradient_equals_autodiff(dtype, rtol, activation, lengths, reverse):
+  params, xs, targets, h0 = problem(dtype)
+  grad = lambda backward: jax.grad(unroll_loss, argnums=(0, 1, 2))(
+      params, xs, h0, targets, lengths, activation, reverse, backward)
+  fused, autodiff = grad("fused"), grad("autodiff")
+  assert_close(fused, autodiff, rtol)
+  assert np.max(np.abs(np.asarray(fused[0].W_hh))) > 1e-3   # a real, non-zero gradient
+
+
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float64, 1e-10), (jnp.float32, 1e-5)])
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_sequence_loss_gradient_fused_equals_autodiff(dtype, rtol, lengths):
+  params, xs, targets, h0 = problem(dtype, seed=1)
+  value_and_grad = lambda backward: jax.value_and_grad(jaxrnn.sequence_loss)(
+      params, xs, targets, lengths=lengths, h0=h0, reduction="mean", backward=backward)
+  (loss_f, grads_f), (loss_a, grads_a) = value_and_grad("fused"), value_and_grad("autodiff")
+  assert_close(loss_f, loss_a, rtol)
+  assert_close(grads_f, grads_a, rtol)
+
+
+@pytest.mark.parametrize("scan_unroll", [2, 5, 16])
+def test_scan_unroll_changes_nothing(scan_unroll):
+  params, xs, targets, h0 = problem(jnp.float64, seed=2)
+  grad = lambda unroll: jax.grad(jaxrnn.sequence_loss)(params, xs, targets, lengths=LENGTHS,
+                                                       h0=h0, scan_unroll=unroll)
+  assert_close(grad(scan_unroll), grad(1), 1e-12)
+
+
+def test_fused_vjp_is_the_hand_recursion():
+  """The custom VJP returns ``(delta, sum_t delta_t h_{t-1}^T, W_hh^T delta_1)`` of the recursion."""
+  params, xs, _, h0 = problem(jnp.float64, seed=3)
+  pre = xs @ params.W_xh.T + params.b_h
+  g = jnp.asarray(np.random.default_rng(3).standard_normal((T, B, H)))
+  hs, vjp = jax.vjp(lambda p, w, h: fused_hidden(p, w, h, None, "tanh"), pre, params.W_hh, h0)
+  dpre, dW_hh, dh0 = vjp(g)
+  delta, dh0_hand = backward_hidden(params.W_hh, hs, h0, g, None, "tanh")
+  previous = jnp.concatenate([h0[None], hs[:-1]])
+  assert_close(hs, scan_hidden(pre, params.W_hh, h0, None, "tanh"), 1e-14)
+  assert_close(dpre, delta, 1e-14)
+  assert_close(dh0, dh0_hand, 1e-14)
+  assert_close(dW_hh, jnp.einsum("tbh,tbk->hk", delta, previous), 1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 13, 20])
+@pytest.mark.parametrize("backward", ["fused", "autodiff"])
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_checkpointed_loss_equals_plain(chunk, backward, lengths):
+  params, xs, targets, h0 = problem(jnp.float64, seed=4)
+  target_mask = jnp.asarray(np.random.default_rng(4).integers(0, 2, (T, B)))
+  loss = functools.partial(jaxrnn.sequence_loss, lengths=lengths, h0=h0, target_mask=target_mask,
+                           reduction="mean", backward=backward)
+  plain = jax.value_and_grad(loss)(params, xs, targets)
+  chunked = jax.value_and_grad(functools.partial(loss, checkpoint_every=chunk))(params, xs, targets)
+  assert_close(chunked, plain, 1e-10)
+
+
+def test_checkpointed_squared_error_float32():
+  params, xs, _, h0 = problem(jnp.float32, seed=5)
+  targets = jnp.asarray(np.random.default_rng(5).standard_normal((T, B, O)), jnp.float32)
+  loss = functools.partial(jaxrnn.sequence_loss, loss="squared_error", output_activation="tanh",
+                           h0=h0)
+  plain = jax.value_and_grad(loss)(params, xs, targets)
+  chunked = jax.value_and_grad(functools.partial(loss, checkpoint_every=4))(params, xs, targets)
+  assert_close(chunked, plain, 1e-5)
+
+
+def test_checkpointed_loss_rejects_bad_chunk():
+  params, xs, targets, _ = problem(jnp.float64)
+  with pytest.raises(ValueError, match="checkpoint_every"):
+    jaxrnn.sequence_loss(params, xs, targets, checkpoint_every=0)
+
+
+def test_checkpointing_lowers_compiled_memory():
+  """XLA's compiled temp memory of a gradient step: checkpointed well below storing every ``h_t``."""
+  num_steps, batch, hidden = 1024, 8, 64
+  params = jaxrnn.init_params(jax.random.key(0), 4, hidden, 4, dtype=jnp.float32)
+  xs = jnp.zeros((num_steps, batch, 4), jnp.float32)
+  targets = jnp.zeros((num_steps, batch), jnp.int32)
+
+  def temp_bytes(**kwargs):
+    step = jax.jit(jax.grad(functools.partial(jaxrnn.sequence_loss, **kwargs)))
+    return step.lower(params, xs, targets).compile().memory_analysis().temp_size_in_bytes
+  hs_bytes = num_steps * batch * hidden * 4
+  plain, chunked = temp_bytes(), temp_bytes(checkpoint_every=32)
+  assert plain >= hs_bytes
+  assert chunked < hs_bytes / 4
+
+
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float64, 1e-12), (jnp.float32, 1e-5)])
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+@pytest.mark.parametrize("output_activation", ["identity", "softmax"])
+def test_infer_equals_unroll(dtype, rtol, lengths, output_activation):
+  params, xs, _, h0 = problem(dtype, seed=6)
+  h_T, ys = jax.jit(infer, static_argnames=("activation", "output_activation"))(
+      params, xs, h0, lengths, output_activation=output_activation)
+  hs, ys_unroll = jaxrnn.unroll(params, xs, h0, lengths, output_activation=output_activation)
+  assert_close(h_T, hs[-1], rtol)
+  assert_close(ys, ys_unroll, rtol)
+  if lengths is not None:
+    assert_close(h_T[2], h0[2], 0)                     # a length-0 sequence keeps h0
+
+
+def test_infer_rejects_unknown_output_activation():
+  params, xs, _, _ = problem(jnp.float64)
+  with pytest.raises(ValueError, match="output_activation"):
+    infer(params, xs, output_activation="relu")
