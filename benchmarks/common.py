@@ -23,28 +23,37 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SGEMM_SIZE = 1024
 
 
-def time_call(fn: Callable[[], Any]) -> float:
-  """Seconds taken by ``fn()``, which must block until its work is done."""
-  start = time.perf_counter()
+def time_call(fn: Callable[[], Any]) -> tuple[float, float]:
+  """``(wall, cpu)`` seconds taken by ``fn()``, which must block until its work is done.
+
+  ``cpu`` is this process's CPU time over all its threads: unlike wall time it
+  hardly moves when other processes load the machine (spin-waiting threads
+  inflate it, though).
+  """
+  wall, cpu = time.perf_counter(), time.process_time()
   fn()
-  return time.perf_counter() - start
+  return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int,
-                      warmup: int) -> dict[str, list[float]]:
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int,
+                      ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
   """Runs every ``fn`` once per round, in turn, ``warmup`` untimed rounds first.
 
   Interleaving exposes every implementation to the same background load, so
-  ratios stay meaningful on a noisy machine. Returns seconds per call.
+  ratios stay meaningful on a noisy machine. Returns ``(wall, cpu)``: seconds
+  per call of each ``fn``.
   """
   for _ in range(warmup):
     for fn in fns.values():
       fn()
-  times: dict[str, list[float]] = {name: [] for name in fns}
+  wall: dict[str, list[float]] = {name: [] for name in fns}
+  cpu: dict[str, list[float]] = {name: [] for name in fns}
   for _ in range(rounds):
     for name, fn in fns.items():
-      times[name].append(time_call(fn))
-  return times
+      elapsed, busy = time_call(fn)
+      wall[name].append(elapsed)
+      cpu[name].append(busy)
+  return wall, cpu
 
 
 def sgemm_calls(size: int = SGEMM_SIZE) -> dict[str, Callable[[], Any]]:

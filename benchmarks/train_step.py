@@ -46,7 +46,8 @@ import optax  # noqa: E402
 import jaxrnn  # noqa: E402
 from jaxrnn.init import RNNParams  # noqa: E402
 
-from common import interleaved_times, machine_info, print_table, sgemm_calls, sgemm_gflops, write_json  # noqa: E402,I001
+from common import (SGEMM_SIZE, interleaved_times, machine_info, print_table,  # noqa: E402,I001
+                    sgemm_calls, sgemm_gflops, write_json)
 
 CONFIGS: dict[str, tuple[int, int, int, int, int]] = {   # (T, B, I, H, O)
     "small": (100, 32, 32, 128, 32),
@@ -253,20 +254,25 @@ MAKERS: dict[str, Callable[[Problem], Callable[[], float]]] = {
 
 
 def run_config(sizes: tuple[int, int, int, int, int], impls: Sequence[str], rounds: int,
-               warmup: int) -> dict[str, Any]:
-  """Times ``impls`` interleaved on one configuration; returns medians, ratios and roofline."""
+               warmup: int, sgemm_size: int = SGEMM_SIZE) -> dict[str, Any]:
+  """Times ``impls`` interleaved on one configuration; returns medians, ratios and roofline.
+
+  ``sgemm_size`` is ``n`` of the ``[n, n] x [n, n]`` matmul that measures the roofline.
+  """
   problem = make_problem(*sizes)
   calls = {name: MAKERS[name](problem) for name in impls}
   first_losses = {name: call() for name, call in calls.items()}   # same data: same loss
-  times = interleaved_times({**calls, **sgemm_calls()}, rounds, warmup)
-  gflops = sgemm_gflops(times)
+  times, cpu = interleaved_times({**calls, **sgemm_calls(sgemm_size)}, rounds, warmup)
+  gflops = sgemm_gflops(times, sgemm_size)
   flops = train_flops(*sizes)
-  reference = np.median(times[impls[0]])
+  reference, cpu_reference = np.median(times[impls[0]]), np.median(cpu[impls[0]])
   results = {}
   for name in impls:
-    median = float(np.median(times[name]))
-    results[name] = {"ms": 1e3 * median, "first_loss": first_losses[name], "ratio_to_jaxrnn": median / reference,
+    median, cpu_median = float(np.median(times[name])), float(np.median(cpu[name]))
+    results[name] = {"ms": 1e3 * median, "first_loss": first_losses[name],
+                     "ratio_to_jaxrnn": median / reference,
                      "roofline_pct": 100 * flops / median / (gflops * 1e9),
+                     "cpu_ms": 1e3 * cpu_median, "cpu_ratio_to_jaxrnn": cpu_median / cpu_reference,
                      "times_ms": [1e3 * t for t in times[name]]}
   return {"sizes": dict(zip("TBIHO", sizes)), "flops": flops, "sgemm_gflops": gflops,
           "results": results}
@@ -281,7 +287,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--devices", type=int, default=1,
                       help="host devices (set before jax starts); >1 adds jaxrnn_fused_2dev")
-  parser.add_argument("--output", default="train_step", help="results/<output>.json")
+  parser.add_argument("--output", default=None,
+                      help="results/<output>.json (train_step, or train_step_quick with --quick)")
   return parser.parse_args(argv)
 
 
@@ -299,10 +306,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = run_config(sizes, impls, rounds, warmup)
     payload["configs"][name] = result
     print(f"\n{name} (T, B, I, H, O) = {sizes}, sgemm {result['sgemm_gflops']:.1f} GFLOP/s")
-    rows = [(impl, r["ms"], r["ratio_to_jaxrnn"], r["roofline_pct"], f"{r['first_loss']:.4f}")
+    rows = [(impl, r["ms"], r["ratio_to_jaxrnn"], r["roofline_pct"], r["cpu_ms"],
+             r["cpu_ratio_to_jaxrnn"], f"{r['first_loss']:.4f}")
             for impl, r in result["results"].items()]
-    print_table(["impl", "ms/step", "x jaxrnn_fused", "% roofline", "first loss"], rows)
-  path = write_json(args.output, payload)
+    print_table(["impl", "ms/step", "x jaxrnn_fused", "% roofline", "cpu ms/step",
+                 "cpu x jaxrnn_fused", "first loss"], rows)
+  path = write_json(args.output or ("train_step_quick" if args.quick else "train_step"), payload)
   print(f"\nwrote {path}")
   return payload
 
