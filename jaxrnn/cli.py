@@ -64,8 +64,8 @@ class TrainingStopped(Exception):
 def fresh_model(config: Config, input_size: int, output_size: int) -> tuple[Any, Any]:
   """``(params, optimizer)`` at the start of a run of ``config`` (params drawn from its seed)."""
   init_key = jax.random.split(jax.random.key(config.seed))[1]
-  params = init_params(init_key, input_size, config.hidden_size, output_size, config.init,
-                       jnp.dtype(config.dtype))
+  params = jax.jit(init_params, static_argnums=(1, 2, 3, 4, 5))(
+      init_key, input_size, config.hidden_size, output_size, config.init, jnp.dtype(config.dtype))
   return params, make_optimizer(config.optimizer, config.learning_rate, config.clip_norm or None)
 
 

@@ -64,7 +64,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": dict(steps=1500, hidden_size=128, learning_rate=3e-3),
     "sunspots": dict(steps=1000, batch_size=32, hidden_size=32, learning_rate=3e-3, seq_len=40,
                      eval_every=100),
-    "text": dict(steps=3000, batch_size=32, hidden_size=256, learning_rate=3e-3, seq_len=64,
+    "text": dict(steps=2000, batch_size=32, hidden_size=256, learning_rate=3e-3, seq_len=64,
                  eval_every=500),
 }
 
@@ -121,31 +121,35 @@ def _per_step(sample: Callable[[jax.Array], Batch], key: jax.Array) -> Callable[
   return jax.jit(lambda step: sample(jax.random.fold_in(key, step)))
 
 
-def _adding(config: Config, key: jax.Array, dtype: Any) -> Task:
+def _generated(make: Callable[[jax.Array, int], Batch], config: Config,
+               key: jax.Array) -> tuple[Callable[[int], Batch], Batch]:
+  """Training batches ``step -> make(key_step, batch_size)`` and a test set from a key of its own."""
   k_train, k_test = jax.random.split(key)
-  sample = lambda k: data.adding_problem(k, config.batch_size, config.seq_len, dtype)
-  test = data.adding_problem(k_test, TEST_SEQUENCES, config.seq_len, dtype)
-  baseline = float(jnp.mean((test.targets[-1] - 1.0) ** 2))
-  return Task(2, 1, "squared_error", _per_step(sample, k_train), test, "mse",
-              lambda m: m["mse"], baseline, "predict 1.0")
+  test = jax.jit(make, static_argnums=1)(k_test, TEST_SEQUENCES)
+  return _per_step(lambda k: make(k, config.batch_size), k_train), test
+
+
+def _adding(config: Config, key: jax.Array, dtype: Any) -> Task:
+  batches, test = _generated(lambda k, size: data.adding_problem(k, size, config.seq_len, dtype),
+                             config, key)
+  baseline = float(np.mean((np.asarray(test.targets[-1]) - 1.0) ** 2))
+  return Task(2, 1, "squared_error", batches, test, "mse", lambda m: m["mse"], baseline,
+              "predict 1.0")
 
 
 def _copy(config: Config, key: jax.Array, dtype: Any) -> Task:
-  k_train, k_test = jax.random.split(key)
-  sample = lambda k: data.copy_task(k, config.batch_size, config.seq_len, config.delay,
-                                    COPY_SYMBOLS, dtype)
-  test = data.copy_task(k_test, TEST_SEQUENCES, config.seq_len, config.delay, COPY_SYMBOLS, dtype)
-  return Task(COPY_SYMBOLS + 2, COPY_SYMBOLS, "cross_entropy", _per_step(sample, k_train), test,
-              "accuracy", lambda m: m["accuracy"], 1 / COPY_SYMBOLS, "chance")
+  batches, test = _generated(lambda k, size: data.copy_task(
+      k, size, config.seq_len, config.delay, COPY_SYMBOLS, dtype), config, key)
+  return Task(COPY_SYMBOLS + 2, COPY_SYMBOLS, "cross_entropy", batches, test, "accuracy",
+              lambda m: m["accuracy"], 1 / COPY_SYMBOLS, "chance")
 
 
 def _sine(config: Config, key: jax.Array, dtype: Any) -> Task:
-  k_train, k_test = jax.random.split(key)
-  sample = lambda k: data.noisy_sines(k, config.batch_size, config.seq_len, dtype=dtype)
-  test = data.noisy_sines(k_test, TEST_SEQUENCES, config.seq_len, dtype=dtype)
-  baseline = float(jnp.mean((test.xs - test.targets) ** 2))
-  return Task(1, 1, "squared_error", _per_step(sample, k_train), test, "mse",
-              lambda m: m["mse"], baseline, "repeat last value")
+  batches, test = _generated(lambda k, size: data.noisy_sines(k, size, config.seq_len,
+                                                              dtype=dtype), config, key)
+  baseline = float(np.mean((np.asarray(test.xs) - np.asarray(test.targets)) ** 2))
+  return Task(1, 1, "squared_error", batches, test, "mse", lambda m: m["mse"], baseline,
+              "repeat last value")
 
 
 def _digits(config: Config, key: jax.Array, dtype: Any) -> Task:
@@ -153,16 +157,15 @@ def _digits(config: Config, key: jax.Array, dtype: Any) -> Task:
   order = np.random.default_rng(0).permutation(len(labels))     # a fixed split, whatever the seed
   num_test = len(labels) // 5
   test_rows, train_rows = order[:num_test], order[num_test:]
-  seqs = jnp.asarray(data.digit_sequences(images, config.read), dtype)        # [T, N, I]
-  labels = jnp.asarray(labels)
-  train_xs, train_labels = seqs[:, train_rows], labels[train_rows]
+  seqs = data.digit_sequences(images, config.read).astype(dtype)              # [T, N, I]
+  train_xs, train_labels = jnp.asarray(seqs[:, train_rows]), jnp.asarray(labels[train_rows])
 
   def sample(k):
     rows = data.sample_rows(k, len(train_rows), config.batch_size)
     return data.labelled_sequences(train_xs[:, rows], train_labels[rows])
 
-  test = data.labelled_sequences(seqs[:, test_rows], labels[test_rows])
-  majority = float(np.max(np.bincount(np.asarray(labels[test_rows]))) / num_test)
+  test = jax.jit(data.labelled_sequences)(seqs[:, test_rows], labels[test_rows])
+  majority = float(np.max(np.bincount(labels[test_rows])) / num_test)
   return Task(seqs.shape[-1], 10, "cross_entropy", _per_step(sample, key), test, "accuracy",
               lambda m: m["accuracy"], majority, "most frequent class", len(train_rows))
 
@@ -173,11 +176,12 @@ def _sunspots(config: Config, key: jax.Array, dtype: Any) -> Task:
   if config.seq_len >= num_train:
     raise ValueError(f"seq_len must be below the {num_train} training years")
   mean, std = years[:num_train].mean(), years[:num_train].std()
-  series = jnp.asarray((years - mean) / std, dtype)                            # [N]
+  series = ((years - mean) / std).astype(dtype)                               # [N]
+  train = jnp.asarray(series[:num_train])
   sample = lambda k: data.forecast_batch(
-      data.random_windows(k, series[:num_train], config.batch_size, config.seq_len))
+      data.random_windows(k, train, config.batch_size, config.seq_len))
   test = data.forecast_batch(series[:, None])._replace(
-      target_mask=(jnp.arange(len(years) - 1) >= num_train - 1)[:, None])     # forecast test years
+      target_mask=(np.arange(len(years) - 1) >= num_train - 1)[:, None])      # forecast test years
   persistence = float(np.sqrt(np.mean(np.diff(years)[num_train - 1:] ** 2)))
   return Task(1, 1, "squared_error", _per_step(sample, key), test, "rmse",
               lambda m: math.sqrt(m["mse"]) * std, persistence, "persistence",
@@ -200,7 +204,7 @@ def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
   chunk = min(TEXT_TEST_CHUNK, len(held_out) - 1)
   count = min(TEXT_TEST_CHUNKS, (len(held_out) - 1) // chunk)
   windows = held_out[np.arange(count)[None, :] * chunk + np.arange(chunk + 1)[:, None]]
-  test = data.text_batch(jnp.asarray(windows), len(vocab), dtype)             # [chunk, count]
+  test = jax.jit(data.text_batch, static_argnums=(1, 2))(windows, len(vocab), dtype)
   counts = np.bincount(codes[:num_train], minlength=len(vocab)) + 1.0
   unigram = float(-np.mean(np.log2(counts / counts.sum())[windows[1:]]))
   sample = lambda k: data.text_batch(

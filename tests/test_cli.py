@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 
 from jaxrnn import checkpoint, cli
 
-TINY = ["--batch-size", "16", "--eval-every", "10", "--checkpoint-every", "10", "--no-progress"]
+TINY = ["--batch-size", "16", "--eval-every", "10", "--checkpoint-every", "50", "--no-progress"]
 TASK_OPTIONS = {
     "adding": ["--steps", "200", "--seq-len", "10", "--hidden-size", "16", "--lr", "1e-2"],
     "copy": ["--steps", "20", "--seq-len", "2", "--delay", "2", "--hidden-size", "16"],

@@ -1,0 +1,125 @@
+"""Task data: generators are pure functions of a key, loaders read bundled data, tasks have baselines."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrnn import data
+from jaxrnn.tasks import TASK_DEFAULTS, TASKS, Config, build_task, resolve_config
+
+KEY = jax.random.key(0)
+
+
+def assert_batches_equal(a, b):
+  for x, y in zip(a, b):
+    if x is not None:
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: data.adding_problem(k, 5, 12, jnp.float32),
+    lambda k: data.copy_task(k, 5, 3, 4, 6, jnp.float32),
+    lambda k: data.noisy_sines(k, 5, 12, dtype=jnp.float32),
+])
+def test_generators_are_pure_functions_of_the_key(make):
+  assert_batches_equal(make(KEY), make(jax.random.key(0)))
+  assert not np.array_equal(np.asarray(make(KEY).xs), np.asarray(make(jax.random.key(1)).xs))
+
+
+def test_adding_target_is_the_sum_of_the_marked_values_at_the_last_step():
+  batch = data.adding_problem(KEY, 7, 10, jnp.float32)
+  values, markers = np.asarray(batch.xs[..., 0]), np.asarray(batch.xs[..., 1])
+  np.testing.assert_array_equal(markers[:5].sum(0), 1)
+  np.testing.assert_array_equal(markers[5:].sum(0), 1)
+  np.testing.assert_allclose(batch.targets[-1, :, 0], (values * markers).sum(0), rtol=1e-6)
+  np.testing.assert_array_equal(batch.target_mask, np.broadcast_to(np.arange(10)[:, None] == 9, (10, 7)))
+
+
+def test_copy_task_asks_for_the_symbols_after_the_delay():
+  length, delay, symbols = 3, 4, 6
+  batch = data.copy_task(KEY, 5, length, delay, symbols, jnp.float32)
+  codes = np.argmax(np.asarray(batch.xs), axis=-1)                       # [T, B]
+  assert batch.xs.shape == (2 * length + delay, 5, symbols + 2)
+  np.testing.assert_array_equal(codes[length + delay - 1], symbols + 1)  # the go marker
+  np.testing.assert_array_equal(codes[length:length + delay - 1], symbols)
+  np.testing.assert_array_equal(np.asarray(batch.targets)[length + delay:], codes[:length])
+  mask = np.asarray(batch.target_mask)
+  assert mask[length + delay:].all() and not mask[:length + delay].any()
+
+
+def test_sines_target_is_the_next_input():
+  batch = data.noisy_sines(KEY, 4, 20, dtype=jnp.float32)
+  np.testing.assert_array_equal(batch.xs[1:], batch.targets[:-1])
+  assert batch.target_mask is None
+
+
+def test_windows_are_contiguous_slices():
+  series = jnp.arange(100)
+  windows = data.random_windows(KEY, series, 6, 9)                      # [10, 6]
+  assert windows.shape == (10, 6)
+  np.testing.assert_array_equal(np.diff(np.asarray(windows), axis=0), 1)
+  batch = data.text_batch(windows % 7, 7, jnp.float32)
+  assert batch.xs.shape == (9, 6, 7)
+  np.testing.assert_array_equal(np.argmax(np.asarray(batch.xs[1:]), -1), batch.targets[:-1])
+
+
+def test_digits_read_by_rows_and_by_pixels():
+  pytest.importorskip("sklearn")
+  images, labels = data.load_digits()
+  assert images.shape == (1797, 8, 8) and 0 <= images.min() and images.max() <= 1
+  rows, pixels = data.digit_sequences(images, "rows"), data.digit_sequences(images, "pixels")
+  assert rows.shape == (8, 1797, 8) and pixels.shape == (64, 1797, 1)
+  np.testing.assert_array_equal(rows[3, 10], images[10, 3])
+  np.testing.assert_array_equal(pixels[8 * 3 + 5, 10, 0], images[10, 3, 5])
+  batch = data.labelled_sequences(jnp.asarray(rows[:, :4]), jnp.asarray(labels[:4]))
+  np.testing.assert_array_equal(batch.targets[-1], labels[:4])
+  with pytest.raises(ValueError, match="read order"):
+    data.digit_sequences(images, "columns")
+
+
+def test_sunspots_are_the_yearly_series():
+  pytest.importorskip("statsmodels")
+  years = data.load_sunspots()
+  assert years.shape == (309,) and years[0] == 5.0 and years.min() >= 0
+
+
+def test_text_loads_the_default_corpus_and_rejects_bad_files(tmp_path):
+  text = data.load_text()
+  assert len(text) > 100_000 and "def" in text
+  with pytest.raises(ValueError, match="does not exist"):
+    data.load_text(str(tmp_path / "missing.txt"))
+  (tmp_path / "empty.txt").write_text("")
+  with pytest.raises(ValueError, match="is empty"):
+    data.load_text(str(tmp_path / "empty.txt"))
+  np.testing.assert_array_equal(data.encode_text("abca", "abc"), [0, 1, 2, 0])
+  with pytest.raises(ValueError, match="vocabulary"):
+    data.encode_text("abd", "abc")
+
+
+def test_resolve_config_layers_task_defaults_and_options():
+  config = resolve_config("adding", hidden_size=8, seed=None)
+  assert config.hidden_size == 8 and config.activation == TASK_DEFAULTS["adding"]["activation"]
+  assert config.seed == Config().seed
+  with pytest.raises(ValueError, match="unknown task"):
+    resolve_config("nonsense")
+  assert set(TASK_DEFAULTS) == set(TASKS)
+
+
+@pytest.mark.parametrize("task, metric, low, high", [
+    ("adding", "mse", 0.15, 0.19),            # predicting 1.0: 1/6
+    ("copy", "accuracy", 0.125, 0.125),       # chance: 1/8
+    ("sine", "mse", 0.02, 0.2),               # repeat the last value
+    ("digits", "accuracy", 0.09, 0.15),       # the most frequent class
+    ("sunspots", "rmse", 20, 50),             # persistence
+    ("text", "bits/char", 4, 6),              # unigram
+])
+def test_tasks_report_their_trivial_baseline(task, metric, low, high):
+  pytest.importorskip("sklearn")
+  pytest.importorskip("statsmodels")
+  config = resolve_config(task, batch_size=4, seq_len=5 if task == "copy" else 20)
+  built = build_task(config, KEY)
+  assert built.metric == metric and low <= built.baseline <= high
+  batch = built.batches(3)
+  assert_batches_equal(batch, built.batches(3))
+  assert batch.xs.shape[1:] == (4, built.input_size) and batch.xs.dtype == jnp.float32
