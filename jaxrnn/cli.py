@@ -183,6 +183,9 @@ def run(config: Config, run_dir: Path | None, resume: bool = False,
     if resume:
       state = restore_state(checkpoints, last, config, params, optimizer, run_dir)
       params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
+      if start >= config.steps:
+        checkpoints.close()
+        raise CLIError(f"{run_dir} is complete at step {start}; pass --steps to train longer")
     elif last is not None:
       raise CLIError(existing_run_message(run_dir, config, checkpoint.saved_config(checkpoints, last)))
   eval_step = make_eval_step(spec)
@@ -215,8 +218,6 @@ def run(config: Config, run_dir: Path | None, resume: bool = False,
     if done % config.checkpoint_every == 0 or done == config.steps:
       save(done, params, opt_state)
 
-  if start >= config.steps:
-    raise CLIError(f"{run_dir} is complete at step {start}; pass --steps to train longer")
   print(f"{config.task}: {config.steps - start} steps from step {start}, batch {config.batch_size}, "
         f"H={config.hidden_size}, {config.activation}/{config.init}, {config.optimizer} "
         f"lr={config.learning_rate}" + (f", run dir {run_dir}" if run_dir else ""), flush=True)
@@ -237,11 +238,9 @@ def run(config: Config, run_dir: Path | None, resume: bool = False,
   score = test_score(result.params)
   print_table(config, task, score, config.steps - start, seconds)
   summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
-             "baseline_name": task.baseline_name, "steps": config.steps,
-             "seconds": seconds, "params": result.params}
+             "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
   if run_dir is not None:
-    json.dump({k: v for k, v in summary.items() if k != "params"},
-              (run_dir / "summary.json").open("w"), indent=2)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_run(records, task, run_dir / "loss.png")
     print(f"wrote {run_dir}/metrics.jsonl, loss.png, summary.json, checkpoints/")
   return summary
