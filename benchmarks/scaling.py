@@ -98,7 +98,7 @@ def plot(rows: list[dict[str, Any]], methods: Sequence[str], path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   steps = [row["T"] for row in rows]
-  panels = (("step_ms", "step time (ms)"), ("compile_s", "compile time (s)"),
+  panels = (("step_ms", "step time, wall (ms)"), ("compile_cpu_s", "compile time, process CPU (s)"),
             ("temp_mb", "XLA temp memory (MB)"))
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   for ax, (key, label) in zip(axes, panels):

@@ -45,6 +45,7 @@ import optax  # noqa: E402
 
 import jaxrnn  # noqa: E402
 from jaxrnn.init import RNNParams  # noqa: E402
+from jaxrnn.parallel import make_parallel_train_step  # noqa: E402
 
 from common import (SGEMM_SIZE, interleaved_times, machine_info, print_table,  # noqa: E402,I001
                     sgemm_calls, sgemm_gflops, write_json)
@@ -109,29 +110,19 @@ def make_jaxrnn(problem: Problem, gradient: str) -> Callable[[], float]:
 def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
   """The fused step with the batch split over all host devices (one chain per core).
 
-  ``shard_map`` runs :func:`jaxrnn.sequence_loss`'s ``value_and_grad`` on each
-  device's ``B / n`` sequences with no communication inside the recurrence,
-  then one ``psum`` of the loss and gradients before the Adam update.
+  :func:`jaxrnn.parallel.make_parallel_train_step`: each device runs the
+  fused ``value_and_grad`` on its ``B / n`` sequences with no communication
+  inside the recurrence, then one ``psum`` of the loss and gradients.
   """
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  mesh = jax.make_mesh((len(jax.devices()),), ("batch",))
   optimizer = optax.adam(LEARNING_RATE)
-
-  def local(params, xs, targets):
-    loss, grads = jax.value_and_grad(jaxrnn.sequence_loss)(params, xs, targets)
-    return jax.lax.psum((loss, grads), "batch")
-  value_and_grad = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, "batch"), P(None, "batch")),
-                                 out_specs=P(), check_vma=False)
+  params = jax.tree.map(jnp.asarray, problem.params)
+  train_step = make_parallel_train_step(optimizer, jaxrnn.LossSpec(reduction="sum"))
 
   def step(params, opt_state, batch):
-    loss, grads = value_and_grad(params, *batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  split = NamedSharding(mesh, P(None, "batch"))
-  params = jax.tree.map(jnp.asarray, problem.params)
-  batch = (jax.device_put(problem.xs, split), jax.device_put(problem.targets, split))
-  return jax_stepper(jax.jit(step, donate_argnums=(0, 1)), params, optimizer.init(params), batch)
+    params, opt_state, metrics = train_step(params, opt_state, batch)
+    return params, opt_state, metrics["loss"]
+  batch = jaxrnn.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
+  return jax_stepper(step, params, optimizer.init(params), batch)
 
 
 def make_torch(problem: Problem) -> Callable[[], float]:
