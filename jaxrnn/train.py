@@ -128,7 +128,7 @@ def make_train_step(optimizer: optax.GradientTransformation, spec: LossSpec = Lo
     loss, grads = loss_and_grad(params, batch, spec, gradient)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrnn import _checks
 from jaxrnn.cell import ACTIVATIONS, OUTPUT_ACTIVATIONS, output_logits
@@ -66,7 +67,8 @@ def check_inputs(params: RNNParams, xs: jax.Array, h0: jax.Array | None,
   if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
     raise TypeError(f"lengths must have an integer dtype, got {jnp.result_type(lengths)}")
   if not isinstance(lengths, jax.core.Tracer):
-    low, high = int(jnp.min(lengths)), int(jnp.max(lengths))
+    values = np.asarray(lengths)
+    low, high = int(values.min()), int(values.max())
     if low < 0 or high > num_steps:
       raise ValueError(f"lengths must lie in [0, T={num_steps}], got values in [{low}, {high}]")
   return SequenceInputs(jnp.asarray(h0), lengths_to_mask(jnp.asarray(lengths), num_steps, dtype))
