@@ -344,11 +344,12 @@ def cmd_gradients(args: argparse.Namespace) -> None:
   base = init_params(k_params, 4, args.hidden_size, 1, "orthogonal", jnp.float32)
   fig, axes = plt.subplots(1, len(ACTIVATIONS), figsize=(11, 4.2), sharey=True)
   gap = np.arange(args.steps + 1)                                         # T - k
+  flow_of = jax.jit(gradient_flow, static_argnames="activation")
   print(f"{'activation':>10} {'radius':>7} {'||act_prime||':>13} "
         f"{'||dh_T/dh_0||':>14} {'bound':>10}")
   for ax, activation in zip(axes, ACTIVATIONS):
     for color, radius in zip(plt.cm.viridis(np.linspace(0, 0.9, len(args.radii))), args.radii):
-      flow = gradient_flow(base._replace(W_hh=radius * base.W_hh), xs, activation=activation)
+      flow = flow_of(base._replace(W_hh=radius * base.W_hh), xs, activation=activation)
       norms, bound = np.asarray(flow.norms[-1, ::-1]), np.asarray(flow.bound[-1, ::-1])
       ax.plot(gap, norms, color=color, label=f"radius {radius:g}")
       ax.plot(gap, bound, color=color, ls="--", lw=1)

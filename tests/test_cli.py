@@ -36,6 +36,14 @@ def train(task, run_dir, *options):
   return cli.main(["train", task, "--run-dir", str(run_dir), *TINY, *TASK_OPTIONS[task], *options])
 
 
+@pytest.fixture(scope="module")
+def adding_run(tmp_path_factory):
+  """A finished tiny ``adding`` run, shared by the tests that only read it."""
+  run_dir = tmp_path_factory.mktemp("adding") / "run"
+  assert train("adding", run_dir) == 0
+  return run_dir
+
+
 def final_state(run_dir, input_size, output_size):
   """The config and the state of the last checkpoint in ``run_dir``."""
   config, step = cli.run_config(run_dir)
@@ -53,22 +61,24 @@ def one_error_line(capsys):
 
 
 @pytest.mark.parametrize("task", list(TASK_OPTIONS))
-def test_train_writes_a_run_and_learns(task, tmp_path, text_file, capsys):
-  extra = ["--text-file", text_file] if task == "text" else []
-  assert train(task, tmp_path / "run", *extra) == 0
-  out = capsys.readouterr().out
-  assert "baseline (" in out and f"test {json.load(open(tmp_path / 'run/summary.json'))['metric']}" in out
-  summary = json.load(open(tmp_path / "run" / "summary.json"))
+def test_train_writes_a_run_and_learns(task, request, tmp_path, text_file, capsys):
+  run_dir = tmp_path / "run"
+  if task == "adding":
+    run_dir = request.getfixturevalue("adding_run")
+  else:
+    assert train(task, run_dir, *(["--text-file", text_file] if task == "text" else [])) == 0
+    assert "baseline (" in capsys.readouterr().out
+  summary = json.load(open(run_dir / "summary.json"))
   assert np.isfinite(summary["test"]) and summary["steps"] == int(TASK_OPTIONS[task][1])
   if task in BEATS_BASELINE:
     better = summary["test"] > summary["baseline"] if task == "digits" else (
         summary["test"] < summary["baseline"])
     assert better, summary
-  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
   assert sum("test" in r for r in records) == summary["steps"] // 10
-  assert (tmp_path / "run" / "loss.png").stat().st_size > 10_000
-  config, step = cli.run_config(tmp_path / "run")
+  assert (run_dir / "loss.png").stat().st_size > 10_000
+  config, step = cli.run_config(run_dir)
   assert step == summary["steps"] and config.task == task and config.dtype == "float32"
 
 
@@ -110,12 +120,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch, 
   assert lines[0] == lines[1]                        # the log lost steps 9..13 and redid them
 
 
-def test_resume_can_extend_a_finished_run(tmp_path, capsys):
-  assert train("adding", tmp_path / "run", "--steps", "10") == 0
-  assert cli.main(["resume", str(tmp_path / "run"), "--no-progress"]) == 2
-  assert "complete" in one_error_line(capsys)
-  assert cli.main(["resume", str(tmp_path / "run"), "--steps", "20", "--no-progress"]) == 0
-  assert cli.run_config(tmp_path / "run")[1] == 20
+def test_resume_of_a_finished_run_asks_for_more_steps(adding_run, capsys):
+  assert cli.main(["resume", str(adding_run), "--no-progress"]) == 2
+  assert "is complete at step 200; pass --steps" in one_error_line(capsys)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, capsys):
@@ -174,13 +181,12 @@ def test_empty_text_file_is_one_line_error(tmp_path, capsys):
   assert "is empty" in one_error_line(capsys)
 
 
-def test_checkpoint_of_another_config_is_refused(tmp_path, capsys):
-  assert train("adding", tmp_path / "run", "--steps", "10") == 0
-  assert train("adding", tmp_path / "run", "--steps", "10", "--hidden-size", "8") == 2
+def test_checkpoint_of_another_config_is_refused(adding_run, capsys):
+  assert train("adding", adding_run, "--hidden-size", "8") == 2
   assert "different config (hidden_size 16 there, 8 here)" in one_error_line(capsys)
-  assert train("adding", tmp_path / "run", "--steps", "10") == 2
+  assert train("adding", adding_run) == 2
   assert "jaxrnn resume" in one_error_line(capsys)
-  assert cli.main(["sample", str(tmp_path / "run")]) == 2
+  assert cli.main(["sample", str(adding_run)]) == 2
   assert "sample needs a text run" in one_error_line(capsys)
 
 
