@@ -115,7 +115,7 @@ def check_config(config: Config) -> None:
 
 
 def read_metrics(path: Path, up_to: int) -> list[dict[str, Any]]:
-  """The records of ``metrics.jsonl`` with ``step <= up_to`` (all of them for ``math.inf``)."""
+  """The records of ``metrics.jsonl`` with ``step <= up_to``; none when there is no file."""
   if not path.exists():
     return []
   records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -124,17 +124,15 @@ def read_metrics(path: Path, up_to: int) -> list[dict[str, Any]]:
 
 def plot_run(records: list[dict[str, Any]], task: Task, path: Path) -> None:
   """Saves the training loss and the test metric (against the baseline) per step as a PNG."""
-  plt = optional_module("matplotlib.pyplot")
-  train = [r for r in records if "loss" in r]
+  fig = optional_module("matplotlib.figure").Figure(figsize=(10, 3.8))
+  ax_loss, ax_test = fig.subplots(1, 2)
   test = [r for r in records if "test" in r]
-  fig, (ax_loss, ax_test) = plt.subplots(1, 2, figsize=(10, 3.8))
-  steps, loss = np.array([r["step"] for r in train]), np.array([r["loss"] for r in train])
+  steps, loss = np.array([r["step"] for r in records]), np.array([r["loss"] for r in records])
   width = max(1, len(loss) // 50)
+  smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
   ax_loss.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.8)
-  if len(loss) >= width:
-    smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
-    ax_loss.plot(steps[width - 1:], smooth, color="tab:blue", label=f"mean of {width} steps")
-    ax_loss.legend()
+  ax_loss.plot(steps[width - 1:], smooth, color="tab:blue", label=f"mean of {width} steps")
+  ax_loss.legend()
   ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
   ax_test.plot([r["step"] for r in test], [r["test"] for r in test], "o-", label="model")
   ax_test.axhline(task.baseline, color="gray", ls="--", label=f"baseline ({task.baseline_name})")
@@ -144,7 +142,6 @@ def plot_run(records: list[dict[str, Any]], task: Task, path: Path) -> None:
   ax_test.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def print_table(config: Config, task: Task, score: float, steps: int, seconds: float) -> None:
@@ -336,19 +333,22 @@ def generate(params: Any, config: Config, prompt: str, length: int, temperature:
 
 
 def cmd_gradients(args: argparse.Namespace) -> None:
-  plt = optional_module("matplotlib.pyplot")
+  matplotlib = optional_module("matplotlib")
+  optional_module("matplotlib.figure")
   if args.steps < 1 or args.hidden_size < 1 or not all(r > 0 for r in args.radii):
     raise CLIError("--steps, --hidden-size and every radius must be positive")
   k_params, k_xs = jax.random.split(jax.random.key(args.seed))
   xs = jax.random.normal(k_xs, (args.steps, 4), jnp.float32)              # [T, I]
   base = init_params(k_params, 4, args.hidden_size, 1, "orthogonal", jnp.float32)
-  fig, axes = plt.subplots(1, len(ACTIVATIONS), figsize=(11, 4.2), sharey=True)
+  fig = matplotlib.figure.Figure(figsize=(11, 4.2))
+  axes = fig.subplots(1, len(ACTIVATIONS), sharey=True)
   gap = np.arange(args.steps + 1)                                         # T - k
   flow_of = jax.jit(gradient_flow, static_argnames="activation")
   print(f"{'activation':>10} {'radius':>7} {'||act_prime||':>13} "
         f"{'||dh_T/dh_0||':>14} {'bound':>10}")
   for ax, activation in zip(axes, ACTIVATIONS):
-    for color, radius in zip(plt.cm.viridis(np.linspace(0, 0.9, len(args.radii))), args.radii):
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(args.radii)))
+    for color, radius in zip(colors, args.radii):
       flow = flow_of(base._replace(W_hh=radius * base.W_hh), xs, activation=activation)
       norms, bound = np.asarray(flow.norms[-1, ::-1]), np.asarray(flow.bound[-1, ::-1])
       ax.plot(gap, norms, color=color, label=f"radius {radius:g}")
@@ -361,7 +361,6 @@ def cmd_gradients(args: argparse.Namespace) -> None:
   axes[0].legend()
   fig.tight_layout()
   fig.savefig(args.out, dpi=100)
-  plt.close(fig)
   print(f"wrote {args.out}")
 
 
