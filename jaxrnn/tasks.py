@@ -101,14 +101,19 @@ def higher_is_better(metric: str) -> bool:
   return metric == "accuracy"
 
 
+def check_task(task: str) -> None:
+  """Raises ``ValueError`` unless ``task`` is a key of :data:`TASKS`."""
+  if task not in TASKS:
+    raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+
+
 def resolve_config(task: str, **options: Any) -> Config:
   """The :class:`Config` of ``task``: its :data:`TASK_DEFAULTS`, overridden by non-``None`` options.
 
   Raises:
     ValueError: unknown task or option.
   """
-  if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+  check_task(task)
   unknown = set(options) - set(Config._fields)
   if unknown:
     raise ValueError(f"unknown options {sorted(unknown)}")
@@ -225,6 +230,5 @@ def build_task(config: Config, key: jax.Array) -> Task:
   Raises:
     ValueError: unknown task, or data that cannot serve (a missing or empty text file).
   """
-  if config.task not in TASKS:
-    raise ValueError(f"unknown task {config.task!r}; choose from {', '.join(TASKS)}")
+  check_task(config.task)
   return TASKS[config.task](config, key, jnp.dtype(config.dtype))
