@@ -88,7 +88,8 @@ def make_parallel_train_step(optimizer: optax.GradientTransformation, spec: Loss
   Example (two CPU cores)::
 
     # XLA_FLAGS=--xla_force_host_platform_device_count=2, set before importing jax
-    step = jaxrnn.parallel.make_parallel_train_step(jaxrnn.make_optimizer("adam", 1e-3))
+    from jaxrnn.parallel import make_parallel_train_step
+    step = make_parallel_train_step(jaxrnn.make_optimizer("adam", 1e-3))
     params, opt_state, metrics = step(params, opt_state, batch)
   """
   _checks.check_choice("gradient", gradient, GRADIENTS)
