@@ -37,11 +37,17 @@ def time_call(fn: Callable[[], Any]) -> tuple[float, float]:
 
 def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int,
                       ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-  """Runs every ``fn`` once per round, in turn, ``warmup`` untimed rounds first.
+  """Runs every ``fn`` twice per round, timing the second call; ``warmup`` untimed rounds first.
 
   Interleaving exposes every implementation to the same background load, so
-  ratios stay meaningful on a noisy machine. Returns ``(wall, cpu)``: seconds
-  per call of each ``fn``.
+  ratios stay meaningful on a noisy machine. The untimed call just before
+  each timed one makes every ``fn`` follow itself, as in a training loop: the
+  BLAS/OpenMP worker threads of a NumPy or torch call keep spinning for a
+  while after it returns and slow down whatever runs next (charlm, quiet
+  machine: the same jaxrnn step took 131.9 ms right after the NumPy
+  implementation's step and 78.8 ms right after Flax's step), so with one
+  call per round the ``fn`` after a NumPy one always paid for it. Returns
+  ``(wall, cpu)``: seconds per call of each ``fn``.
   """
   for _ in range(warmup):
     for fn in fns.values():
@@ -50,6 +56,7 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, warmup: in
   cpu: dict[str, list[float]] = {name: [] for name in fns}
   for _ in range(rounds):
     for name, fn in fns.items():
+      fn()
       elapsed, busy = time_call(fn)
       wall[name].append(elapsed)
       cpu[name].append(busy)
