@@ -118,7 +118,7 @@ class UnrollTest(chex.TestCase):
     hs, ys = jaxrnn.unroll(params, jnp.ones((4, 1, 2)))
     assert {a.dtype for a in jax.tree.leaves((params, hs, ys))} == {jnp.dtype(jnp.float64)}
 
-  @settings(max_examples=10, deadline=None)
+  @settings(max_examples=6, deadline=None)
   @given(num_steps=st.integers(1, 12), batch=st.integers(1, 5), in_size=st.integers(1, 6),
          hidden=st.integers(1, 6), out_size=st.integers(1, 6), reverse=st.booleans())
   def test_shapes(self, num_steps, batch, in_size, hidden, out_size, reverse):
