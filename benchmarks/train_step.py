@@ -94,17 +94,21 @@ def jax_stepper(step: Callable, params: Any, opt_state: Any, batch: Any) -> Call
   return run
 
 
-def make_jaxrnn(problem: Problem, gradient: str) -> Callable[[], float]:
-  """:func:`jaxrnn.make_train_step` with ``gradient`` and a summed cross-entropy."""
-  optimizer = optax.adam(LEARNING_RATE)
+def run_jaxrnn_step(problem: Problem, train_step: Callable) -> Callable[[], float]:
+  """A stepper for a jaxrnn ``(params, opt_state, batch) -> (params, opt_state, metrics)`` step."""
   params = jax.tree.map(jnp.asarray, problem.params)
-  train_step = jaxrnn.make_train_step(optimizer, jaxrnn.LossSpec(reduction="sum"), gradient=gradient)
 
   def step(params, opt_state, batch):
     params, opt_state, metrics = train_step(params, opt_state, batch)
     return params, opt_state, metrics["loss"]
   batch = jaxrnn.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
-  return jax_stepper(step, params, optimizer.init(params), batch)
+  return jax_stepper(step, params, optax.adam(LEARNING_RATE).init(params), batch)
+
+
+def make_jaxrnn(problem: Problem, gradient: str) -> Callable[[], float]:
+  """:func:`jaxrnn.make_train_step` with ``gradient`` and a summed cross-entropy."""
+  return run_jaxrnn_step(problem, jaxrnn.make_train_step(
+      optax.adam(LEARNING_RATE), jaxrnn.LossSpec(reduction="sum"), gradient=gradient))
 
 
 def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
@@ -114,15 +118,8 @@ def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
   fused ``value_and_grad`` on its ``B / n`` sequences with no communication
   inside the recurrence, then one ``psum`` of the loss and gradients.
   """
-  optimizer = optax.adam(LEARNING_RATE)
-  params = jax.tree.map(jnp.asarray, problem.params)
-  train_step = make_parallel_train_step(optimizer, jaxrnn.LossSpec(reduction="sum"))
-
-  def step(params, opt_state, batch):
-    params, opt_state, metrics = train_step(params, opt_state, batch)
-    return params, opt_state, metrics["loss"]
-  batch = jaxrnn.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
-  return jax_stepper(step, params, optimizer.init(params), batch)
+  return run_jaxrnn_step(problem, make_parallel_train_step(
+      optax.adam(LEARNING_RATE), jaxrnn.LossSpec(reduction="sum")))
 
 
 def make_torch(problem: Problem) -> Callable[[], float]:

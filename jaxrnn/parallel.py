@@ -99,6 +99,6 @@ def make_parallel_train_step(optimizer: optax.GradientTransformation, spec: Loss
     loss, grads = parallel_loss_and_grad(params, batch, spec, mesh, gradient)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return jax.jit(step, donate_argnums=(0, 1) if donate else ())

@@ -95,7 +95,7 @@ def three_gradients(params, h0, xs, targets, **kwargs):
   return autodiff, fused, jaxrnn.bptt(params, xs, targets, h0=h0, **kwargs)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(case=cases())
 def test_hand_bptt_and_fused_gradient_equal_jax_grad(case):
   case = make_case(**case)
