@@ -16,6 +16,7 @@ With one device everything still works (and equals the unsplit step).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxrnn import _checks
 from jaxrnn.init import RNNParams
 from jaxrnn.losses import check_loss_inputs
-from jaxrnn.train import GRADIENTS, Batch, LossSpec, Metrics, loss_and_grad
+from jaxrnn.train import GRADIENTS, Batch, LossSpec, Metrics, compile_step, loss_and_grad
 
 AXIS = "batch"
 
@@ -94,11 +95,5 @@ def make_parallel_train_step(optimizer: optax.GradientTransformation, spec: Loss
   """
   _checks.check_choice("gradient", gradient, GRADIENTS)
   mesh = batch_mesh() if mesh is None else mesh
-
-  def step(params, opt_state, batch):
-    loss, grads = parallel_loss_and_grad(params, batch, spec, mesh, gradient)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+  return compile_step(optimizer, functools.partial(parallel_loss_and_grad, spec=spec, mesh=mesh,
+                                                   gradient=gradient), donate)

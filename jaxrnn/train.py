@@ -123,9 +123,22 @@ def make_train_step(optimizer: optax.GradientTransformation, spec: LossSpec = Lo
     >>> params, opt_state, metrics = step(params, opt_state, batch)
   """
   _checks.check_choice("gradient", gradient, GRADIENTS)
+  return compile_step(optimizer, functools.partial(loss_and_grad, spec=spec, gradient=gradient),
+                      donate)
 
+
+def compile_step(optimizer: optax.GradientTransformation,
+                 value_and_grad: Callable[[RNNParams, Batch], tuple[jax.Array, RNNParams]],
+                 donate: bool = True,
+                 ) -> Callable[[RNNParams, Any, Batch], tuple[RNNParams, Any, Metrics]]:
+  """``jax.jit`` of one optimizer step around ``value_and_grad(params, batch) -> (loss, grads)``.
+
+  The step is ``(params, opt_state, batch) -> (params, opt_state, metrics)``
+  with ``metrics = {"loss", "grad_norm"}``; ``donate`` donates ``params`` and
+  ``opt_state``.
+  """
   def step(params, opt_state, batch):
-    loss, grads = loss_and_grad(params, batch, spec, gradient)
+    loss, grads = value_and_grad(params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
