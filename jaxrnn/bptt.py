@@ -1,4 +1,4 @@
-"""Backpropagation through time, derived and written by hand.
+"""Backpropagation through time, derived and written by hand, for every model.
 
 No ``jax.grad``/``jax.vjp`` is used here: every gradient is one of the seed's
 equations, in the order the chain rule applies them. It is the oracle the tests
@@ -12,9 +12,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
-from jaxrnn.init import RNNParams
-from jaxrnn.losses import check_loss_inputs
-from jaxrnn.recurrence import backward_hidden, input_projection, previous_states, scan_hidden
+from jaxrnn.data import Batch
+from jaxrnn.losses import check_problem
+from jaxrnn.params import CellParams, RNNParams
+from jaxrnn.recurrence import backward_hidden, previous_states
+from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
+from jaxrnn.unroll import forward
+
+PLAIN = ComputeSpec(gradient="autodiff")
 
 
 def output_delta(z: jax.Array, targets: jax.Array, loss: str,
@@ -39,52 +44,68 @@ def output_delta(z: jax.Array, targets: jax.Array, loss: str,
   return g
 
 
-def bptt(params: RNNParams, xs: jax.Array, targets: jax.Array, loss: str = "cross_entropy",
-         lengths: jax.Array | None = None, h0: jax.Array | None = None,
-         activation: str = "tanh", output_activation: str = "identity",
-         reduction: str = "sum",
-         target_mask: jax.Array | None = None) -> tuple[RNNParams, jax.Array]:
+def bptt(params: RNNParams, batch: Batch, h0: jax.Array | None = None, *,
+         model: ModelSpec = ModelSpec(),
+         loss: LossSpec = LossSpec()) -> tuple[RNNParams, jax.Array]:
   """Hand-derived gradient of :func:`jaxrnn.sequence_loss` and ``dL/dh_0``.
 
-  Forward: ``a_t = W_xh x_t + b_h``, ``h_t = act(a_t + W_hh h_{t-1})``,
-  ``z_t = W_hy h_t + b_y``, ``L = sum_t w_t L_t`` (``w_t`` the length mask
-  times ``target_mask``, over their count for ``reduction="mean"``). Backward, line for line below:
+  Forward (per layer ``l`` and direction ``d``, the reverse direction reading
+  time backwards): ``a_t = W_xh x^l_t + b_h``, ``h_t = act(a_t + W_hh h_{t-1})``;
+  ``x^{l+1}_t = [h^{l,0}_t; h^{l,1}_t]``, ``z_t = W_hy x^L_t + b_y``,
+  ``L = sum_t w_t L_t``. Backward, line for line below:
 
   1. ``dz_t = w_t dL_t/dz_t``                              (:func:`output_delta`)
-  2. ``dL/dW_hy = sum_t dz_t h_t^T``, ``dL/db_y = sum_t dz_t``
-  3. ``g_t = dL_t/dh_t = W_hy^T dz_t``
-  4. ``delta_t = (g_t + W_hh^T delta_{t+1}) * act'(a_t + W_hh h_{t-1})``,
+  2. ``dL/dW_hy = sum_t dz_t (x^L_t)^T``, ``dL/db_y = sum_t dz_t``
+  3. ``g_t = dL/dx^L_t = W_hy^T dz_t``, zero past each sequence's end
+  4. per direction, with ``g_t`` its half of ``dL/dx^{l+1}_t``:
+     ``delta_t = (g_t + W_hh^T delta_{t+1}) * act'(a_t + W_hh h_{t-1})``,
      a reverse ``lax.scan`` (:func:`jaxrnn.recurrence.backward_hidden`);
      ``dL/dh_0 = W_hh^T delta_1``
-  5. ``dL/dW_hh = sum_t delta_t h_{t-1}^T``, ``dL/dW_xh = sum_t delta_t x_t^T``,
+  5. ``dL/dW_hh = sum_t delta_t h_{t-1}^T``, ``dL/dW_xh = sum_t delta_t (x^l_t)^T``,
      ``dL/db_h = sum_t delta_t``
+  6. ``dL/dx^l_t = sum_d W_xh^T delta_t``: the ``g_t`` of layer ``l - 1``.
 
   Step 5 is the seed's
   ``dL/dW_hh = sum_t sum_{k<=t} dL_t/dh_t dh_t/dh_k dh_k/dW_hh``: ``delta_k``
   already holds ``sum_{t>=k} dL_t/dh_t dh_t/dh_k`` (times ``act'`` at ``k``).
 
   Args:
-    Same as :func:`jaxrnn.sequence_loss` (``xs [T, B, I]``, ``targets``,
-    ``loss``, ``lengths [B]``, ``h0 [B, H]``, ``activation``,
-    ``output_activation``, ``reduction``, ``target_mask``), with the same
-    meaning.
+    Same as :func:`jaxrnn.sequence_loss` (no dropout: this is the oracle of
+    the deterministic model).
 
   Returns:
-    ``(grads, dh0)``: ``grads`` an :class:`RNNParams` of ``dL/dparams``
-    (shaped like ``params``), ``dh0 = dL/dh_0`` ``[B, H]``.
+    ``(grads, dh0)``: ``grads`` an :class:`jaxrnn.RNNParams` of ``dL/dparams``,
+    ``dh0 = dL/dh_0`` ``[L*D, B, H]``.
   """
-  (h0, mask), weights = check_loss_inputs(params, xs, targets, loss, lengths, h0, activation,
-                                          output_activation, reduction, target_mask)  # w_t [T, B]
-  pre = input_projection(params.W_xh, params.b_h, xs)                        # a_t  [T, B, H]
-  hs = scan_hidden(pre, params.W_hh, h0, mask, activation)                   # h_t  [T, B, H]
-  z = output_logits(params, hs)                                              # z_t  [T, B, O]
+  problem = check_problem(params, batch, h0, None, model, loss, PLAIN)
+  trace = forward(params, batch.xs, problem.h0, problem.mask, model, PLAIN)
+  z = output_logits(params, trace.top)                                      # z_t  [T, B, O]
+  act = model.activation
+  num_dirs, hidden = len(params.layers[0]), problem.h0.shape[-1]
+  live = jnp.ones(batch.xs.shape[:2], z.dtype) if problem.mask is None else problem.mask
 
-  dz = weights[..., None] * output_delta(z, targets, loss, output_activation)  # [T, B, O]
-  dW_hy = jnp.einsum("tbo,tbh->oh", dz, hs)
+  dz = problem.weights[..., None] * output_delta(z, batch.targets, loss.loss,
+                                                 model.output_activation)   # 1  [T, B, O]
+  dW_hy = jnp.einsum("tbo,tbh->oh", dz, trace.top)                         # 2
   db_y = jnp.sum(dz, axis=(0, 1))
-  g = dz @ params.W_hy                                                       # [T, B, H]
-  delta, dh0 = backward_hidden(params.W_hh, hs, h0, g, mask, activation)     # [T, B, H]
-  dW_hh = jnp.einsum("tbh,tbk->hk", delta, previous_states(h0, hs))
-  dW_xh = jnp.einsum("tbh,tbi->hi", delta, xs)
-  db_h = jnp.sum(delta, axis=(0, 1))
-  return RNNParams(W_xh=dW_xh, W_hh=dW_hh, W_hy=dW_hy, b_h=db_h, b_y=db_y), dh0
+  g = dz @ params.W_hy                                                      # 3  [T, B, D*H]
+  layers, dh0 = [], [None] * len(problem.h0)
+  for l in reversed(range(len(params.layers))):
+    g = g * live[..., None]
+    dx = 0
+    cells = []
+    for d, cell in enumerate(params.layers[l]):
+      flip = (lambda a: jnp.flip(a, 0)) if d == 1 else (lambda a: a)       # processing order
+      h0_ld = problem.h0[l * num_dirs + d]
+      hs, g_d = flip(trace.states[l][d]), flip(g[..., d * hidden:(d + 1) * hidden])
+      mask = None if problem.mask is None else flip(problem.mask)
+      delta, dh0[l * num_dirs + d] = backward_hidden(cell.W_hh, hs, h0_ld, g_d, mask, act)  # 4
+      dW_hh = jnp.einsum("tbh,tbk->hk", delta, previous_states(h0_ld, hs))  # 5
+      delta = flip(delta)                                                   # time order
+      dW_xh = jnp.einsum("tbh,tbi->hi", delta, trace.inputs[l])
+      db_h = jnp.sum(delta, axis=(0, 1))
+      cells.append(CellParams(W_xh=dW_xh, W_hh=dW_hh, b_h=db_h))
+      dx = dx + delta @ cell.W_xh                                           # 6  [T, B, I_l]
+    layers.insert(0, tuple(cells))
+    g = dx
+  return RNNParams(layers=tuple(layers), W_hy=dW_hy, b_y=db_y), jnp.stack(dh0)

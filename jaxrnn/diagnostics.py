@@ -20,11 +20,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import _checks
+from jaxrnn import checks
 from jaxrnn.cell import activation_derivative, hidden_step
-from jaxrnn.init import RNNParams
-from jaxrnn.recurrence import input_projection, previous_states, scan_hidden
-from jaxrnn.unroll import check_inputs
+from jaxrnn.params import CellParams, RNNParams
+from jaxrnn.recurrence import previous_states
+from jaxrnn.spec import ComputeSpec, ModelSpec
+from jaxrnn.unroll import forward
 
 
 class GradientFlow(NamedTuple):
@@ -43,17 +44,17 @@ class GradientFlow(NamedTuple):
   act_slope: jax.Array
 
 
-def step_jacobians(params: RNNParams, hs_prev: jax.Array, xs: jax.Array,
+def step_jacobians(cell: CellParams, hs_prev: jax.Array, xs: jax.Array,
                    activation: str = "tanh") -> jax.Array:
   """``J_t = dh_t/dh_{t-1}`` for ``t = 1..T`` by ``jax.jacfwd`` of the cell; ``[T, H, H]``.
 
   Args:
-    params: :class:`RNNParams`.
+    cell: one layer and direction, :class:`jaxrnn.CellParams`.
     hs_prev: ``[h_0, ..., h_{T-1}]`` of one sequence, ``[T, H]``.
     xs: ``[x_1, ..., x_T]``, ``[T, I]``.
     activation: ``"tanh"`` or ``"relu"``.
   """
-  jac = jax.jacfwd(functools.partial(hidden_step, params, activation=activation), argnums=0)
+  jac = jax.jacfwd(functools.partial(hidden_step, cell, activation=activation), argnums=0)
   return jax.vmap(jac)(hs_prev, xs)
 
 
@@ -78,15 +79,23 @@ def jacobian_norms(jacobians: jax.Array) -> jax.Array:
   return jax.vmap(from_k, out_axes=1)(jnp.arange(num_steps + 1))        # [t, k]
 
 
-def gradient_flow(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
-                  activation: str = "tanh") -> GradientFlow:
-  """``||dh_t/dh_k||`` for every pair of steps of one sequence, and its bound.
+def gradient_flow(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None, *,
+                  layer: int = 0, direction: int = 0,
+                  model: ModelSpec = ModelSpec()) -> GradientFlow:
+  """``||dh_t/dh_k||`` for every pair of steps of one sequence in one layer, and its bound.
+
+  The model runs on ``xs``; the Jacobians are those of cell
+  ``params.layers[layer][direction]`` along the inputs it received. Steps
+  are counted in the order the cell reads them (for ``direction=1``, step 1
+  is the sequence's last).
 
   Args:
-    params: :class:`RNNParams`.
+    params: :class:`jaxrnn.RNNParams`.
     xs: one sequence, ``[T, I]``.
-    h0: ``[H]``, zeros when ``None``.
-    activation: ``"tanh"`` or ``"relu"``.
+    h0: ``[L*D, H]``, zeros when ``None``.
+    layer: ``l`` in ``[0, L)``.
+    direction: ``d`` in ``[0, D)``.
+    model: :class:`jaxrnn.ModelSpec` (its activation).
 
   Returns:
     :class:`GradientFlow`; ``norms <= bound`` holds entrywise (up to rounding).
@@ -95,17 +104,30 @@ def gradient_flow(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
     >>> flow = jaxrnn.gradient_flow(params, xs)      # xs [T, I]
     >>> flow.norms[-1]                               # ||dh_T/dh_k|| for k = 0..T
   """
-  _checks.check_rank("xs", xs, 2, "[T, I]")
+  shape = checks.check_params(params)
+  checks.check_model(model)
+  checks.check_array("xs", xs)
+  checks.check_rank("xs", xs, 2, "[T, I]")
+  checks.check_xs("xs", xs[:, None], shape, params.W_hy.dtype)
   if h0 is not None:
-    _checks.check_rank("h0", h0, 1, "[H]")
-    h0 = h0[None]
-  h0 = check_inputs(params, xs[:, None], h0, None, activation).h0[0]    # [H]
-  pre = input_projection(params.W_xh, params.b_h, xs[:, None])          # [T, 1, H]
-  hs = scan_hidden(pre, params.W_hh, h0[None], None, activation)        # [T, 1, H]
-  jacobians = step_jacobians(params, previous_states(h0[None], hs)[:, 0], xs,
-                             activation)                                # [T, H, H]
-  act_slope = jnp.max(jnp.abs(activation_derivative(activation, hs)))
-  w_norm = jnp.linalg.norm(params.W_hh, ord=2)
+    checks.check_array("h0", h0)
+    checks.check_rank("h0", h0, 2, "[L*D, H]")
+    h0 = h0[:, None]
+  h0 = checks.check_h0(h0, shape, 1, params.W_hy.dtype)                  # [L*D, 1, H]
+  for name, value, count in (("layer", layer, shape.num_layers),
+                             ("direction", direction, shape.num_directions)):
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
+      raise ValueError(f"{name} must be an int in [0, {count}), got {value!r}")
+  trace = forward(params, xs[:, None], h0, None, model, ComputeSpec(gradient="autodiff"))
+  order = (lambda a: jnp.flip(a, 0)) if direction == 1 else (lambda a: a)
+  inputs = order(trace.inputs[layer][:, 0])                             # [T, I_l]
+  hs = order(trace.states[layer][direction])                            # [T, 1, H]
+  cell = params.layers[layer][direction]
+  h0_ld = h0[layer * shape.num_directions + direction]                  # [1, H]
+  jacobians = step_jacobians(cell, previous_states(h0_ld, hs)[:, 0], inputs,
+                             model.activation)                          # [T, H, H]
+  act_slope = jnp.max(jnp.abs(activation_derivative(model.activation, hs)))
+  w_norm = jnp.linalg.norm(cell.W_hh, ord=2)
   steps = jnp.arange(xs.shape[0] + 1)
   gap = steps[:, None] - steps[None, :]                                 # t - k
   bound = jnp.where(gap >= 0, (w_norm * act_slope) ** jnp.maximum(gap, 0), 0)

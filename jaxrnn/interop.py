@@ -2,7 +2,7 @@
 
 torch's layer ``k`` computes
 ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, the same recurrence as
-:mod:`jaxrnn.stacked` in the same (column-vector) orientation, so
+:mod:`jaxrnn.params` in the same (column-vector) orientation, so
 
 * ``weight_ih_l{k}[_reverse]`` ``[H, I_k]`` is ``layers[k][d].W_xh``,
 * ``weight_hh_l{k}[_reverse]`` ``[H, H]`` is ``layers[k][d].W_hh``,
@@ -10,10 +10,9 @@ torch's layer ``k`` computes
   (only the sum ever enters the recurrence),
 
 with ``d = 1`` for the ``_reverse`` keys. torch concatenates the two
-directions, so a bidirectional model must use ``merge="concat"``; its
-``nonlinearity`` is jaxrnn's ``activation`` argument, its ``h_0``/``h_n``
-layout ``[L*D, B, H]`` is jaxrnn's, and its ``batch_first`` is
-:func:`jaxrnn.unroll_stacked_batch_first`. An ``nn.Linear(D*H, O)`` readout
+directions as jaxrnn does; its ``nonlinearity`` is ``ModelSpec.activation``,
+its ``h_0``/``h_n`` layout ``[L*D, B, H]`` is jaxrnn's, and its
+``batch_first`` is :func:`jaxrnn.unroll_batch_first`. An ``nn.Linear(D*H, O)`` readout
 has ``weight = W_hy`` and ``bias = b_y``.
 
 torch is imported only by :func:`to_torch`; :func:`from_torch` reads anything
@@ -29,7 +28,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.stacked import LayerParams, StackedParams, check_stacked
+from jaxrnn import checks
+from jaxrnn.params import CellParams, RNNParams
 
 _KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?")
 
@@ -42,8 +42,8 @@ def _to_numpy(tensor: Any) -> np.ndarray:
 
 
 def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None = None,
-               dtype: Any = None) -> StackedParams:
-  """:class:`StackedParams` from a ``torch.nn.RNN`` state dict.
+               dtype: Any = None) -> RNNParams:
+  """:class:`RNNParams` from a ``torch.nn.RNN`` state dict.
 
   Args:
     state_dict: ``rnn.state_dict()``; the number of layers and directions is
@@ -54,11 +54,12 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
     dtype: the dtype of the result; default the tensors' own.
 
   Returns:
-    :class:`StackedParams` (``merge="concat"``).
+    :class:`RNNParams`, checked.
 
   Raises:
-    ValueError: keys of an unsupported model (``proj_size``) or a state dict
-      with missing layers.
+    ValueError: keys of an unsupported model (``proj_size``), a state dict
+      with missing layers or weights, or arrays whose sizes disagree (the
+      message names the jaxrnn array).
 
   Example:
     >>> rnn = torch.nn.RNN(3, 8, num_layers=2, bidirectional=True)
@@ -78,27 +79,32 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
     raise ValueError(f"state dict must hold layers 0..L-1 in every direction, got {sorted(found)}")
   if any({"weight_ih", "weight_hh"} - set(arrays) for arrays in found.values()):
     raise ValueError("every layer needs weight_ih_l{k} and weight_hh_l{k}")
+  if linear is not None and "weight" not in linear:
+    raise ValueError("linear must hold the nn.Linear's 'weight' (and optionally 'bias')")
   dtype = jnp.dtype(dtype if dtype is not None else found[0, 0]["weight_ih"].dtype)
 
-  def layer(arrays: dict[str, np.ndarray]) -> LayerParams:
+  def layer(arrays: dict[str, np.ndarray]) -> CellParams:
     zeros = np.zeros(arrays["weight_hh"].shape[0], arrays["weight_hh"].dtype)
     b_h = arrays.get("bias_ih", zeros) + arrays.get("bias_hh", zeros)
-    return LayerParams(W_xh=jnp.asarray(arrays["weight_ih"], dtype),
+    return CellParams(W_xh=jnp.asarray(arrays["weight_ih"], dtype),
                        W_hh=jnp.asarray(arrays["weight_hh"], dtype), b_h=jnp.asarray(b_h, dtype))
 
   layers = tuple(tuple(layer(found[l, d]) for d in range(num_dirs)) for l in range(num_layers))
   if linear is None:
     width = num_dirs * layers[0][0].W_hh.shape[0]
-    return StackedParams(layers=layers, W_hy=jnp.zeros((0, width), dtype),
-                         b_y=jnp.zeros((0,), dtype))
-  W_hy = jnp.asarray(_to_numpy(linear["weight"]), dtype)
-  b_y = (jnp.asarray(_to_numpy(linear["bias"]), dtype) if "bias" in linear
-         else jnp.zeros(W_hy.shape[:1], dtype))
-  return StackedParams(layers=layers, W_hy=W_hy, b_y=b_y)
+    params = RNNParams(layers=layers, W_hy=jnp.zeros((0, width), dtype),
+                       b_y=jnp.zeros((0,), dtype))
+  else:
+    W_hy = jnp.asarray(_to_numpy(linear["weight"]), dtype)
+    b_y = (jnp.asarray(_to_numpy(linear["bias"]), dtype) if "bias" in linear
+           else jnp.zeros(W_hy.shape[:1], dtype))
+    params = RNNParams(layers=layers, W_hy=W_hy, b_y=b_y)
+  checks.check_params(params)
+  return params
 
 
-def to_torch(params: StackedParams) -> tuple[dict[str, Any], dict[str, Any]]:
-  """``torch.nn.RNN`` and ``nn.Linear`` state dicts from :class:`StackedParams`.
+def to_torch(params: RNNParams) -> tuple[dict[str, Any], dict[str, Any]]:
+  """``torch.nn.RNN`` and ``nn.Linear`` state dicts from :class:`RNNParams`.
 
   torch has two biases where jaxrnn has one: ``bias_ih`` gets ``b_h`` and
   ``bias_hh`` gets zeros (their sum, all that the model computes with, is
@@ -111,11 +117,11 @@ def to_torch(params: StackedParams) -> tuple[dict[str, Any], dict[str, Any]]:
 
   Raises:
     ImportError: torch is not installed.
-    ValueError: ``params`` is not a ``merge="concat"`` model.
+    ValueError, TypeError: ``params`` is not a consistent :class:`RNNParams`.
   """
   import torch  # pylint: disable=import-outside-toplevel
 
-  check_stacked(params, "concat")
+  checks.check_params(params)
 
   def tensor(a: jnp.ndarray) -> Any:
     return torch.from_numpy(np.array(a))

@@ -1,170 +1,200 @@
-"""Sequence losses ``L = sum_t L_t(y_t, target_t)``.
+"""Sequence losses ``L = sum_t w_t L_t(y_t, target_t)``, for every model.
 
 * ``"cross_entropy"``: ``L_t = -log softmax(z_t)[target_t]`` for integer class
-  targets ``[T, B]``, where ``z_t = W_hy h_t + b_y``. The output activation
+  targets ``[T, B]``, where ``z_t = W_hy x^L_t + b_y``; the output activation
   must be ``"identity"`` (``y_t`` are logits) or ``"softmax"`` (``y_t`` are the
   probabilities); the loss is computed from ``z_t`` either way, stably.
 * ``"squared_error"``: ``L_t = sum_o (y_t - target_t)_o^2`` for real targets
   ``[T, B, O]``, with any output activation.
 
-Masked steps (past a sequence's length) contribute nothing, and neither do
-steps outside an optional ``target_mask [T, B]`` (for tasks with a target at
-some steps only, e.g. many-to-one classification). ``reduction``
-``"sum"`` is the seed's ``L = sum_t L_t`` (summed over the batch too);
-``"mean"`` divides by the number of live ``(t, b)`` steps.
+``w_t`` is 0 past a sequence's length and outside an optional ``target_mask``
+(tasks with a target at some steps only); ``reduction="sum"`` is the seed's
+``L = sum_t L_t`` (summed over the batch too), ``"mean"`` divides by the number
+of live ``(t, b)`` steps.
 """
 
 from __future__ import annotations
 
-import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxrnn import _checks
+from jaxrnn import checks
 from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
-from jaxrnn.init import RNNParams
-from jaxrnn.memory import checkpointed_loss
-from jaxrnn.unroll import SequenceInputs, check_inputs, hidden_states
-
-LOSSES: dict[str, tuple[str, ...]] = {
-    "cross_entropy": ("identity", "softmax"),
-    "squared_error": tuple(OUTPUT_ACTIVATIONS),
-}
-REDUCTIONS = ("sum", "mean")
+from jaxrnn.data import Batch
+from jaxrnn.dropout import DropoutMasks, draw_masks
+from jaxrnn.params import RNNParams
+from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
+from jaxrnn.unroll import forward
 
 
-def loss_weights(mask: jax.Array | None, shape: tuple[int, int], reduction: str,
-                 dtype: jnp.dtype) -> jax.Array:
-  """Weight of each ``L_t`` in ``L``: the mask, divided by the token count for ``"mean"``.
+class Problem(NamedTuple):
+  """A checked batch, ready for the forward body.
 
-  Returns ``[T, B]``: ``m_t`` for ``reduction="sum"``, ``m_t / sum(m)`` for
-  ``"mean"`` (an all-zero mask gives zero weights, not NaN).
+  Attributes:
+    h0: ``[L*D, B, H]``.
+    mask: ``[T, B]`` from ``lengths``, or ``None``.
+    weights: ``w_t`` of each ``L_t`` in ``L``, ``[T, B]``.
+    masks: dropout masks, or ``None``.
   """
-  weights = jnp.ones(shape, dtype) if mask is None else mask.astype(dtype)
+  h0: jax.Array
+  mask: jax.Array | None
+  weights: jax.Array
+  masks: DropoutMasks | None
+
+
+def loss_weights(mask: jax.Array | None, target_mask: jax.Array | None, shape: tuple[int, int],
+                 reduction: str, dtype: jnp.dtype) -> jax.Array:
+  """``w_t``: the length mask times ``target_mask``, over their count for ``"mean"``; ``[T, B]``.
+
+  An all-zero mask gives zero weights, not NaN.
+  """
+  weights = jnp.ones(shape, dtype)
+  for m in (mask, target_mask):
+    if m is not None:
+      weights = weights * jnp.asarray(m, dtype)
   if reduction == "mean":
     weights = weights / jnp.maximum(weights.sum(), 1)
   return weights
 
 
-def check_loss_inputs(params: RNNParams, xs: jax.Array, targets: jax.Array, loss: str,
-                      lengths: jax.Array | None, h0: jax.Array | None, activation: str,
-                      output_activation: str, reduction: str,
-                      target_mask: jax.Array | None) -> tuple[SequenceInputs, jax.Array]:
-  """Validates the arguments shared by :func:`sequence_loss` and :func:`jaxrnn.bptt`.
-
-  Returns:
-    ``(inputs, weights)``: the checked :class:`SequenceInputs` and the weight
-    ``w_t`` of each ``L_t`` in ``L`` (``[T, B]``, from the length mask, the
-    ``target_mask`` and the ``reduction``).
+def check_problem(params: RNNParams, batch: Batch, h0: jax.Array | None, key: jax.Array | None,
+                  model: ModelSpec, loss: LossSpec, compute: ComputeSpec) -> Problem:
+  """Validates every argument of :func:`sequence_loss` (and :func:`jaxrnn.bptt`, :func:`jaxrnn.evaluate`).
 
   Raises:
-    ValueError: anything :func:`jaxrnn.unroll.check_inputs` rejects, an unknown
-      ``loss``/``reduction``/``output_activation``, an output activation the
-      loss does not accept, ``targets`` of the wrong shape, or class targets
-      outside ``[0, O)`` on a live step, or a ``target_mask`` not shaped ``[T, B]``.
-    TypeError: class targets that are not integers, or real targets whose
-      dtype differs from the params'.
+    ValueError, TypeError: naming the argument (see :mod:`jaxrnn.checks`).
   """
-  _checks.check_choice("loss", loss, LOSSES)
-  _checks.check_choice("reduction", reduction, REDUCTIONS)
-  _checks.check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
-  if output_activation not in LOSSES[loss]:
-    raise ValueError(f"loss {loss!r} does not accept output_activation {output_activation!r}; "
-                     f"use one of {list(LOSSES[loss])}")
-  inputs = check_inputs(params, xs, h0, lengths, activation)
-  num_steps, batch = jnp.shape(xs)[:2]
-  num_out = params.W_hy.shape[0]
-  if loss == "cross_entropy":
-    _checks.check_rank("targets", targets, 2, "[T, B] (class indices)")
-    if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-      raise TypeError(f"cross_entropy targets must be integer class indices, "
-                      f"got dtype {jnp.result_type(targets)}")
-  else:
-    _checks.check_rank("targets", targets, 3, "[T, B, O]")
-    _checks.check_size("targets", targets, 2, num_out, "the output size O of params.W_hy")
-    _checks.check_same_dtype("targets", targets, params.W_hh.dtype, "params")
-  _checks.check_size("targets", targets, 0, num_steps, "the number of steps T of xs")
-  _checks.check_size("targets", targets, 1, batch, "the batch size B of xs")
-  mask = inputs.mask
-  if target_mask is not None:
-    _checks.check_rank("target_mask", target_mask, 2, "[T, B]")
-    _checks.check_size("target_mask", target_mask, 0, num_steps, "the number of steps T of xs")
-    _checks.check_size("target_mask", target_mask, 1, batch, "the batch size B of xs")
-    target_mask = jnp.asarray(target_mask, params.W_hh.dtype)
-    mask = target_mask if mask is None else mask * target_mask
-  weights = loss_weights(mask, (num_steps, batch), reduction, params.W_hh.dtype)
-  if not any(isinstance(a, jax.core.Tracer) for a in (targets, weights)):
-    live = np.asarray(weights) != 0
-    values = np.asarray(targets)
-    if loss == "cross_entropy" and np.any(live & ((values < 0) | (values >= num_out))):
-      raise ValueError(f"targets must be class indices in [0, {num_out}) on every live step")
-    if loss == "squared_error" and not np.all(np.isfinite(values)):
-      raise ValueError("targets contains NaN or inf")
-  return inputs, weights
+  shape = checks.check_params(params)
+  checks.check_model(model)
+  checks.check_loss_spec(loss, model)
+  checks.check_compute(compute, shape)
+  dtype = params.W_hy.dtype
+  checks.check_batch(batch, shape, dtype, loss)
+  num_steps, size = jnp.shape(batch.xs)[:2]
+  mask = checks.lengths_mask(batch.lengths, num_steps, size, dtype)
+  weights = loss_weights(mask, batch.target_mask, (num_steps, size), loss.reduction, dtype)
+  masks = draw_masks(key, model, shape, num_steps, size, compute.dtype or dtype)
+  return Problem(checks.check_h0(h0, shape, size, dtype), mask, weights, masks)
 
 
 def step_losses(z: jax.Array, targets: jax.Array, loss: str,
                 output_activation: str) -> jax.Array:
-  """``L_t(y_t, target_t)`` for every step and sequence, from ``z_t = W_hy h_t + b_y``.
+  """``L_t(y_t, target_t)`` for every step and sequence, from ``z_t = W_hy x^L_t + b_y``.
 
   Args:
     z: output pre-activations, ``[T, B, O]``.
     targets: ``[T, B]`` class indices (cross-entropy) or ``[T, B, O]`` values.
-    loss: a key of :data:`LOSSES`.
+    loss: ``"cross_entropy"`` or ``"squared_error"``.
     output_activation: the ``out_act`` with ``y_t = out_act(z_t)``.
 
   Returns:
-    ``[T, B]`` losses, unmasked.
+    ``[T, B]`` losses, unweighted. A class index outside ``[0, O)`` (only
+    possible on a zero-weight step, or under ``jit``) gives ``NaN``, never a
+    plausible number.
   """
   if loss == "cross_entropy":
-    classes = jnp.clip(targets, 0, z.shape[-1] - 1)[..., None]          # [T, B, 1]
+    num_out = z.shape[-1]
+    valid = (targets >= 0) & (targets < num_out)
+    classes = jnp.clip(targets, 0, num_out - 1)[..., None]             # [T, B, 1]
     log_probs = jax.nn.log_softmax(z, axis=-1)                          # [T, B, O]
-    return -jnp.take_along_axis(log_probs, classes, axis=-1)[..., 0]
+    picked = -jnp.take_along_axis(log_probs, classes, axis=-1)[..., 0]
+    return jnp.where(valid, picked, jnp.nan)
   y = OUTPUT_ACTIVATIONS[output_activation](z)
   return jnp.sum((y - targets) ** 2, axis=-1)
 
 
-def sequence_loss(params: RNNParams, xs: jax.Array, targets: jax.Array,
-                  loss: str = "cross_entropy", lengths: jax.Array | None = None,
-                  h0: jax.Array | None = None, activation: str = "tanh",
-                  output_activation: str = "identity", reduction: str = "sum",
-                  target_mask: jax.Array | None = None, backward: str = "fused",
-                  scan_unroll: int = 1, checkpoint_every: int | None = None) -> jax.Array:
-  """``L = sum_t L_t(y_t, target_t)`` over a batch of sequences.
+def weighted_sum(weights: jax.Array, losses: jax.Array) -> jax.Array:
+  """``sum_t w_t L_t`` where a zero weight drops its term whatever it holds (even NaN)."""
+  return jnp.sum(jnp.where(weights != 0, weights * losses, 0))
+
+
+def logits(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
+           compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
+  """``(z [T, B, O], final [L*D, B, H])``: the forward body and the read-out on checked inputs."""
+  trace = forward(params, batch.xs, problem.h0, problem.mask, model, compute, problem.masks)
+  return output_logits(params, trace.top), trace.final
+
+
+def pad_steps(x: jax.Array, num_steps: int) -> jax.Array:
+  """Zero-pads the leading (time) axis of ``x`` to ``num_steps``; ``[T, ...] -> [num_steps, ...]``."""
+  return jnp.pad(x, [(0, num_steps - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+def to_chunks(x: jax.Array, chunk_size: int) -> jax.Array:
+  """``[T, ...] -> [T / chunk_size, chunk_size, ...]``."""
+  return x.reshape((x.shape[0] // chunk_size, chunk_size) + x.shape[1:])
+
+
+def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
+                 loss: LossSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
+  """``(L, final)`` with each chunk of ``k = compute.checkpoint_every`` steps rematerialised.
+
+  A ``lax.scan`` over chunks carries the states of every layer from one chunk
+  to the next; each chunk runs the forward body, the read-out and its loss
+  under ``jax.checkpoint``, so the forward pass keeps only ``T/k`` boundary
+  states and the backward pass recomputes ``k`` steps at a time (memory
+  ``~T/k + k``, one extra forward pass of compute). ``T`` is padded to a
+  multiple of ``k`` with frozen, zero-weight steps, which change nothing.
+  Dropout masks are drawn for the whole sequence first, so the numbers equal
+  the unchunked loss's.
+  """
+  chunk_size = compute.checkpoint_every
+  num_steps, size = batch.xs.shape[:2]
+  padded = -(-num_steps // chunk_size) * chunk_size
+  mask = problem.mask
+  if mask is None and padded != num_steps:
+    mask = jnp.ones((num_steps, size), batch.xs.dtype)
+  masks = problem.masks
+  between = None if masks is None else masks.between
+  sequences = (batch.xs, batch.targets, problem.weights, mask, between)
+  chunks = jax.tree.map(lambda x: to_chunks(pad_steps(x, padded), chunk_size), sequences)
+  inner = compute._replace(checkpoint_every=None)
+
+  @jax.checkpoint
+  def chunk_loss(h, chunk):
+    xs_c, targets_c, weights_c, mask_c, between_c = chunk                # [k, B, ...]
+    masks_c = None if masks is None else masks._replace(between=between_c)
+    trace = forward(params, xs_c, h, mask_c, model, inner, masks_c)
+    z = output_logits(params, trace.top)                                 # [k, B, O]
+    losses = step_losses(z, targets_c, loss.loss, model.output_activation)
+    return trace.final, weighted_sum(weights_c, losses)
+
+  final, losses = jax.lax.scan(chunk_loss, problem.h0, chunks)          # [T / k]
+  return jnp.sum(losses), final
+
+
+def sequence_loss(params: RNNParams, batch: Batch, h0: jax.Array | None = None, *,
+                  model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
+                  compute: ComputeSpec = ComputeSpec(),
+                  key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """``L = sum_t w_t L_t(y_t, target_t)`` over a batch, and the final states.
 
   ``jax.grad`` of this function is the gradient the library trains with; with
-  ``backward="fused"`` (the default) its recurrent part is the hand-derived
-  BPTT of :mod:`jaxrnn.bptt`, with ``"autodiff"`` it is ``lax.scan``'s own.
+  ``compute.gradient="fused"`` (the default) each layer's recurrent part is
+  the hand-derived BPTT of :mod:`jaxrnn.bptt`, otherwise ``lax.scan``'s own.
 
   Args:
-    params: :class:`RNNParams`.
-    xs: ``[T, B, I]``.
-    targets: ``[T, B]`` integer classes (cross-entropy) or ``[T, B, O]`` values.
-    loss: ``"cross_entropy"`` or ``"squared_error"``.
-    lengths: ``[B]`` sequence lengths, or ``None``.
-    h0: ``[B, H]`` initial state, or ``None`` for zeros.
-    activation: ``"tanh"`` or ``"relu"``.
-    output_activation: see :data:`LOSSES` for what each loss accepts.
-    reduction: ``"sum"`` or ``"mean"`` (over live steps).
-    target_mask: ``[T, B]``, 1 where a step has a target; ``None`` for all.
-    backward: ``"fused"`` or ``"autodiff"``.
-    scan_unroll: steps per ``lax.scan`` iteration.
-    checkpoint_every: ``None``, or a chunk length ``k``: keep only every
-      ``k``-th hidden state and recompute the rest in the backward pass
-      (:func:`jaxrnn.memory.checkpointed_loss`; memory ``~T/k + k``).
+    params: :class:`jaxrnn.RNNParams`.
+    batch: :class:`jaxrnn.Batch` (``xs [T, B, I]``, ``targets``, optional
+      ``lengths [B]`` and ``target_mask [T, B]``).
+    h0: ``[L*D, B, H]`` initial states, or ``None`` for zeros.
+    model: :class:`jaxrnn.ModelSpec`.
+    loss: :class:`jaxrnn.LossSpec`.
+    compute: :class:`jaxrnn.ComputeSpec` (``checkpoint_every`` rematerialises).
+    key: a ``jax.random`` key for dropout; ``None`` applies none.
 
   Returns:
-    The scalar loss.
+    ``(L, final [L*D, B, H])``; differentiate with
+    ``jax.grad(sequence_loss, has_aux=True)``.
+
+  Example:
+    >>> grads, final = jax.grad(jaxrnn.sequence_loss, has_aux=True)(params, batch)
   """
-  inputs, weights = check_loss_inputs(params, xs, targets, loss, lengths, h0, activation,
-                                      output_activation, reduction, target_mask)  # w [T, B]
-  if checkpoint_every is not None:
-    losses = functools.partial(step_losses, loss=loss, output_activation=output_activation)
-    return checkpointed_loss(params, xs, targets, weights, inputs, activation, losses,
-                             checkpoint_every, backward, scan_unroll)
-  hs = hidden_states(params, xs, inputs, activation, backward=backward,
-                     scan_unroll=scan_unroll)                           # [T, B, H]
-  z = output_logits(params, hs)                                         # [T, B, O]
-  return jnp.sum(weights * step_losses(z, targets, loss, output_activation))
+  problem = check_problem(params, batch, h0, key, model, loss, compute)
+  if compute.checkpoint_every is not None:
+    return chunked_loss(params, batch, problem, model, loss, compute)
+  z, final = logits(params, batch, problem, model, compute)              # [T, B, O]
+  losses = step_losses(z, batch.targets, loss.loss, model.output_activation)
+  return weighted_sum(problem.weights, losses), final

@@ -19,11 +19,6 @@ import jax.numpy as jnp
 from jaxrnn.cell import ACTIVATIONS, activation_derivative
 
 
-def lengths_to_mask(lengths: jax.Array, num_steps: int, dtype: jnp.dtype) -> jax.Array:
-  """``m[t, b] = 1`` if ``t < lengths[b]`` else ``0``; ``[B] -> [T, B]``."""
-  return (jnp.arange(num_steps)[:, None] < lengths[None, :]).astype(dtype)
-
-
 def input_projection(W_xh: jax.Array, b_h: jax.Array, xs: jax.Array) -> jax.Array:
   """``a_t = W_xh x_t + b_h`` for every step at once; ``[T, B, I] -> [T, B, H]``."""
   return xs @ W_xh.T + b_h

@@ -1,15 +1,16 @@
 """Truncated BPTT over long streams (Williams & Peng, 1990; Karpathy's min-char-rnn).
 
 A stream ``x_1..x_T`` is cut into ``N = T / k`` consecutive chunks of ``k``
-steps. Chunk ``c`` starts from the state the previous chunk ended in,
-``h^{(c)}_0 = h^{(c-1)}_k``, but the gradient stops there: the update after
-chunk ``c`` uses
+steps. Chunk ``c`` starts from the states the previous chunk ended in,
+``h^{(c)}_0 = h^{(c-1)}_k`` (every layer's), but the gradient stops there:
+the update after chunk ``c`` uses
 
 ``g^{(c)} = sum_{t in c} dL^{(c)}/dtheta_t``, ``L^{(c)} = sum_{t' in c} L_{t'}``,
 
 the full BPTT gradient of the chunk's loss with the parameters' uses
 ``theta_t`` restricted to the chunk's own steps (``h^{(c)}_0`` a constant).
 This is Keras' ``stateful=True``: the state carries over, the graph does not.
+It needs a state that runs forward in time, so a unidirectional model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrnn.stacked import StackedParams, check_stacked, stacked_loss
+from jaxrnn import checks
+from jaxrnn.data import Batch
+from jaxrnn.losses import sequence_loss
+from jaxrnn.params import RNNParams
+from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
 
 
 class TBPTTResult(NamedTuple):
@@ -29,10 +34,10 @@ class TBPTTResult(NamedTuple):
   Attributes:
     params: the params after one update per chunk.
     opt_state: the optimizer state after them.
-    h: the state the stream ended in, ``[L, B, H]``, to carry into the next epoch.
+    h: the states the stream ended in, ``[L, B, H]``, to carry into the next epoch.
     losses: each chunk's loss (before its update), ``[N]``.
   """
-  params: StackedParams
+  params: RNNParams
   opt_state: Any
   h: jax.Array
   losses: jax.Array
@@ -45,39 +50,38 @@ def tbptt_chunks(xs: jax.Array, chunk_length: int) -> jax.Array:
     ValueError: ``chunk_length`` is not a positive int that divides ``T``.
   """
   num_steps = jnp.shape(xs)[0]
-  if (not isinstance(chunk_length, int) or isinstance(chunk_length, bool) or chunk_length < 1
-      or num_steps % chunk_length):
-    raise ValueError(f"chunk_length must be a positive int dividing T={num_steps}, "
-                     f"got {chunk_length!r}; trim or pad the stream first")
+  checks.check_positive_int("chunk_length", chunk_length)
+  if num_steps % chunk_length:
+    raise ValueError(f"chunk_length must divide T={num_steps}, got {chunk_length!r}; trim or pad "
+                     "the stream first")
   return jnp.reshape(xs, (num_steps // chunk_length, chunk_length) + jnp.shape(xs)[1:])
 
 
-def tbptt_grad(params: StackedParams, h: jax.Array, xs: jax.Array, targets: jax.Array,
-               **loss_kwargs: Any) -> tuple[jax.Array, StackedParams, jax.Array]:
-  """One chunk of truncated BPTT: the loss, its gradient, and the state to carry on.
+def tbptt_grad(params: RNNParams, h: jax.Array, chunk: Batch, *, model: ModelSpec = ModelSpec(),
+               loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
+               key: jax.Array | None = None) -> tuple[jax.Array, RNNParams, jax.Array]:
+  """One chunk of truncated BPTT: the loss, its gradient, and the states to carry on.
 
   Args:
-    params: a unidirectional :class:`StackedParams`.
-    h: the state the previous chunk ended in, ``[L, B, H]``; the gradient
-      stops at it.
-    xs: the chunk's inputs, ``[k, B, I]``.
-    targets: the chunk's targets, ``[k, B]`` or ``[k, B, O]``.
-    **loss_kwargs: :func:`jaxrnn.stacked_loss`'s options (``loss``,
-      ``activation``, ``reduction``, ``backward``, ``compute_dtype``, dropout
-      rates and ``key``, ...).
+    params: a unidirectional :class:`jaxrnn.RNNParams`.
+    h: the states the previous chunk ended in, ``[L, B, H]``; the gradient
+      stops at them.
+    chunk: the chunk's :class:`jaxrnn.Batch` (``xs [k, B, I]``, ``targets``).
+    model, loss, compute, key: as :func:`jaxrnn.sequence_loss`'s.
 
   Returns:
     ``(L^{(c)}, g^{(c)}, h_next [L, B, H])``.
   """
-  (loss, h_next), grads = jax.value_and_grad(stacked_loss, has_aux=True)(
-      params, xs, targets, h0=jax.lax.stop_gradient(h), **loss_kwargs)
-  return loss, grads, h_next
+  (value, h_next), grads = jax.value_and_grad(sequence_loss, has_aux=True)(
+      params, chunk, jax.lax.stop_gradient(h), model=model, loss=loss, compute=compute, key=key)
+  return value, grads, h_next
 
 
-def tbptt_epoch(params: StackedParams, opt_state: Any, optimizer: optax.GradientTransformation,
-                xs: jax.Array, targets: jax.Array, chunk_length: int,
-                h0: jax.Array | None = None, key: jax.Array | None = None,
-                **loss_kwargs: Any) -> TBPTTResult:
+def tbptt_epoch(params: RNNParams, opt_state: Any, optimizer: optax.GradientTransformation,
+                stream: Batch, chunk_length: int, h0: jax.Array | None = None, *,
+                model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
+                compute: ComputeSpec = ComputeSpec(),
+                key: jax.Array | None = None) -> TBPTTResult:
   """One pass over a stream with truncated BPTT: one optimizer update per chunk.
 
   A ``lax.scan`` over the chunks carries ``(params, opt_state, h)``; it is
@@ -85,15 +89,15 @@ def tbptt_epoch(params: StackedParams, opt_state: Any, optimizer: optax.Gradient
   ``jax.jit(functools.partial(tbptt_epoch, optimizer=opt, chunk_length=25))``.
 
   Args:
-    params: a unidirectional :class:`StackedParams`.
+    params: a unidirectional :class:`jaxrnn.RNNParams` of any depth.
     opt_state: ``optimizer.init(params)`` or the state of the previous epoch.
     optimizer: any ``optax.GradientTransformation``.
-    xs: the stream, ``[T, B, I]`` (``B`` parallel streams).
-    targets: ``[T, B]`` or ``[T, B, O]``.
+    stream: ``xs [T, B, I]`` (``B`` parallel streams) and ``targets``
+      ``[T, B]`` or ``[T, B, O]``; no ``lengths`` or ``target_mask``.
     chunk_length: ``k``, which must divide ``T``.
-    h0: the state to start from, ``[L, B, H]`` (e.g. the last epoch's ``h``); zeros if ``None``.
-    key: a ``jax.random`` key for dropout (split once per chunk), or ``None``.
-    **loss_kwargs: :func:`jaxrnn.stacked_loss`'s static options.
+    h0: the states to start from, ``[L, B, H]`` (e.g. the last epoch's ``h``); zeros if ``None``.
+    model, loss, compute: the static specs.
+    key: a ``jax.random`` key for dropout: chunk ``c`` uses ``fold_in(key, c)``.
 
   Returns:
     :class:`TBPTTResult` ``(params, opt_state, h, losses [T / k])``.
@@ -101,25 +105,30 @@ def tbptt_epoch(params: StackedParams, opt_state: Any, optimizer: optax.Gradient
   Example:
     >>> opt = optax.adam(1e-2)
     >>> params, opt_state, h, losses = jaxrnn.tbptt_epoch(
-    ...     params, opt.init(params), opt, xs, targets, chunk_length=25)
+    ...     params, opt.init(params), opt, jaxrnn.Batch(xs, targets), chunk_length=25)
   """
-  shape = check_stacked(params, loss_kwargs.get("merge", "concat"))
+  shape = checks.check_params(params)
   if shape.num_directions != 1:
     raise ValueError("truncated BPTT carries the state forward in time; a bidirectional model "
                      "has no such state")
-  xs_chunks = tbptt_chunks(xs, chunk_length)                            # [N, k, B, I]
-  target_chunks = tbptt_chunks(targets, chunk_length)                   # [N, k, B(, O)]
+  if not isinstance(stream, Batch) or stream.lengths is not None or stream.target_mask is not None:
+    raise ValueError("stream must be a jaxrnn.Batch of xs and targets only (no lengths or "
+                     "target_mask: a stream has no end)")
+  chunks = jax.tree.map(lambda a: tbptt_chunks(a, chunk_length), stream)  # [N, k, B, ...]
+  num_chunks = chunks.xs.shape[0]
   if h0 is None:
-    h0 = jnp.zeros((shape.num_layers, jnp.shape(xs)[1], shape.hidden_size), params.W_hy.dtype)
-  keys = None if key is None else jax.random.split(key, xs_chunks.shape[0])
+    h0 = jnp.zeros((shape.num_layers, jnp.shape(stream.xs)[1], shape.hidden_size),
+                   params.W_hy.dtype)
+  keys = None if key is None else jax.vmap(lambda c: jax.random.fold_in(key, c))(
+      jnp.arange(num_chunks))
 
-  def step(carry, chunk):
+  def step(carry, inputs):
     params, opt_state, h = carry
-    xs_c, targets_c, key_c = chunk
-    loss, grads, h = tbptt_grad(params, h, xs_c, targets_c, key=key_c, **loss_kwargs)
+    chunk, key_c = inputs
+    value, grads, h = tbptt_grad(params, h, chunk, model=model, loss=loss, compute=compute,
+                                 key=key_c)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state, h), loss
+    return (optax.apply_updates(params, updates), opt_state, h), value
 
-  (params, opt_state, h), losses = jax.lax.scan(step, (params, opt_state, h0),
-                                                (xs_chunks, target_chunks, keys))
+  (params, opt_state, h), losses = jax.lax.scan(step, (params, opt_state, h0), (chunks, keys))
   return TBPTTResult(params=params, opt_state=opt_state, h=h, losses=losses)

@@ -1,6 +1,6 @@
-"""Training with optax: jit-compiled train and eval steps, and a ``fit`` loop.
+"""Training with optax: jit-compiled train and eval steps, and a ``fit`` loop, for every model.
 
-A train step is ``(params, opt_state, batch) -> (params, opt_state, metrics)``:
+A train step is ``(params, opt_state, batch, key) -> (params, opt_state, metrics)``:
 pure, compiled once, with ``params`` and ``opt_state`` donated so XLA updates
 them in place. Any ``optax.GradientTransformation`` works; :func:`make_optimizer`
 builds the usual "clip by global norm, then Adam/SGD/..." chain.
@@ -18,14 +18,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxrnn import _checks
+from jaxrnn import checks
 from jaxrnn.bptt import bptt
-from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
-from jaxrnn.init import RNNParams
-from jaxrnn.losses import check_loss_inputs, sequence_loss, step_losses
-from jaxrnn.unroll import hidden_states
+from jaxrnn.cell import OUTPUT_ACTIVATIONS
+from jaxrnn.data import Batch
+from jaxrnn.losses import check_problem, logits, sequence_loss, step_losses, weighted_sum
+from jaxrnn.params import RNNParams
+from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
 
-GRADIENTS = ("fused", "autodiff", "bptt")
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": optax.adam,
     "adamw": optax.adamw,
@@ -35,29 +35,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 }
 
 Metrics = dict[str, jax.Array]
-
-
-class Batch(NamedTuple):
-  """One batch of sequences, time-major.
-
-  Attributes:
-    xs: inputs, ``[T, B, I]``.
-    targets: ``[T, B]`` integer classes or ``[T, B, O]`` values.
-    lengths: ``[B]`` sequence lengths, or ``None`` (all ``T``).
-    target_mask: ``[T, B]``, 1 on the steps that have a target, or ``None`` (all).
-  """
-  xs: jax.Array
-  targets: jax.Array
-  lengths: jax.Array | None = None
-  target_mask: jax.Array | None = None
-
-
-class LossSpec(NamedTuple):
-  """What the model computes and what it is trained to minimise (static, hashable)."""
-  loss: str = "cross_entropy"
-  activation: str = "tanh"
-  output_activation: str = "identity"
-  reduction: str = "mean"
+Step = Callable[..., tuple[RNNParams, Any, Metrics]]
 
 
 def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
@@ -69,109 +47,120 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
 
   Args:
     name: a key of :data:`OPTIMIZERS`.
-    learning_rate: a float or an ``optax`` schedule.
-    clip_norm: clip the global gradient norm to this; ``None`` for no clipping.
+    learning_rate: a finite float ``> 0`` or an ``optax`` schedule.
+    clip_norm: clip the global gradient norm to this (finite, ``> 0``); ``None`` for no clipping.
     **kwargs: passed to the optimizer (e.g. ``momentum`` for SGD).
 
   Returns:
     An ``optax.GradientTransformation``.
   """
-  _checks.check_choice("optimizer", name, OPTIMIZERS)
+  checks.check_choice("optimizer", name, OPTIMIZERS)
+  if not callable(learning_rate):
+    checks.check_positive_number("learning_rate", learning_rate)
   optimizer = OPTIMIZERS[name](learning_rate, **kwargs)
   if clip_norm is None:
     return optimizer
-  if not clip_norm > 0:
-    raise ValueError(f"clip_norm must be positive, got {clip_norm!r}")
+  checks.check_positive_number("clip_norm", clip_norm)
   return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
 
 
-def loss_and_grad(params: RNNParams, batch: Batch, spec: LossSpec,
-                  gradient: str = "fused") -> tuple[jax.Array, RNNParams]:
+def loss_and_grad(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
+                  loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
+                  key: jax.Array | None = None) -> tuple[jax.Array, RNNParams]:
   """The loss of ``batch`` and its gradient with respect to ``params``.
 
-  ``gradient`` picks how: ``"fused"`` is ``jax.grad`` through the hand-derived
-  BPTT (fast), ``"autodiff"`` is ``jax.grad`` through ``lax.scan``, ``"bptt"``
-  calls :func:`jaxrnn.bptt` directly. All three give the same numbers.
+  ``compute.gradient`` picks how: ``"fused"`` is ``jax.grad`` through the
+  hand-derived BPTT (fast), ``"autodiff"`` is ``jax.grad`` through
+  ``lax.scan``, ``"bptt"`` calls :func:`jaxrnn.bptt` directly (no dropout,
+  ``checkpoint_every`` or compute ``dtype``). All give the same numbers.
   """
-  _checks.check_choice("gradient", gradient, GRADIENTS)
-  kwargs = dict(spec._asdict(), lengths=batch.lengths, target_mask=batch.target_mask)
-  if gradient == "bptt":
-    grads, _ = bptt(params, batch.xs, batch.targets, **kwargs)
-    return sequence_loss(params, batch.xs, batch.targets, backward="autodiff", **kwargs), grads
-  return jax.value_and_grad(sequence_loss)(params, batch.xs, batch.targets, backward=gradient,
-                                           **kwargs)
+  kwargs = dict(model=model, loss=loss, compute=compute, key=key)
+  if compute.gradient == "bptt":
+    if key is not None or compute.checkpoint_every is not None or compute.dtype is not None:
+      raise ValueError("compute.gradient='bptt' is the plain hand-derived oracle: it takes no "
+                       "dropout key, checkpoint_every or compute dtype")
+    grads, _ = bptt(params, batch, model=model, loss=loss)
+    return sequence_loss(params, batch, **kwargs)[0], grads
+  (value, _), grads = jax.value_and_grad(sequence_loss, has_aux=True)(params, batch, **kwargs)
+  return value, grads
 
 
-def make_train_step(optimizer: optax.GradientTransformation, spec: LossSpec = LossSpec(),
-                    gradient: str = "fused", donate: bool = True,
-                    ) -> Callable[[RNNParams, Any, Batch], tuple[RNNParams, Any, Metrics]]:
-  """Builds a jit-compiled step ``(params, opt_state, batch) -> (params, opt_state, metrics)``.
+def compile_step(optimizer: optax.GradientTransformation,
+                 value_and_grad: Callable[[RNNParams, Batch, Any], tuple[jax.Array, RNNParams]],
+                 donate: bool = True) -> Step:
+  """``jax.jit`` of one optimizer step around ``value_and_grad(params, batch, key) -> (loss, grads)``.
+
+  The step is ``(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``
+  with ``metrics = {"loss", "grad_norm", "param_norm"}`` (the loss and the
+  gradient's global norm before the update, the parameters' global norm
+  after it: non-finite when an update produced NaN or inf); ``donate``
+  donates ``params`` and ``opt_state``.
+  """
+  def step(params, opt_state, batch, key=None):
+    value, grads = value_and_grad(params, batch, key)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads),
+                               "param_norm": optax.tree.norm(params)}
+
+  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+
+
+def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec = ModelSpec(),
+                    loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
+                    donate: bool = True) -> Step:
+  """Builds a jit-compiled step ``(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``.
 
   Args:
     optimizer: any ``optax.GradientTransformation``.
-    spec: the :class:`LossSpec` (loss, activations, reduction).
-    gradient: ``"fused"``, ``"autodiff"`` or ``"bptt"`` (see :func:`loss_and_grad`).
+    model, loss, compute: the static specs (see :func:`jaxrnn.sequence_loss`).
     donate: donate ``params`` and ``opt_state`` buffers to the step; the
       arrays passed in must not be used after the call.
 
   Returns:
-    The compiled step. ``metrics`` holds ``loss`` (before the update) and
-    ``grad_norm`` (global norm, before clipping).
+    The compiled step (see :func:`compile_step` for ``metrics``). Pass a
+    ``key`` (a fresh one per step) to apply the model's dropout.
 
   Example:
     >>> step = jaxrnn.make_train_step(jaxrnn.make_optimizer("adam", 1e-2, clip_norm=1.0))
     >>> params, opt_state, metrics = step(params, opt_state, batch)
   """
-  _checks.check_choice("gradient", gradient, GRADIENTS)
-  return compile_step(optimizer, functools.partial(loss_and_grad, spec=spec, gradient=gradient),
-                      donate)
+  checks.check_model(model)
+  checks.check_loss_spec(loss, model)
+  checks.check_compute(compute)
+  value_and_grad = lambda params, batch, key: loss_and_grad(
+      params, batch, model=model, loss=loss, compute=compute, key=key)
+  return compile_step(optimizer, value_and_grad, donate)
 
 
-def compile_step(optimizer: optax.GradientTransformation,
-                 value_and_grad: Callable[[RNNParams, Batch], tuple[jax.Array, RNNParams]],
-                 donate: bool = True,
-                 ) -> Callable[[RNNParams, Any, Batch], tuple[RNNParams, Any, Metrics]]:
-  """``jax.jit`` of one optimizer step around ``value_and_grad(params, batch) -> (loss, grads)``.
-
-  The step is ``(params, opt_state, batch) -> (params, opt_state, metrics)``
-  with ``metrics = {"loss", "grad_norm"}``; ``donate`` donates ``params`` and
-  ``opt_state``.
-  """
-  def step(params, opt_state, batch):
-    loss, grads = value_and_grad(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
-
-
-def evaluate(params: RNNParams, batch: Batch, spec: LossSpec = LossSpec()) -> Metrics:
-  """Loss and a task metric on ``batch``, over the steps that have a target.
+def evaluate(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
+             loss: LossSpec = LossSpec()) -> Metrics:
+  """Loss and a task metric on ``batch``, over the steps that have a target (no dropout).
 
   Returns:
     ``{"loss": L}`` plus ``"accuracy"`` (cross-entropy: fraction of live
     steps whose arg-max output is the target) or ``"mse"`` (squared error:
     mean over live steps and outputs of ``(y_t - target_t)^2``).
   """
-  inputs, weights = check_loss_inputs(params, batch.xs, batch.targets, spec.loss, batch.lengths,
-                                      None, spec.activation, spec.output_activation,
-                                      spec.reduction, batch.target_mask)  # w [T, B]
-  z = output_logits(params, hidden_states(params, batch.xs, inputs, spec.activation))  # [T, B, O]
-  loss = jnp.sum(weights * step_losses(z, batch.targets, spec.loss, spec.output_activation))
-  live = (weights != 0).astype(weights.dtype)                           # [T, B]
+  compute = ComputeSpec(gradient="autodiff")
+  problem = check_problem(params, batch, None, None, model, loss, compute)
+  z, _ = logits(params, batch, problem, model, compute)                  # [T, B, O]
+  value = weighted_sum(problem.weights,
+                       step_losses(z, batch.targets, loss.loss, model.output_activation))
+  live = (problem.weights != 0).astype(z.dtype)                          # [T, B]
   count = jnp.maximum(live.sum(), 1)
-  if spec.loss == "cross_entropy":
-    hits = (jnp.argmax(z, axis=-1) == batch.targets).astype(live.dtype)
-    return {"loss": loss, "accuracy": jnp.sum(live * hits) / count}
-  y = OUTPUT_ACTIVATIONS[spec.output_activation](z)
+  if loss.loss == "cross_entropy":
+    hits = (jnp.argmax(z, axis=-1) == batch.targets).astype(z.dtype)
+    return {"loss": value, "accuracy": jnp.sum(live * hits) / count}
+  y = OUTPUT_ACTIVATIONS[model.output_activation](z)
   squared = jnp.mean((y - batch.targets) ** 2, axis=-1)
-  return {"loss": loss, "mse": jnp.sum(live * squared) / count}
+  return {"loss": value, "mse": jnp.sum(live * squared) / count}
 
 
-def make_eval_step(spec: LossSpec = LossSpec()) -> Callable[[RNNParams, Batch], Metrics]:
-  """``jax.jit`` of :func:`evaluate` for a fixed ``spec``: ``(params, batch) -> metrics``."""
-  return jax.jit(functools.partial(evaluate, spec=spec))
+def make_eval_step(*, model: ModelSpec = ModelSpec(),
+                   loss: LossSpec = LossSpec()) -> Callable[[RNNParams, Batch], Metrics]:
+  """``jax.jit`` of :func:`evaluate` for fixed specs: ``(params, batch) -> metrics``."""
+  return jax.jit(functools.partial(evaluate, model=model, loss=loss))
 
 
 class FitResult(NamedTuple):
@@ -182,40 +171,51 @@ class FitResult(NamedTuple):
 
 
 def fit(params: RNNParams, optimizer: optax.GradientTransformation,
-        batches: Callable[[int], Batch], num_steps: int, spec: LossSpec = LossSpec(),
-        gradient: str = "fused", opt_state: Any = None, start_step: int = 0,
+        batches: Callable[[int], Batch], num_steps: int, *, model: ModelSpec = ModelSpec(),
+        loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
+        key: jax.Array | None = None, opt_state: Any = None, start_step: int = 0,
         progress: bool = True,
         callback: Callable[[int, RNNParams, Any, dict[str, float]], None] | None = None,
-        sequences_per_step: int | None = None) -> FitResult:
+        sequences_per_step: int | None = None, train_step: Step | None = None) -> FitResult:
   """Trains for ``num_steps`` steps with a progress bar that shows the loss.
 
   Args:
-    params: initial :class:`RNNParams` (not modified; buffers are copied).
+    params: initial :class:`jaxrnn.RNNParams` (not modified; buffers are copied).
     optimizer: any ``optax.GradientTransformation``.
     batches: ``step -> Batch``; indexing by step (not an iterator) makes a run
       reproducible and resumable from any step.
-    num_steps: number of steps to run.
-    spec: the :class:`LossSpec`.
-    gradient: ``"fused"``, ``"autodiff"`` or ``"bptt"``.
+    num_steps: number of steps to run, ``>= 0``.
+    model, loss, compute: the static specs.
+    key: a ``jax.random`` key for dropout; step ``s`` uses ``fold_in(key, s)``.
     opt_state: optimizer state to resume from; ``optimizer.init(params)`` if ``None``.
     start_step: index of the first step (for resuming).
     progress: show a tqdm progress bar.
     callback: called after every step as ``callback(step, params, opt_state, metrics)``.
     sequences_per_step: the batch size; when given, the progress bar also shows sequences/s.
+    train_step: a step built by :func:`make_train_step` or
+      :func:`jaxrnn.parallel.make_parallel_train_step` for the same specs;
+      default ``make_train_step(optimizer, model=..., loss=..., compute=...)``.
 
   Returns:
-    :class:`FitResult` with ``history["loss"]`` and ``history["grad_norm"]`` of length ``num_steps``.
+    :class:`FitResult` with ``history["loss"]``, ``["grad_norm"]`` and
+    ``["param_norm"]``, each of length ``num_steps``.
 
   Raises:
-    FloatingPointError: the loss or gradient became NaN/inf; the message names the step.
+    FloatingPointError: the loss, the gradient or the updated parameters
+      became NaN/inf; the message names the step. ``callback`` is not called
+      for that step, so nothing non-finite is ever handed on (e.g. saved).
   """
+  if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
+    raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}")
   params = jax.tree.map(jnp.copy, params)
   opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.copy, opt_state)
-  train_step = make_train_step(optimizer, spec, gradient)
-  history: dict[str, list[float]] = {"loss": [], "grad_norm": []}
+  if train_step is None:
+    train_step = make_train_step(optimizer, model=model, loss=loss, compute=compute)
+  history: dict[str, list[float]] = {"loss": [], "grad_norm": [], "param_norm": []}
   bar = tqdm(range(start_step, start_step + num_steps), disable=not progress, unit="step")
   for step in bar:
-    params, opt_state, metrics = train_step(params, opt_state, batches(step))
+    step_key = None if key is None else jax.random.fold_in(key, step)
+    params, opt_state, metrics = train_step(params, opt_state, batches(step), step_key)
     values = {k: float(v) for k, v in metrics.items()}
     if not all(np.isfinite(v) for v in values.values()):
       raise FloatingPointError(f"non-finite training metrics at step {step}: {values}")

@@ -1,10 +1,18 @@
-"""Unrolling the cell over a whole sequence with ``lax.scan``.
+"""The forward pass of every model: one body, ``lax.scan`` over time in each layer.
 
-``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)`` for ``t = 1..T`` (the seed's
-"chain of repeating modules"), then ``y_t = out_act(W_hy h_t + b_y)``.
-Time is the leading axis (``[T, B, ...]``); :func:`unroll_batch_first` takes
-``[B, T, ...]``. Compile time does not depend on ``T``: there is no Python loop
-over time.
+Each (layer, direction) runs ``a_t = W_xh x^l_t + b_h`` for all steps at once,
+then the chain ``h_t = act(a_t + W_hh h_{t-1})`` in ``lax.scan``
+(:mod:`jaxrnn.recurrence`); the reverse direction reads time backwards. The
+layer's output ``x^{l+1}_t = [h^{l,0}_t; h^{l,1}_t]`` feeds the next layer and
+the top one the read-out ``y_t = out_act(W_hy x^L_t + b_y)``.
+
+**Steps past a sequence's end** (``t >= lengths[b]``): every layer's output
+and ``y_t`` are zero (as torch's packed sequences), the state stops at the
+sequence's last live step, and the final state is that state; the reverse
+direction starts at each sequence's own last step.
+
+Time is the leading axis (``[T, B, ...]``); compile time does not depend on
+``T``.
 """
 
 from __future__ import annotations
@@ -13,135 +21,158 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxrnn import _checks
-from jaxrnn.cell import ACTIVATIONS, OUTPUT_ACTIVATIONS, output_logits
-from jaxrnn.init import RNNParams, check_params
-from jaxrnn.recurrence import fused_hidden, input_projection, lengths_to_mask, scan_hidden
-
-BACKWARDS = ("fused", "autodiff")
-
-
-class SequenceInputs(NamedTuple):
-  """Checked inputs of one unroll: ``h0 [B, H]`` and ``mask [T, B]`` (or ``None``)."""
-  h0: jax.Array
-  mask: jax.Array | None
+from jaxrnn import checks
+from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
+from jaxrnn.dropout import DropoutMasks, draw_masks
+from jaxrnn.params import CellParams, RNNParams
+from jaxrnn.recurrence import fused_hidden, input_projection, scan_hidden
+from jaxrnn.spec import ComputeSpec, ModelSpec
 
 
-def check_inputs(params: RNNParams, xs: jax.Array, h0: jax.Array | None,
-                 lengths: jax.Array | None, activation: str) -> SequenceInputs:
-  """Validates ``params``, ``xs [T, B, I]``, ``h0 [B, H]``, ``lengths [B]`` and ``activation``.
+class Outputs(NamedTuple):
+  """What :func:`unroll` returns.
 
-  Returns:
-    :class:`SequenceInputs` with ``h0`` (zeros when ``None``) and the
-    ``[T, B]`` mask built from ``lengths`` (``None`` when ``lengths`` is).
-
-  Raises:
-    ValueError: wrong rank or size, a ``lengths`` entry outside ``[0, T]``,
-      NaN/inf in ``xs`` or ``h0``, or an unknown ``activation``.
-    TypeError: a non-floating ``xs``/``h0``, a dtype that differs from the
-      params', or non-integer ``lengths``.
+  Attributes:
+    hs: the top layer's output ``x^L_t``, ``[T, B, D*H]`` (torch's ``output``).
+    ys: ``y_t = out_act(W_hy x^L_t + b_y)``, ``[T, B, O]``.
+    final: every layer's and direction's final state, ``[L*D, B, H]`` (row
+      ``l*D + d``, torch's ``h_n``).
   """
-  _, hidden, _ = check_params(params)
-  _checks.check_choice("activation", activation, ACTIVATIONS)
-  dtype = params.W_hh.dtype
-  _checks.check_rank("xs", xs, 3, "[T, B, I]")
-  _checks.check_size("xs", xs, 2, params.W_xh.shape[1], "the input size I of params.W_xh")
-  _checks.check_floating("xs", xs)
-  _checks.check_same_dtype("xs", xs, dtype, "params")
-  _checks.check_finite("xs", xs)
-  num_steps, batch = jnp.shape(xs)[:2]
-  if h0 is None:
-    h0 = jnp.zeros((batch, hidden), dtype)
-  else:
-    _checks.check_rank("h0", h0, 2, "[B, H]")
-    _checks.check_size("h0", h0, 0, batch, "the batch size B of xs")
-    _checks.check_size("h0", h0, 1, hidden, "the hidden size H of params.W_hh")
-    _checks.check_same_dtype("h0", h0, dtype, "params")
-    _checks.check_finite("h0", h0)
-  if lengths is None:
-    return SequenceInputs(jnp.asarray(h0), None)
-  _checks.check_rank("lengths", lengths, 1, "[B]")
-  _checks.check_size("lengths", lengths, 0, batch, "the batch size B of xs")
-  if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
-    raise TypeError(f"lengths must have an integer dtype, got {jnp.result_type(lengths)}")
-  if not isinstance(lengths, jax.core.Tracer):
-    values = np.asarray(lengths)
-    low, high = int(values.min()), int(values.max())
-    if low < 0 or high > num_steps:
-      raise ValueError(f"lengths must lie in [0, T={num_steps}], got values in [{low}, {high}]")
-  return SequenceInputs(jnp.asarray(h0), lengths_to_mask(jnp.asarray(lengths), num_steps, dtype))
+  hs: jax.Array
+  ys: jax.Array
+  final: jax.Array
 
 
-def hidden_states(params: RNNParams, xs: jax.Array, inputs: SequenceInputs, activation: str,
-                  reverse: bool = False, backward: str = "fused",
-                  scan_unroll: int = 1) -> jax.Array:
-  """``hs [T, B, H]`` from checked inputs; ``reverse`` runs from ``t = T`` down to 1.
+class Trace(NamedTuple):
+  """Everything the forward body computed, for the hand-derived backward pass.
 
-  ``backward="fused"`` differentiates through the hand-derived BPTT
-  (:func:`jaxrnn.recurrence.fused_hidden`), ``"autodiff"`` through ``lax.scan``.
+  Attributes:
+    inputs: ``x^l`` as fed to layer ``l``, ``[T, B, I_l]`` each.
+    states: ``states[l][d]``, that cell's ``h_t`` in time order, ``[T, B, H]``,
+      held (not zeroed) past each sequence's end.
+    top: ``x^L``, ``[T, B, D*H]``, zero past each sequence's end.
+    final: ``[L*D, B, H]``.
   """
-  _checks.check_choice("backward", backward, BACKWARDS)
-  pre = input_projection(params.W_xh, params.b_h, xs)                 # [T, B, H]
-  mask = inputs.mask
+  inputs: tuple[jax.Array, ...]
+  states: tuple[tuple[jax.Array, ...], ...]
+  top: jax.Array
+  final: jax.Array
+
+
+def layer_states(cell: CellParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
+                 activation: str, reverse: bool, compute: ComputeSpec) -> jax.Array:
+  """One cell over a sequence: ``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)``; ``[T, B, H]``.
+
+  ``reverse`` runs from ``t = T`` down to 1. ``compute.gradient == "fused"``
+  differentiates through the hand-derived BPTT
+  (:func:`jaxrnn.recurrence.fused_hidden`), otherwise through ``lax.scan``.
+  """
+  pre = input_projection(cell.W_xh, cell.b_h, xs)                        # [T, B, H]
   if reverse:
     pre = jnp.flip(pre, 0)
     mask = None if mask is None else jnp.flip(mask, 0)
-  hidden = fused_hidden if backward == "fused" else scan_hidden
-  hs = hidden(pre, params.W_hh, inputs.h0, mask, activation, scan_unroll)   # [T, B, H]
+  hidden = fused_hidden if compute.gradient == "fused" else scan_hidden
+  hs = hidden(pre, cell.W_hh, h0, mask, activation, compute.scan_unroll)  # [T, B, H]
   return jnp.flip(hs, 0) if reverse else hs
 
 
-def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
-           lengths: jax.Array | None = None, activation: str = "tanh",
-           output_activation: str = "identity", reverse: bool = False,
-           backward: str = "fused", scan_unroll: int = 1) -> tuple[jax.Array, jax.Array]:
-  """Runs the RNN over a batch of sequences.
-
-  ``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)``, ``y_t = out_act(W_hy h_t + b_y)``.
-
-  With ``lengths``, sequence ``b`` lives on steps ``t < lengths[b]``: past its
-  end its state stays frozen and its outputs are zero, so ``hs[-1]`` is every
-  sequence's own final state. ``reverse=True`` reads each sequence from its own
-  last step back to its first (padding is skipped, as with torch's packed
-  sequences), and ``hs[0]`` is then the final state.
+def forward(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
+            model: ModelSpec, compute: ComputeSpec,
+            masks: DropoutMasks | None = None) -> Trace:
+  """The layers of every model on checked inputs, without the read-out.
 
   Args:
-    params: :class:`RNNParams`.
-    xs: inputs, ``[T, B, I]``.
-    h0: initial state ``[B, H]``; zeros when ``None``.
-    lengths: ``[B]`` integers in ``[0, T]``, or ``None`` for all ``T``.
-    activation: ``"tanh"`` or ``"relu"``.
-    output_activation: ``"identity"``, ``"sigmoid"``, ``"tanh"`` or ``"softmax"``.
-    reverse: run from the last step to the first.
-    backward: ``"fused"`` (gradients by the hand-derived BPTT) or
-      ``"autodiff"``; both give the same numbers.
-    scan_unroll: steps per ``lax.scan`` iteration (a speed knob only).
+    params: checked :class:`jaxrnn.RNNParams`.
+    xs: ``[T, B, I]``.
+    h0: ``[L*D, B, H]``.
+    mask: ``[T, B]`` of 0/1, or ``None`` (every step live).
+    model: the activation is used here; dropout comes as ``masks``.
+    compute: ``gradient``, ``scan_unroll`` and ``dtype`` (the layers run in it).
+    masks: from :func:`jaxrnn.dropout.draw_masks`, or ``None``.
 
   Returns:
-    ``(hs [T, B, H], ys [T, B, O])``.
+    :class:`Trace`; ``top`` and ``final`` in the params' dtype.
+  """
+  dtype = params.W_hy.dtype
+  work = dtype if compute.dtype is None else jnp.dtype(compute.dtype)
+  num_dirs = len(params.layers[0])
+  x, h0 = xs.astype(work), h0.astype(work)                               # [T, B, I], [L*D, B, H]
+  inputs, states, finals = [], [], []
+  for l, layer in enumerate(params.layers):
+    inputs.append(x)
+    cells = []
+    for d, cell in enumerate(layer):
+      cell = jax.tree.map(lambda a: a.astype(work), cell)
+      x_d = x if masks is None or masks.inputs is None else x * masks.inputs[l][d]
+      if masks is not None and masks.state is not None:
+        cell = cell._replace(W_hh=cell.W_hh * masks.state[l][d])        # W_hh diag(m)
+      hs = layer_states(cell, x_d, h0[l * num_dirs + d], mask, model.activation, d == 1,
+                        compute)                                         # [T, B, H]
+      cells.append(hs)
+      finals.append(hs[0] if d == 1 else hs[-1])
+    states.append(tuple(cells))
+    x = jnp.concatenate(cells, axis=-1) if num_dirs == 2 else cells[0]  # [T, B, D*H]
+    if mask is not None:
+      x = jnp.where(mask[..., None] > 0, x, 0)
+    if masks is not None and masks.between is not None and l < len(params.layers) - 1:
+      x = x * masks.between[l]
+  return Trace(tuple(inputs), tuple(states), x.astype(dtype), jnp.stack(finals).astype(dtype))
+
+
+def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
+           lengths: jax.Array | None = None, *, model: ModelSpec = ModelSpec(),
+           compute: ComputeSpec = ComputeSpec(), key: jax.Array | None = None) -> Outputs:
+  """Runs the RNN (any number of layers, one or two directions) over a batch of sequences.
+
+  ``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-+1} + b_h^{l,d})``,
+  ``y_t = out_act(W_hy x^L_t + b_y)``; for one layer the seed's
+  ``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)``, ``y_t = out_act(W_hy h_t + b_y)``.
+
+  Args:
+    params: :class:`jaxrnn.RNNParams`.
+    xs: inputs, ``[T, B, I]``, in the params' dtype.
+    h0: initial states ``[L*D, B, H]`` (row ``l*D + d``); zeros when ``None``.
+    lengths: ``[B]`` integers in ``[0, T]``, or ``None`` for all ``T``. See
+      the module docstring for what happens past each sequence's end.
+    model: :class:`jaxrnn.ModelSpec` (activations, dropout rates).
+    compute: :class:`jaxrnn.ComputeSpec` (gradient path, ``scan_unroll``, ``dtype``).
+    key: a ``jax.random`` key for dropout; ``None`` applies none.
+
+  Returns:
+    :class:`Outputs` ``(hs [T, B, D*H], ys [T, B, O], final [L*D, B, H])``.
 
   Example:
     >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
-    >>> hs, ys = jaxrnn.unroll(params, jnp.ones((4, 7, 3)), lengths=jnp.array([4, 2, 0, 1, 4, 3, 3]))
-    >>> hs.shape, ys.shape
-    ((4, 7, 5), (4, 7, 2))
+    >>> hs, ys, final = jaxrnn.unroll(params, jnp.ones((4, 7, 3)),
+    ...                               lengths=jnp.array([4, 2, 0, 1, 4, 3, 3]))
+    >>> hs.shape, ys.shape, final.shape
+    ((4, 7, 5), (4, 7, 2), (1, 7, 5))
   """
-  _checks.check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
-  inputs = check_inputs(params, xs, h0, lengths, activation)
-  hs = hidden_states(params, xs, inputs, activation, reverse, backward, scan_unroll)
-  ys = OUTPUT_ACTIVATIONS[output_activation](output_logits(params, hs))  # [T, B, O]
-  if inputs.mask is not None:
-    ys = jnp.where(inputs.mask[..., None] > 0, ys, 0)
-  return hs, ys
+  shape = checks.check_params(params)
+  checks.check_model(model)
+  checks.check_compute(compute)
+  dtype = params.W_hy.dtype
+  checks.check_xs("xs", xs, shape, dtype)
+  num_steps, batch = jnp.shape(xs)[:2]
+  h0 = checks.check_h0(h0, shape, batch, dtype)
+  mask = checks.lengths_mask(lengths, num_steps, batch, dtype)
+  masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or dtype)
+  trace = forward(params, xs, h0, mask, model, compute, masks)
+  ys = OUTPUT_ACTIVATIONS[model.output_activation](output_logits(params, trace.top))
+  if mask is not None:
+    ys = jnp.where(mask[..., None] > 0, ys, 0)                           # [T, B, O]
+  return Outputs(trace.top, ys, trace.final)
 
 
-def unroll_batch_first(params: RNNParams, xs: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
-  """:func:`unroll` for batch-first ``xs [B, T, I]``; returns ``hs [B, T, H], ys [B, T, O]``.
+def unroll_batch_first(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
+                       lengths: jax.Array | None = None, **kwargs) -> Outputs:
+  """:func:`unroll` for batch-first ``xs [B, T, I]``: ``hs [B, T, D*H]``, ``ys [B, T, O]``.
 
-  Keyword arguments are :func:`unroll`'s (``h0 [B, H]``, ``lengths [B]``, ...).
+  ``h0`` and ``final`` stay ``[L*D, B, H]``, as torch's with ``batch_first=True``.
+  Keyword arguments are :func:`unroll`'s.
   """
-  _checks.check_rank("xs", xs, 3, "[B, T, I]")
-  hs, ys = unroll(params, jnp.swapaxes(xs, 0, 1), **kwargs)
-  return jnp.swapaxes(hs, 0, 1), jnp.swapaxes(ys, 0, 1)
+  checks.check_array("xs", xs)
+  checks.check_rank("xs", xs, 3, "[B, T, I]")
+  hs, ys, final = unroll(params, jnp.swapaxes(xs, 0, 1), h0, lengths, **kwargs)
+  return Outputs(jnp.swapaxes(hs, 0, 1), jnp.swapaxes(ys, 0, 1), final)

@@ -1,0 +1,283 @@
+"""Argument checks, in one place, shared by every public entry point.
+
+Every public function validates what it is given *before* tracing, so a bad
+shape, dtype, name or value fails with a ``ValueError``/``TypeError`` that
+names the offending argument instead of an XLA error (or, worse, a silent
+broadcast or clamp). Shape checks use static information; value checks
+(NaN, ranges) look at concrete arrays and are skipped for tracers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Container
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn.data import Batch
+from jaxrnn.params import CellParams, RNNParams, Shape
+from jaxrnn.spec import (ACTIVATION_NAMES, GRADIENTS, LOSSES, OUTPUT_ACTIVATION_NAMES, REDUCTIONS,
+                         ComputeSpec, LossSpec, ModelSpec)
+
+
+def is_concrete(*xs: Any) -> bool:
+  """Whether none of ``xs`` is a tracer (so values can be checked)."""
+  return not any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
+def check_choice(name: str, value: Any, choices: Container[str]) -> None:
+  """Raises ``ValueError`` unless ``value`` is one of ``choices``."""
+  if not isinstance(value, str) or value not in choices:
+    raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+  """Raises ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) ``>= 1``."""
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_rate(name: str, rate: Any) -> None:
+  """Raises ``ValueError`` unless ``0 <= rate < 1``."""
+  if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
+    raise ValueError(f"{name} must be a float in [0, 1), got {rate!r}")
+
+
+def check_positive_number(name: str, value: Any) -> None:
+  """Raises ``ValueError`` unless ``value`` is a finite real ``> 0``."""
+  if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+      or value <= 0):
+    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_rank(name: str, x: Any, rank: int, layout: str) -> None:
+  """Raises ``ValueError`` unless ``x`` has ``rank`` dimensions (``layout`` names them)."""
+  if jnp.ndim(x) != rank:
+    raise ValueError(f"{name} must have shape {layout} (rank {rank}), got shape {jnp.shape(x)}")
+
+
+def check_size(name: str, x: Any, axis: int, size: int, what: str) -> None:
+  """Raises ``ValueError`` unless ``x.shape[axis] == size``; ``what`` says where ``size`` comes from."""
+  got = jnp.shape(x)[axis]
+  if got != size:
+    raise ValueError(f"{name} has size {got} on axis {axis}, but {what} is {size} "
+                     f"(shape {jnp.shape(x)})")
+
+
+def check_array(name: str, x: Any) -> None:
+  """Raises ``TypeError`` unless ``x`` is an array (not a list, tuple or scalar)."""
+  if not isinstance(x, (jax.Array, np.ndarray)):
+    raise TypeError(f"{name} must be a jax or NumPy array, got {type(x).__name__}")
+
+
+def check_floating(name: str, x: Any) -> None:
+  """Raises ``TypeError`` unless ``x`` has a floating-point dtype."""
+  dtype = jnp.result_type(x)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"{name} must have a floating-point dtype, got {dtype}")
+
+
+def check_same_dtype(name: str, x: Any, dtype: Any, what: str) -> None:
+  """Raises ``TypeError`` unless ``x`` has ``dtype`` (no silent up/down-casting)."""
+  got = jnp.result_type(x)
+  if got != jnp.dtype(dtype):
+    raise TypeError(f"{name} has dtype {got} but {what} has dtype {jnp.dtype(dtype)}; "
+                    f"cast one of them explicitly")
+
+
+def check_finite(name: str, x: Any) -> None:
+  """Raises ``ValueError`` if a concrete ``x`` holds NaN or inf; a no-op on tracers."""
+  if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
+    raise ValueError(f"{name} contains NaN or inf")
+
+
+def check_model(model: Any) -> ModelSpec:
+  """Checks a :class:`ModelSpec` field by field; returns it."""
+  if not isinstance(model, ModelSpec):
+    raise TypeError(f"model must be a jaxrnn.ModelSpec, got {type(model).__name__}")
+  check_choice("model.activation", model.activation, ACTIVATION_NAMES)
+  check_choice("model.output_activation", model.output_activation, OUTPUT_ACTIVATION_NAMES)
+  for name in ("dropout", "input_dropout", "state_dropout"):
+    check_rate(f"model.{name}", getattr(model, name))
+  return model
+
+
+def check_loss_spec(loss: Any, model: ModelSpec) -> LossSpec:
+  """Checks a :class:`LossSpec` and that ``model``'s output activation suits its loss."""
+  if not isinstance(loss, LossSpec):
+    raise TypeError(f"loss must be a jaxrnn.LossSpec, got {type(loss).__name__}")
+  check_choice("loss.loss", loss.loss, LOSSES)
+  check_choice("loss.reduction", loss.reduction, REDUCTIONS)
+  if model.output_activation not in LOSSES[loss.loss]:
+    raise ValueError(f"loss {loss.loss!r} does not accept model.output_activation "
+                     f"{model.output_activation!r}; use one of {list(LOSSES[loss.loss])}")
+  return loss
+
+
+def check_compute(compute: Any, shape: Shape | None = None) -> ComputeSpec:
+  """Checks a :class:`ComputeSpec` (and, given the model's ``shape``, that it suits the model)."""
+  if not isinstance(compute, ComputeSpec):
+    raise TypeError(f"compute must be a jaxrnn.ComputeSpec, got {type(compute).__name__}")
+  check_choice("compute.gradient", compute.gradient, GRADIENTS)
+  check_positive_int("compute.scan_unroll", compute.scan_unroll)
+  if compute.checkpoint_every is not None:
+    check_positive_int("compute.checkpoint_every", compute.checkpoint_every)
+    if shape is not None and shape.num_directions == 2:
+      raise ValueError("compute.checkpoint_every cuts time into chunks run one after another; a "
+                       "bidirectional model reads the whole sequence, so it cannot be chunked")
+  if compute.dtype is not None:
+    try:
+      dtype = jnp.dtype(compute.dtype)
+    except TypeError:
+      raise TypeError(f"compute.dtype must be a floating-point dtype, got {compute.dtype!r}") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f"compute.dtype must be a floating-point dtype, got {dtype}")
+  return compute
+
+
+def check_params(params: Any) -> Shape:
+  """Checks that ``params`` is a consistent :class:`RNNParams`; returns its :class:`Shape`.
+
+  Raises:
+    ValueError: no layers, layers with different numbers of directions (or
+      not 1 or 2), a size that disagrees with the others, or NaN/inf in a
+      concrete array (each message names the array, e.g. ``params.layers[1][0].W_xh``).
+    TypeError: not an ``RNNParams`` of ``CellParams``, or mixed dtypes.
+  """
+  if not isinstance(params, RNNParams):
+    raise TypeError(f"params must be a jaxrnn.RNNParams, got {type(params).__name__}")
+  layers = params.layers
+  if not isinstance(layers, tuple) or not layers or not all(isinstance(l, tuple) for l in layers):
+    raise ValueError("params.layers must be a non-empty tuple (layers) of tuples (directions)")
+  num_dirs = len(layers[0])
+  if num_dirs not in (1, 2) or any(len(layer) != num_dirs for layer in layers):
+    raise ValueError(f"every layer of params.layers must have the same 1 or 2 directions, got "
+                     f"{[len(layer) for layer in layers]}")
+  if not all(isinstance(cell, CellParams) for layer in layers for cell in layer):
+    raise TypeError("params.layers[l][d] must be jaxrnn.CellParams")
+  check_rank("params.W_hy", params.W_hy, 2, "[O, D*H]")
+  check_floating("params.W_hy", params.W_hy)
+  dtype = jnp.result_type(params.W_hy)
+  hidden = jnp.shape(layers[0][0].W_hh)[0] if jnp.ndim(layers[0][0].W_hh) == 2 else -1
+  arrays = {"W_hy": params.W_hy, "b_y": params.b_y}
+  for l, layer in enumerate(layers):
+    for d, cell in enumerate(layer):
+      name = f"params.layers[{l}][{d}]"
+      check_rank(f"{name}.W_hh", cell.W_hh, 2, "[H, H]")
+      check_size(f"{name}.W_hh", cell.W_hh, 0, hidden, "the hidden size H of layers[0][0]")
+      check_size(f"{name}.W_hh", cell.W_hh, 1, hidden, "the hidden size H of layers[0][0]")
+      check_rank(f"{name}.W_xh", cell.W_xh, 2, "[H, I_l]")
+      check_size(f"{name}.W_xh", cell.W_xh, 0, hidden, "H")
+      if l > 0:
+        check_size(f"{name}.W_xh", cell.W_xh, 1, num_dirs * hidden,
+                   f"the width D*H of layer {l - 1}'s output")
+      check_rank(f"{name}.b_h", cell.b_h, 1, "[H]")
+      check_size(f"{name}.b_h", cell.b_h, 0, hidden, "H")
+      arrays.update({f"layers[{l}][{d}].{k}": v for k, v in cell._asdict().items()})
+  check_size("params.W_hy", params.W_hy, 1, num_dirs * hidden, "the width D*H of the top layer")
+  check_rank("params.b_y", params.b_y, 1, "[O]")
+  check_size("params.b_y", params.b_y, 0, jnp.shape(params.W_hy)[0], "O (from W_hy)")
+  for name, array in arrays.items():
+    check_same_dtype(f"params.{name}", array, dtype, "params.W_hy")
+    check_finite(f"params.{name}", array)
+  return Shape(jnp.shape(layers[0][0].W_xh)[1], hidden, jnp.shape(params.W_hy)[0], len(layers),
+               num_dirs)
+
+
+def check_xs(name: str, xs: Any, shape: Shape, dtype: Any) -> None:
+  """Checks inputs ``xs [T, B, I]`` against the model: rank, ``I``, dtype, finite values."""
+  check_array(name, xs)
+  check_rank(name, xs, 3, "[T, B, I]")
+  check_size(name, xs, 2, shape.input_size, "the input size I of params.layers[0][0].W_xh")
+  check_floating(name, xs)
+  check_same_dtype(name, xs, dtype, "params")
+  check_finite(name, xs)
+
+
+def check_h0(h0: Any, shape: Shape, batch: int, dtype: Any) -> jax.Array:
+  """``h0 [L*D, B, H]`` checked (row ``l*D + d`` as torch's), or zeros when ``None``."""
+  num_states = shape.num_layers * shape.num_directions
+  if h0 is None:
+    return jnp.zeros((num_states, batch, shape.hidden_size), dtype)
+  check_array("h0", h0)
+  check_rank("h0", h0, 3, "[L*D, B, H]")
+  check_size("h0", h0, 0, num_states, "L*D (layers times directions)")
+  check_size("h0", h0, 1, batch, "the batch size B of xs")
+  check_size("h0", h0, 2, shape.hidden_size, "the hidden size H")
+  check_same_dtype("h0", h0, dtype, "params")
+  check_finite("h0", h0)
+  return jnp.asarray(h0)
+
+
+def check_mask(name: str, mask: Any, num_steps: int, batch: int) -> None:
+  """Checks a 0/1 ``mask [T, B]`` (bool, integer or float holding only 0 and 1)."""
+  check_array(name, mask)
+  check_rank(name, mask, 2, "[T, B]")
+  check_size(name, mask, 0, num_steps, "the number of steps T of xs")
+  check_size(name, mask, 1, batch, "the batch size B of xs")
+  if is_concrete(mask) and not np.all(np.isin(np.asarray(mask), (0, 1))):
+    raise ValueError(f"{name} must hold only 0 and 1 (or False and True)")
+
+
+def lengths_mask(lengths: Any, num_steps: int, batch: int, dtype: Any) -> jax.Array | None:
+  """Checks ``lengths [B]`` (integers in ``[0, T]``) and returns the mask ``m[t, b] = t < lengths[b]``.
+
+  Under ``jit`` the range cannot be checked; out-of-range lengths then act as
+  ``clip(lengths, 0, T)``.
+  """
+  if lengths is None:
+    return None
+  check_array("lengths", lengths)
+  check_rank("lengths", lengths, 1, "[B]")
+  check_size("lengths", lengths, 0, batch, "the batch size B of xs")
+  if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
+    raise TypeError(f"lengths must have an integer dtype, got {jnp.result_type(lengths)}")
+  if is_concrete(lengths) and batch:
+    values = np.asarray(lengths)
+    if values.min() < 0 or values.max() > num_steps:
+      raise ValueError(f"lengths must lie in [0, T={num_steps}], got values in "
+                       f"[{values.min()}, {values.max()}]")
+  return (jnp.arange(num_steps)[:, None] < jnp.asarray(lengths)[None, :]).astype(dtype)
+
+
+def check_batch(batch: Any, shape: Shape, dtype: Any, loss: LossSpec | None) -> None:
+  """Checks a :class:`jaxrnn.Batch` against the model (and its targets against ``loss``).
+
+  Class targets outside ``[0, O)`` on a live step and NaN real targets raise
+  when the arrays are concrete.
+  """
+  if not isinstance(batch, Batch):
+    raise TypeError(f"batch must be a jaxrnn.Batch, got {type(batch).__name__}")
+  check_xs("batch.xs", batch.xs, shape, dtype)
+  num_steps, size = jnp.shape(batch.xs)[:2]
+  if batch.target_mask is not None:
+    check_mask("batch.target_mask", batch.target_mask, num_steps, size)
+  if loss is None:
+    return
+  targets = batch.targets
+  check_array("batch.targets", targets)
+  if loss.loss == "cross_entropy":
+    check_rank("batch.targets", targets, 2, "[T, B] (class indices)")
+    if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
+      raise TypeError(f"cross_entropy targets must be integer class indices, "
+                      f"got dtype {jnp.result_type(targets)}")
+  else:
+    check_rank("batch.targets", targets, 3, "[T, B, O]")
+    check_size("batch.targets", targets, 2, shape.output_size, "the output size O of params.W_hy")
+    check_same_dtype("batch.targets", targets, dtype, "params")
+    check_finite("batch.targets", targets)
+  check_size("batch.targets", targets, 0, num_steps, "the number of steps T of xs")
+  check_size("batch.targets", targets, 1, size, "the batch size B of xs")
+  if loss.loss == "cross_entropy" and is_concrete(targets, batch.lengths, batch.target_mask):
+    live = np.ones((num_steps, size), bool)
+    if batch.lengths is not None:
+      live &= np.arange(num_steps)[:, None] < np.asarray(batch.lengths)[None, :]
+    if batch.target_mask is not None:
+      live &= np.asarray(batch.target_mask) != 0
+    values = np.asarray(targets)
+    if np.any(live & ((values < 0) | (values >= shape.output_size))):
+      raise ValueError(f"batch.targets must be class indices in [0, {shape.output_size}) on "
+                       "every live step")

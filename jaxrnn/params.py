@@ -1,0 +1,54 @@
+"""The parameter pytree of every jaxrnn model, from one layer to deep bidirectional stacks.
+
+Layer ``l = 0..L-1`` has one Elman RNN per direction ``d`` (0 forward in time,
+1 backward), each with the seed's three arrays; the read-out is shared:
+
+``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-+1} + b_h^{l,d})``,
+``x^0_t = x_t``, ``x^{l+1}_t = [h^{l,0}_t; h^{l,1}_t]`` (torch's concatenation),
+``y_t = out_act(W_hy x^L_t + b_y)``.
+
+With ``L = 1`` and ``D = 1`` this is the seed's model, and
+``params.layers[0][0].W_hh`` is its ``W_hh``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+
+class CellParams(NamedTuple):
+  """One layer in one direction: ``W_xh [H, I_l]``, ``W_hh [H, H]``, ``b_h [H]``."""
+  W_xh: jax.Array
+  W_hh: jax.Array
+  b_h: jax.Array
+
+
+class RNNParams(NamedTuple):
+  """An Elman RNN of ``L >= 1`` layers and ``D = 1`` or ``2`` directions, with a read-out.
+
+  Attributes:
+    layers: ``layers[l][d]`` is the :class:`CellParams` of layer ``l``,
+      direction ``d``. Layer 0 reads ``I`` inputs, layer ``l > 0`` reads ``D*H``.
+    W_hy: read-out weights, ``[O, D*H]``.
+    b_y: read-out bias, ``[O]``.
+  """
+  layers: tuple[tuple[CellParams, ...], ...]
+  W_hy: jax.Array
+  b_y: jax.Array
+
+
+class Shape(NamedTuple):
+  """The sizes of an :class:`RNNParams`: input ``I``, hidden ``H``, output ``O``, layers ``L``,
+  directions ``D``."""
+  input_size: int
+  hidden_size: int
+  output_size: int
+  num_layers: int
+  num_directions: int
+
+
+def default_dtype() -> jax.numpy.dtype:
+  """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
+  return jax.numpy.dtype(jax.numpy.result_type(float))
