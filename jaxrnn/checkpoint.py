@@ -13,41 +13,52 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import importlib
+from types import ModuleType
+
 import jax
-import orbax.checkpoint as ocp
 
 
-def manager(directory: str | Path, keep: int = 3) -> ocp.CheckpointManager:
+def orbax() -> ModuleType:
+  """``orbax.checkpoint``, imported on first use (it is in the ``tasks`` extra, not the core)."""
+  return importlib.import_module("orbax.checkpoint")
+
+
+def manager(directory: str | Path, keep: int = 3) -> Any:
   """A synchronous ``CheckpointManager`` on ``directory`` that keeps the ``keep`` latest steps."""
+  ocp = orbax()
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
                                          create=True)
   return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
-def save(checkpoints: ocp.CheckpointManager, step: int, state: Any,
+def save(checkpoints: Any, step: int, state: Any,
          config: dict[str, Any]) -> None:
   """Saves ``state`` (a pytree of arrays) and ``config`` as step ``step``; returns when on disk."""
+  ocp = orbax()
   checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  config=ocp.args.JsonSave(config)), force=True)
   checkpoints.wait_until_finished()
 
 
-def latest_step(checkpoints: ocp.CheckpointManager) -> int | None:
+def latest_step(checkpoints: Any) -> int | None:
   """The newest complete step, or ``None`` when there is none."""
   return checkpoints.latest_step()
 
 
-def saved_config(checkpoints: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+def saved_config(checkpoints: Any, step: int) -> dict[str, Any]:
   """The config saved with step ``step``."""
+  ocp = orbax()
   return checkpoints.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
 
-def restore(checkpoints: ocp.CheckpointManager, step: int, like: Any) -> Any:
+def restore(checkpoints: Any, step: int, like: Any) -> Any:
   """The state saved as step ``step``, with the tree structure, shapes and dtypes of ``like``.
 
   Raises:
     ValueError: the saved arrays have other shapes than ``like``'s.
   """
+  ocp = orbax()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   return checkpoints.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract))).state

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Container
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.data import Batch
 from jaxrnn.params import CellParams, RNNParams, Shape
 from jaxrnn.spec import (ACTIVATION_NAMES, GRADIENTS, LOSSES, OUTPUT_ACTIVATION_NAMES, REDUCTIONS,
                          ComputeSpec, LossSpec, ModelSpec)
@@ -32,6 +31,12 @@ def check_choice(name: str, value: Any, choices: Container[str]) -> None:
   """Raises ``ValueError`` unless ``value`` is one of ``choices``."""
   if not isinstance(value, str) or value not in choices:
     raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
+
+
+def check_type(name: str, value: Any, kind: type) -> None:
+  """Raises ``TypeError`` unless ``value`` is a ``kind`` (named ``jaxrnn.<kind>`` in the message)."""
+  if not isinstance(value, kind):
+    raise TypeError(f"{name} must be a jaxrnn.{kind.__name__}, got {type(value).__name__}")
 
 
 def check_positive_int(name: str, value: Any) -> None:
@@ -96,8 +101,7 @@ def check_finite(name: str, x: Any) -> None:
 
 def check_model(model: Any) -> ModelSpec:
   """Checks a :class:`ModelSpec` field by field; returns it."""
-  if not isinstance(model, ModelSpec):
-    raise TypeError(f"model must be a jaxrnn.ModelSpec, got {type(model).__name__}")
+  check_type("model", model, ModelSpec)
   check_choice("model.activation", model.activation, ACTIVATION_NAMES)
   check_choice("model.output_activation", model.output_activation, OUTPUT_ACTIVATION_NAMES)
   for name in ("dropout", "input_dropout", "state_dropout"):
@@ -107,8 +111,7 @@ def check_model(model: Any) -> ModelSpec:
 
 def check_loss_spec(loss: Any, model: ModelSpec) -> LossSpec:
   """Checks a :class:`LossSpec` and that ``model``'s output activation suits its loss."""
-  if not isinstance(loss, LossSpec):
-    raise TypeError(f"loss must be a jaxrnn.LossSpec, got {type(loss).__name__}")
+  check_type("loss", loss, LossSpec)
   check_choice("loss.loss", loss.loss, LOSSES)
   check_choice("loss.reduction", loss.reduction, REDUCTIONS)
   if model.output_activation not in LOSSES[loss.loss]:
@@ -119,8 +122,7 @@ def check_loss_spec(loss: Any, model: ModelSpec) -> LossSpec:
 
 def check_compute(compute: Any, shape: Shape | None = None) -> ComputeSpec:
   """Checks a :class:`ComputeSpec` (and, given the model's ``shape``, that it suits the model)."""
-  if not isinstance(compute, ComputeSpec):
-    raise TypeError(f"compute must be a jaxrnn.ComputeSpec, got {type(compute).__name__}")
+  check_type("compute", compute, ComputeSpec)
   check_choice("compute.gradient", compute.gradient, GRADIENTS)
   check_positive_int("compute.scan_unroll", compute.scan_unroll)
   if compute.checkpoint_every is not None:
@@ -147,8 +149,7 @@ def check_params(params: Any) -> Shape:
       concrete array (each message names the array, e.g. ``params.layers[1][0].W_xh``).
     TypeError: not an ``RNNParams`` of ``CellParams``, or mixed dtypes.
   """
-  if not isinstance(params, RNNParams):
-    raise TypeError(f"params must be a jaxrnn.RNNParams, got {type(params).__name__}")
+  check_type("params", params, RNNParams)
   layers = params.layers
   if not isinstance(layers, tuple) or not layers or not all(isinstance(l, tuple) for l in layers):
     raise ValueError("params.layers must be a non-empty tuple (layers) of tuples (directions)")
@@ -243,20 +244,36 @@ def lengths_mask(lengths: Any, num_steps: int, batch: int, dtype: Any) -> jax.Ar
   return (jnp.arange(num_steps)[:, None] < jnp.asarray(lengths)[None, :]).astype(dtype)
 
 
-def check_batch(batch: Any, shape: Shape, dtype: Any, loss: LossSpec | None) -> None:
-  """Checks a :class:`jaxrnn.Batch` against the model (and its targets against ``loss``).
+class Inputs(NamedTuple):
+  """Checked inputs of a forward pass: the model's :class:`Shape`, ``h0 [L*D, B, H]``, ``mask [T, B]``."""
+  shape: Shape
+  h0: jax.Array
+  mask: jax.Array | None
+
+
+def check_inputs(params: Any, xs: Any, h0: Any, lengths: Any, name: str = "xs") -> Inputs:
+  """Checks ``params``, ``xs [T, B, I]`` (called ``name``), ``h0`` and ``lengths`` together.
+
+  Returns:
+    :class:`Inputs`: ``h0`` zeros when ``None``, ``mask`` ``None`` when ``lengths`` is.
+  """
+  shape = check_params(params)
+  dtype = params.W_hy.dtype
+  check_xs(name, xs, shape, dtype)
+  num_steps, batch = jnp.shape(xs)[:2]
+  return Inputs(shape, check_h0(h0, shape, batch, dtype),
+                lengths_mask(lengths, num_steps, batch, dtype))
+
+
+def check_batch(batch: Any, shape: Shape, dtype: Any, loss: LossSpec) -> None:
+  """Checks the targets and ``target_mask`` of a :class:`jaxrnn.Batch` whose ``xs`` are checked.
 
   Class targets outside ``[0, O)`` on a live step and NaN real targets raise
   when the arrays are concrete.
   """
-  if not isinstance(batch, Batch):
-    raise TypeError(f"batch must be a jaxrnn.Batch, got {type(batch).__name__}")
-  check_xs("batch.xs", batch.xs, shape, dtype)
   num_steps, size = jnp.shape(batch.xs)[:2]
   if batch.target_mask is not None:
     check_mask("batch.target_mask", batch.target_mask, num_steps, size)
-  if loss is None:
-    return
   targets = batch.targets
   check_array("batch.targets", targets)
   if loss.loss == "cross_entropy":

@@ -40,13 +40,10 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   Returns:
     ``(final [L*D, B, H], ys [T, B, O])``.
   """
-  shape = checks.check_params(params)
+  shape, h0, mask = checks.check_inputs(params, xs, h0, lengths)
   checks.check_model(model)
-  dtype = params.W_hy.dtype
-  checks.check_xs("xs", xs, shape, dtype)
   num_steps, batch = jnp.shape(xs)[:2]
-  h0 = checks.check_h0(h0, shape, batch, dtype)
-  mask = checks.lengths_mask(lengths, num_steps, batch, dtype)
+  dtype = params.W_hy.dtype
   out_act = OUTPUT_ACTIVATIONS[model.output_activation]
   live = jnp.ones((num_steps, batch), dtype) if mask is None else mask  # [T, B]
   if shape.num_directions == 2:

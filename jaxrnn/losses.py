@@ -66,17 +66,17 @@ def check_problem(params: RNNParams, batch: Batch, h0: jax.Array | None, key: ja
   Raises:
     ValueError, TypeError: naming the argument (see :mod:`jaxrnn.checks`).
   """
-  shape = checks.check_params(params)
+  checks.check_type("batch", batch, Batch)
+  shape, h0, mask = checks.check_inputs(params, batch.xs, h0, batch.lengths, "batch.xs")
   checks.check_model(model)
   checks.check_loss_spec(loss, model)
   checks.check_compute(compute, shape)
   dtype = params.W_hy.dtype
   checks.check_batch(batch, shape, dtype, loss)
   num_steps, size = jnp.shape(batch.xs)[:2]
-  mask = checks.lengths_mask(batch.lengths, num_steps, size, dtype)
   weights = loss_weights(mask, batch.target_mask, (num_steps, size), loss.reduction, dtype)
   masks = draw_masks(key, model, shape, num_steps, size, compute.dtype or dtype)
-  return Problem(checks.check_h0(h0, shape, size, dtype), mask, weights, masks)
+  return Problem(h0, mask, weights, masks)
 
 
 def step_losses(z: jax.Array, targets: jax.Array, loss: str,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import data
-from jaxrnn.train import Batch
+from jaxrnn.data import Batch
 
 COPY_SYMBOLS = 8
 TEST_SEQUENCES = 1000
@@ -31,13 +31,17 @@ class Config(NamedTuple):
 
   ``seq_len`` is the task's length: T for ``adding`` and ``sine``, the number
   of symbols to copy for ``copy``, the training window for ``sunspots`` and
-  ``text``. ``clip_norm=0`` disables clipping. ``vocab`` is filled in by the
+  ``text``. ``clip_norm=0`` disables clipping. ``dropout`` is torch's
+  between-layer dropout (it needs ``num_layers >= 2``). ``vocab`` is filled in by the
   ``text`` task (the characters of the corpus, in code order).
   """
   task: str = "adding"
   steps: int = 2000
   batch_size: int = 64
   hidden_size: int = 64
+  num_layers: int = 1
+  bidirectional: bool = False
+  dropout: float = 0.0
   optimizer: str = "adam"
   learning_rate: float = 1e-3
   clip_norm: float = 1.0
@@ -82,6 +86,8 @@ class Task(NamedTuple):
     baseline: the metric of the trivial predictor named by :attr:`baseline_name`.
     train_size: examples in one epoch, ``None`` for generated tasks (fresh data every step).
     vocab: the characters of a text task, ``""`` otherwise.
+    predicts_next: the target at step ``t`` is the input at ``t + 1`` (sine,
+      sunspots, text), so a bidirectional model would read its own answers.
   """
   input_size: int
   output_size: int
@@ -94,6 +100,7 @@ class Task(NamedTuple):
   baseline_name: str
   train_size: int | None = None
   vocab: str = ""
+  predicts_next: bool = False
 
 
 def higher_is_better(metric: str) -> bool:
@@ -154,7 +161,7 @@ def _sine(config: Config, key: jax.Array, dtype: Any) -> Task:
                                                               dtype=dtype), config, key)
   baseline = float(np.mean((np.asarray(test.xs) - np.asarray(test.targets)) ** 2))
   return Task(1, 1, "squared_error", batches, test, "mse", lambda m: m["mse"], baseline,
-              "repeat last value")
+              "repeat last value", predicts_next=True)
 
 
 def _digits(config: Config, key: jax.Array, dtype: Any) -> Task:
@@ -190,7 +197,7 @@ def _sunspots(config: Config, key: jax.Array, dtype: Any) -> Task:
   persistence = float(np.sqrt(np.mean(np.diff(years)[num_train - 1:] ** 2)))
   return Task(1, 1, "squared_error", _per_step(sample, key), test, "rmse",
               lambda m: math.sqrt(m["mse"]) * std, persistence, "persistence",
-              num_train - config.seq_len)
+              num_train - config.seq_len, predicts_next=True)
 
 
 def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
@@ -215,7 +222,8 @@ def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
   sample = lambda k: data.text_batch(
       data.random_windows(k, train, config.batch_size, config.seq_len), len(vocab), dtype)
   return Task(len(vocab), len(vocab), "cross_entropy", _per_step(sample, key), test, "bits/char",
-              lambda m: m["loss"] / math.log(2), unigram, "unigram", num_train, vocab)
+              lambda m: m["loss"] / math.log(2), unigram, "unigram", num_train, vocab,
+              predicts_next=True)
 
 
 TASKS: dict[str, Callable[[Config, jax.Array, Any], Task]] = {

@@ -111,7 +111,8 @@ def tbptt_epoch(params: RNNParams, opt_state: Any, optimizer: optax.GradientTran
   if shape.num_directions != 1:
     raise ValueError("truncated BPTT carries the state forward in time; a bidirectional model "
                      "has no such state")
-  if not isinstance(stream, Batch) or stream.lengths is not None or stream.target_mask is not None:
+  checks.check_type("stream", stream, Batch)
+  if stream.lengths is not None or stream.target_mask is not None:
     raise ValueError("stream must be a jaxrnn.Batch of xs and targets only (no lengths or "
                      "target_mask: a stream has no end)")
   chunks = jax.tree.map(lambda a: tbptt_chunks(a, chunk_length), stream)  # [N, k, B, ...]

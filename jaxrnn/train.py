@@ -91,17 +91,18 @@ def compile_step(optimizer: optax.GradientTransformation,
   """``jax.jit`` of one optimizer step around ``value_and_grad(params, batch, key) -> (loss, grads)``.
 
   The step is ``(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``
-  with ``metrics = {"loss", "grad_norm", "param_norm"}`` (the loss and the
-  gradient's global norm before the update, the parameters' global norm
-  after it: non-finite when an update produced NaN or inf); ``donate``
-  donates ``params`` and ``opt_state``.
+  with ``metrics = {"loss", "grad_norm", "param_max"}``: the loss and the
+  gradient's global norm before the update, and the largest ``|p|`` of the
+  updated parameters (NaN or inf exactly when an update produced one);
+  ``donate`` donates ``params`` and ``opt_state``.
   """
   def step(params, opt_state, batch, key=None):
     value, grads = value_and_grad(params, batch, key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
+    param_max = jnp.max(jnp.stack([jnp.max(jnp.abs(p)) for p in jax.tree.leaves(params)]))
     return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads),
-                               "param_norm": optax.tree.norm(params)}
+                               "param_max": param_max}
 
   return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
@@ -198,7 +199,7 @@ def fit(params: RNNParams, optimizer: optax.GradientTransformation,
 
   Returns:
     :class:`FitResult` with ``history["loss"]``, ``["grad_norm"]`` and
-    ``["param_norm"]``, each of length ``num_steps``.
+    ``["param_max"]``, each of length ``num_steps``.
 
   Raises:
     FloatingPointError: the loss, the gradient or the updated parameters
@@ -211,7 +212,7 @@ def fit(params: RNNParams, optimizer: optax.GradientTransformation,
   opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.copy, opt_state)
   if train_step is None:
     train_step = make_train_step(optimizer, model=model, loss=loss, compute=compute)
-  history: dict[str, list[float]] = {"loss": [], "grad_norm": [], "param_norm": []}
+  history: dict[str, list[float]] = {"loss": [], "grad_norm": [], "param_max": []}
   bar = tqdm(range(start_step, start_step + num_steps), disable=not progress, unit="step")
   for step in bar:
     step_key = None if key is None else jax.random.fold_in(key, step)

@@ -149,15 +149,11 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
     >>> hs.shape, ys.shape, final.shape
     ((4, 7, 5), (4, 7, 2), (1, 7, 5))
   """
-  shape = checks.check_params(params)
+  shape, h0, mask = checks.check_inputs(params, xs, h0, lengths)
   checks.check_model(model)
   checks.check_compute(compute)
-  dtype = params.W_hy.dtype
-  checks.check_xs("xs", xs, shape, dtype)
   num_steps, batch = jnp.shape(xs)[:2]
-  h0 = checks.check_h0(h0, shape, batch, dtype)
-  mask = checks.lengths_mask(lengths, num_steps, batch, dtype)
-  masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or dtype)
+  masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or params.W_hy.dtype)
   trace = forward(params, xs, h0, mask, model, compute, masks)
   ys = OUTPUT_ACTIVATIONS[model.output_activation](output_logits(params, trace.top))
   if mask is not None:

@@ -1,4 +1,4 @@
-"""The ``jaxrnn`` command end to end, on tiny settings (a few seconds each)."""
+"""The ``jaxrnn`` command and its runs (:mod:`jaxrnn.run`) end to end, on tiny settings."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("orbax.checkpoint")
 pytest.importorskip("matplotlib")
 
-from jaxrnn import checkpoint, cli
+from jaxrnn import checkpoint, cli, run
 
 TINY = ["--batch-size", "16", "--eval-every", "10", "--checkpoint-every", "50", "--no-progress"]
 TASK_OPTIONS = {
@@ -46,10 +46,10 @@ def adding_run(tmp_path_factory):
 
 def final_state(run_dir, input_size, output_size):
   """The config and the state of the last checkpoint in ``run_dir``."""
-  config, step = cli.run_config(run_dir)
-  params, optimizer = cli.fresh_model(config, input_size, output_size)
+  config, step = run.run_config(run_dir)
+  params, optimizer = run.fresh_model(config, input_size, output_size)
   checkpoints = checkpoint.manager(run_dir / "checkpoints")
-  state = cli.restore_state(checkpoints, step, config, params, optimizer, run_dir)
+  state = run.restore_state(checkpoints, step, config, params, optimizer, run_dir)
   checkpoints.close()
   return config, step, state
 
@@ -78,30 +78,28 @@ def test_train_writes_a_run_and_learns(task, request, tmp_path, text_file, capsy
   assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
   assert sum("test" in r for r in records) == summary["steps"] // 10
   assert (run_dir / "loss.png").stat().st_size > 10_000
-  config, step = cli.run_config(run_dir)
+  config, step = run.run_config(run_dir)
   assert step == summary["steps"] and config.task == task and config.dtype == "float32"
 
 
 def interrupt_after(monkeypatch, stop_at):
-  """Makes the next ``cli.fit`` raise ``KeyboardInterrupt`` once ``stop_at`` steps are done."""
-  real_fit = cli.fit
+  """Makes the next ``run.fit`` raise ``KeyboardInterrupt`` once ``stop_at`` steps are done."""
+  real_fit = run.fit
 
-  def fit(*args):
-    args = list(args)
-    callback = args[9]
-
+  def fit(*args, callback, **kwargs):
     def stop(step, *rest):
       callback(step, *rest)
       if step + 1 == stop_at:
         raise KeyboardInterrupt
-    args[9] = stop
-    return real_fit(*args)
+    return real_fit(*args, callback=stop, **kwargs)
 
-  monkeypatch.setattr(cli, "fit", fit)
+  monkeypatch.setattr(run, "fit", fit)
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
-  options = ["--steps", "30", "--checkpoint-every", "8", "--gradient", "autodiff"]
+@pytest.mark.parametrize("model", [["--gradient", "autodiff"],
+                                   ["--layers", "2", "--bidirectional", "--dropout", "0.3"]])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(model, tmp_path, monkeypatch, capsys):
+  options = ["--steps", "30", "--checkpoint-every", "8", *model]
   assert train("adding", tmp_path / "whole", *options) == 0
   with monkeypatch.context() as patch:
     interrupt_after(patch, 13)                       # last checkpoint at step 8
@@ -136,8 +134,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, capsys):
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state["params"]))
 
 
-def test_sample_generates_from_the_prompt_with_the_text_model(tmp_path, text_file, capsys):
-  assert train("text", tmp_path / "run", "--text-file", text_file) == 0
+def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, text_file,
+                                                                      capsys):
+  assert train("text", tmp_path / "run", "--text-file", text_file, "--layers", "2") == 0
   capsys.readouterr()
   assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "40",
                    "--temperature", "0.5"]) == 0
@@ -146,6 +145,10 @@ def test_sample_generates_from_the_prompt_with_the_text_model(tmp_path, text_fil
   assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "40",
                    "--temperature", "0.5"]) == 0
   assert capsys.readouterr().out[:-1] == text        # same seed, same text
+  for bad, message in ((["--length", "-5"], "--length must be at least 0"),
+                       (["--temperature", "inf"], "--temperature must be a finite number > 0")):
+    assert cli.main(["sample", str(tmp_path / "run"), *bad]) == 2
+    assert message in one_error_line(capsys)
 
 
 def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
@@ -167,6 +170,16 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
     (["train", "adding", "--epochs", "2"], "use --steps"),
     (["resume", "/nonexistent/run"], "not a run directory"),
     (["sample", "/nonexistent/run"], "not a run directory"),
+    (["train", "text", "--bidirectional"], "drop --bidirectional"),
+    (["train", "sine", "--bidirectional"], "drop --bidirectional"),
+    (["train", "adding", "--dropout", "0.2"], "needs --layers 2"),
+    (["train", "adding", "--layers", "2", "--dropout", "1.5"], "--dropout must lie in [0, 1)"),
+    (["train", "adding", "--layers", "0"], "--layers must be at least 1"),
+    (["train", "adding", "--lr", "nan"], "--lr must be a finite number > 0"),
+    (["train", "adding", "--clip-norm", "nan"], "--clip-norm must be a finite number"),
+    (["train", "digits", "--epochs", "inf"], "--epochs must be a finite number > 0"),
+    (["gradients", "--out", "plot.txt"], "--out must end in .png"),
+    (["gradients", "--out", "/nonexistent/dir/plot.png"], "is not a directory"),
 ])
 def test_bad_input_is_one_line_and_non_zero(argv, message, capsys):
   assert cli.main(argv) == 2
@@ -184,6 +197,8 @@ def test_empty_text_file_is_one_line_error(tmp_path, capsys):
 def test_checkpoint_of_another_config_is_refused(adding_run, capsys):
   assert train("adding", adding_run, "--hidden-size", "8") == 2
   assert "different config (hidden_size 16 there, 8 here)" in one_error_line(capsys)
+  assert train("adding", adding_run, "--layers", "2") == 2
+  assert "different config (num_layers 1 there, 2 here)" in one_error_line(capsys)
   assert train("adding", adding_run) == 2
   assert "jaxrnn resume" in one_error_line(capsys)
   assert cli.main(["sample", str(adding_run)]) == 2
