@@ -96,9 +96,8 @@ def rnn_cell(params: RNNParams, h_prev: jax.Array, x_t: jax.Array,
   """
   shape = checks.check_params(params)
   checks.check_model(model)
-  if shape.num_directions != 1:
-    raise ValueError("rnn_cell steps a unidirectional model; a bidirectional one reads the whole "
-                     "sequence: use jaxrnn.unroll")
+  checks.check_unidirectional(shape, "rnn_cell", "a bidirectional model reads the whole "
+                              "sequence (use jaxrnn.unroll)")
   checks.check_size("x_t", x_t, -1, shape.input_size, "the input size I of the params")
   checks.check_rank("h_prev", h_prev, jnp.ndim(x_t) + 1, "[L, ..., H]")
   checks.check_size("h_prev", h_prev, 0, shape.num_layers, "the number of layers L")

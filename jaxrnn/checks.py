@@ -120,6 +120,12 @@ def check_loss_spec(loss: Any, model: ModelSpec) -> LossSpec:
   return loss
 
 
+def check_unidirectional(shape: Shape, what: str, why: str) -> None:
+  """Raises ``ValueError`` for a bidirectional model: ``what`` needs one direction because ``why``."""
+  if shape.num_directions != 1:
+    raise ValueError(f"{what} needs a unidirectional model, not a bidirectional one: {why}")
+
+
 def check_compute(compute: Any, shape: Shape | None = None) -> ComputeSpec:
   """Checks a :class:`ComputeSpec` (and, given the model's ``shape``, that it suits the model)."""
   check_type("compute", compute, ComputeSpec)
@@ -127,9 +133,9 @@ def check_compute(compute: Any, shape: Shape | None = None) -> ComputeSpec:
   check_positive_int("compute.scan_unroll", compute.scan_unroll)
   if compute.checkpoint_every is not None:
     check_positive_int("compute.checkpoint_every", compute.checkpoint_every)
-    if shape is not None and shape.num_directions == 2:
-      raise ValueError("compute.checkpoint_every cuts time into chunks run one after another; a "
-                       "bidirectional model reads the whole sequence, so it cannot be chunked")
+    if shape is not None:
+      check_unidirectional(shape, "compute.checkpoint_every", "it runs time in chunks, one after "
+                           "another, and a bidirectional model reads the whole sequence")
   if compute.dtype is not None:
     try:
       dtype = jnp.dtype(compute.dtype)

@@ -88,9 +88,8 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
   """
   shape = checks.check_params(params)
   checks.check_model(model)
-  if shape.num_directions != 1:
-    raise ValueError("generate needs a unidirectional model: a bidirectional one reads text that "
-                     "is not written yet")
+  checks.check_unidirectional(shape, "generate", "it would read text that is not written "
+                              "yet")
   if shape.input_size != shape.output_size:
     raise ValueError(f"generate feeds each output symbol back as the next input, so the input "
                      f"size I={shape.input_size} must equal the output size O={shape.output_size}")

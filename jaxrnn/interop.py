@@ -83,6 +83,13 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
     raise ValueError("linear must hold the nn.Linear's 'weight' (and optionally 'bias')")
   dtype = jnp.dtype(dtype if dtype is not None else found[0, 0]["weight_ih"].dtype)
 
+  for (l, d), arrays in found.items():
+    hidden = arrays["weight_hh"].shape[0]
+    for kind in ("bias_ih", "bias_hh"):
+      if kind in arrays and arrays[kind].shape != (hidden,):
+        raise ValueError(f"{kind}_l{l}{'_reverse' if d else ''} has shape {arrays[kind].shape}, "
+                         f"but weight_hh_l{l}{'_reverse' if d else ''} says H={hidden}")
+
   def layer(arrays: dict[str, np.ndarray]) -> CellParams:
     zeros = np.zeros(arrays["weight_hh"].shape[0], arrays["weight_hh"].dtype)
     b_h = arrays.get("bias_ih", zeros) + arrays.get("bias_hh", zeros)

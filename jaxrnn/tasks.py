@@ -62,7 +62,7 @@ class Config(NamedTuple):
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "adding": dict(steps=3000, hidden_size=64, activation="relu", init="identity",
-                   learning_rate=1e-3, seq_len=50),
+                   learning_rate=1e-2, seq_len=50),
     "copy": dict(steps=3000, hidden_size=128, learning_rate=3e-3, seq_len=5, delay=10),
     "sine": dict(steps=1000, hidden_size=32, learning_rate=3e-3, seq_len=50),
     "digits": dict(steps=1500, hidden_size=128, learning_rate=3e-3),

@@ -24,7 +24,7 @@ import optax
 from jaxrnn import checks
 from jaxrnn.data import Batch
 from jaxrnn.losses import sequence_loss
-from jaxrnn.params import RNNParams
+from jaxrnn.params import RNNParams, Shape
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
 
 
@@ -57,6 +57,13 @@ def tbptt_chunks(xs: jax.Array, chunk_length: int) -> jax.Array:
   return jnp.reshape(xs, (num_steps // chunk_length, chunk_length) + jnp.shape(xs)[1:])
 
 
+def check_stateful(params: RNNParams) -> Shape:
+  """Checks ``params`` and that the model has a state running forward in time; returns its shape."""
+  shape = checks.check_params(params)
+  checks.check_unidirectional(shape, "truncated BPTT", "it carries the state forward in time")
+  return shape
+
+
 def tbptt_grad(params: RNNParams, h: jax.Array, chunk: Batch, *, model: ModelSpec = ModelSpec(),
                loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
                key: jax.Array | None = None) -> tuple[jax.Array, RNNParams, jax.Array]:
@@ -72,6 +79,7 @@ def tbptt_grad(params: RNNParams, h: jax.Array, chunk: Batch, *, model: ModelSpe
   Returns:
     ``(L^{(c)}, g^{(c)}, h_next [L, B, H])``.
   """
+  check_stateful(params)
   (value, h_next), grads = jax.value_and_grad(sequence_loss, has_aux=True)(
       params, chunk, jax.lax.stop_gradient(h), model=model, loss=loss, compute=compute, key=key)
   return value, grads, h_next
@@ -107,10 +115,7 @@ def tbptt_epoch(params: RNNParams, opt_state: Any, optimizer: optax.GradientTran
     >>> params, opt_state, h, losses = jaxrnn.tbptt_epoch(
     ...     params, opt.init(params), opt, jaxrnn.Batch(xs, targets), chunk_length=25)
   """
-  shape = checks.check_params(params)
-  if shape.num_directions != 1:
-    raise ValueError("truncated BPTT carries the state forward in time; a bidirectional model "
-                     "has no such state")
+  shape = check_stateful(params)
   checks.check_type("stream", stream, Batch)
   if stream.lengths is not None or stream.target_mask is not None:
     raise ValueError("stream must be a jaxrnn.Batch of xs and targets only (no lengths or "

@@ -16,11 +16,13 @@ pytest.importorskip("orbax.checkpoint")
 
 import jaxrnn
 from jaxrnn import checkpoint
+from conftest import random_params
 
 
 def state_of(step: int) -> dict:
-  """A small checkpoint state whose arrays all hold ``step``."""
-  params = jaxrnn.init_params(jax.random.key(0), 2, 4, 1, dtype=jnp.float32)
+  """A small checkpoint state (a 2-layer bidirectional model) whose arrays all hold ``step``."""
+  params = jaxrnn.init_params(jax.random.key(0), 2, 4, 1, dtype=jnp.float32, num_layers=2,
+                              bidirectional=True)
   params = jax.tree.map(lambda x: jnp.full_like(x, step), params)
   optimizer = jaxrnn.make_optimizer("adam", 1e-3, clip_norm=1.0)
   return {"params": params, "opt_state": optimizer.init(params),
@@ -34,11 +36,25 @@ def assert_trees_equal(a, b):
 
 
 def test_round_trip_keeps_structure_values_and_config(tmp_path):
+  """A trained 2-layer bidirectional model's params and Adam state come back bit for bit."""
+  params = random_params(0, (2, 4, 3), num_layers=2, bidirectional=True, dtype=jnp.float32)
+  optimizer = jaxrnn.make_optimizer("adam", 1e-2, clip_norm=1.0)
+  opt_state = optimizer.init(params)
+  updates, opt_state = optimizer.update(jax.tree.map(jnp.sin, params), opt_state, params)
+  params = jax.tree.map(jnp.add, params, updates)
+  state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(7, jnp.int32)}
+  config = {"task": "adding", "text_file": None, "num_layers": 2, "bidirectional": True,
+            "lr": 0.01}
   checkpoints = checkpoint.manager(tmp_path, keep=3)
-  checkpoint.save(checkpoints, 7, state_of(7), {"task": "adding", "text_file": None})
-  assert checkpoint.latest_step(checkpoints) == 7
-  assert checkpoint.saved_config(checkpoints, 7) == {"task": "adding", "text_file": None}
-  assert_trees_equal(checkpoint.restore(checkpoints, 7, state_of(0)), state_of(7))
+  checkpoint.save(checkpoints, 7, state, config)
+  assert checkpoint.latest_step(checkpoint.manager(tmp_path, keep=3)) == 7   # a fresh manager
+  assert checkpoint.saved_config(checkpoints, 7) == config
+  like = jax.tree.map(jnp.zeros_like, state)
+  restored = checkpoint.restore(checkpoints, 7, like)
+  assert_trees_equal(restored, state)
+  assert isinstance(restored["params"], jaxrnn.RNNParams)
+  assert isinstance(restored["params"].layers[1][1], jaxrnn.CellParams)
+  assert all(x.dtype == y.dtype for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(state)))
 
 
 def test_keeps_the_last_n(tmp_path):
@@ -46,13 +62,17 @@ def test_keeps_the_last_n(tmp_path):
   for step in range(1, 6):
     checkpoint.save(checkpoints, step, state_of(step), {})
   assert checkpoints.all_steps() == [4, 5]
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["4", "5"]
+  assert_trees_equal(checkpoint.restore(checkpoints, 4, state_of(0)), state_of(4))
 
 
 def test_restore_with_other_shapes_raises(tmp_path):
   checkpoints = checkpoint.manager(tmp_path)
   checkpoint.save(checkpoints, 1, state_of(1), {})
   like = state_of(0)
-  like["params"] = like["params"]._replace(W_hh=jnp.zeros((5, 5), jnp.float32))
+  layers = like["params"].layers
+  cell = layers[1][1]._replace(W_hh=jnp.zeros((5, 5), jnp.float32))
+  like["params"] = like["params"]._replace(layers=(layers[0], (layers[1][0], cell)))
   with pytest.raises(ValueError):
     checkpoint.restore(checkpoints, 1, like)
 
