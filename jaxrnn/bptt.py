@@ -101,7 +101,7 @@ def bptt(params: RNNParams, batch: Batch, h0: jax.Array | None = None, *,
       mask = None if problem.mask is None else flip(problem.mask)
       delta, dh0[l * num_dirs + d] = backward_hidden(cell.W_hh, hs, h0_ld, g_d, mask, act)  # 4
       dW_hh = jnp.einsum("tbh,tbk->hk", delta, previous_states(h0_ld, hs))  # 5
-      delta = delta
+      delta = flip(delta)                                                   # time order
       dW_xh = jnp.einsum("tbh,tbi->hi", delta, trace.inputs[l])
       db_h = jnp.sum(delta, axis=(0, 1))
       cells.append(CellParams(W_xh=dW_xh, W_hh=dW_hh, b_h=db_h))

@@ -20,8 +20,9 @@ def seed_example():
 
 
 def params_of(rnn):
-  return jaxrnn.RNNParams(W_xh=jnp.asarray(rnn.W_xh), W_hh=jnp.asarray(rnn.W_hh),
-                          W_hy=jnp.asarray(rnn.W_hy), b_h=jnp.asarray(rnn.b_h[:, 0]),
+  cell = jaxrnn.CellParams(W_xh=jnp.asarray(rnn.W_xh), W_hh=jnp.asarray(rnn.W_hh),
+                           b_h=jnp.asarray(rnn.b_h[:, 0]))
+  return jaxrnn.RNNParams(layers=((cell,),), W_hy=jnp.asarray(rnn.W_hy),
                           b_y=jnp.asarray(rnn.b_y[:, 0]))
 
 
@@ -30,11 +31,12 @@ def test_unroll_matches_seed_simple_rnn():
   params = params_of(rnn)
   xs = jnp.asarray(np.stack([x[:, 0] for x in inputs]))[:, None, :]    # [T=4, B=1, I=3]
   assert xs.dtype == jnp.float64
-  hs, ys = jaxrnn.unroll(params, xs)
+  hs, ys, final = jaxrnn.unroll(params, xs)
   np.testing.assert_allclose(np.asarray(hs[:, 0]), np.stack([h[:, 0] for h in seed_hs]),
                              rtol=1e-12, atol=1e-12)
   np.testing.assert_allclose(np.asarray(ys[:, 0]), np.stack([y[:, 0] for y in seed_ys]),
                              rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(final[0, 0]), seed_hs[-1][:, 0], rtol=1e-12, atol=1e-12)
   # The states are not trivially zero: the comparison has something to compare.
   assert np.max(np.abs(np.asarray(hs))) > 1e-3
 
@@ -43,14 +45,16 @@ def test_cell_under_scan_matches_seed_step():
   rnn, inputs, seed_hs, seed_ys = seed_example()
   params = params_of(rnn)
   xs = jnp.asarray(np.stack([x[:, 0] for x in inputs]))                # [T, I], unbatched
-  _, ys = jax.lax.scan(functools.partial(jaxrnn.rnn_cell, params), jnp.zeros(5), xs)
+  h_T, ys = jax.lax.scan(functools.partial(jaxrnn.rnn_cell, params), jnp.zeros((1, 5)), xs)
   np.testing.assert_allclose(np.asarray(ys), np.stack([y[:, 0] for y in seed_ys]),
                              rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(h_T[0]), seed_hs[-1][:, 0], rtol=1e-12, atol=1e-12)
 
 
 def test_normal_scheme_has_the_seed_scale():
   params = jaxrnn.init_params(jax.random.key(0), 300, 200, 100, scheme="normal")
-  for w in (params.W_xh, params.W_hh, params.W_hy):
+  cell = params.layers[0][0]
+  for w in (cell.W_xh, cell.W_hh, params.W_hy):
     assert abs(float(jnp.std(w)) - 0.01) < 0.0005
     assert abs(float(jnp.mean(w))) < 0.0005
-  assert not np.any(np.asarray(params.b_h)) and not np.any(np.asarray(params.b_y))
+  assert not np.any(np.asarray(cell.b_h)) and not np.any(np.asarray(params.b_y))
