@@ -6,7 +6,7 @@ Run: ``python benchmarks/inference.py``, ``--quick`` for a smoke run. Writes
 * Throughput: logits ``y_t = W_hy h_t + b_y`` of a whole batch (the "medium"
   sizes), no gradient. ``jaxrnn_unroll`` is :func:`jaxrnn.unroll` (batched
   input projection, ``hs`` kept), ``jaxrnn_infer`` is
-  :func:`jaxrnn.memory.infer` (one step at a time, nothing kept), ``torch`` is
+  :func:`jaxrnn.infer` (one step at a time, nothing kept), ``torch`` is
   ``nn.RNN`` + ``nn.Linear`` under ``torch.inference_mode()``.
 * Generation: greedy decoding of one sequence (the "charlm" sizes, ``B = 1``),
   ``x_{t+1} = onehot(argmax y_t)``. ``jaxrnn_loop`` calls a jitted
@@ -26,9 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxrnn
-from jaxrnn.init import RNNParams
-from jaxrnn.memory import infer
 from common import interleaved_times, machine_info, print_table, write_json  # noqa: I001
+from train_step import Weights, rnn_params, weights_of
 
 THROUGHPUT_SIZES = (200, 64, 64, 256, 64)    # (T, B, I, H, O)
 GENERATION_SIZES = (65, 512, 65)             # (I = O, H, O)
@@ -36,13 +35,13 @@ QUICK_THROUGHPUT_SIZES = (12, 4, 5, 16, 5)
 QUICK_GENERATION_SIZES = (5, 16, 5)
 
 
-def numpy_params(inputs: int, hidden: int, outputs: int) -> RNNParams:
-  """Glorot float32 weights as NumPy arrays, shared by every implementation."""
-  params = jaxrnn.init_params(jax.random.key(0), inputs, hidden, outputs, "glorot", jnp.float32)
-  return RNNParams(*(np.asarray(p) for p in params))
+def numpy_params(inputs: int, hidden: int, outputs: int) -> Weights:
+  """Glorot float32 weights (one layer) as NumPy arrays, shared by every implementation."""
+  return weights_of(jaxrnn.init_params(jax.random.key(0), inputs, hidden, outputs, "glorot",
+                                       jnp.float32))
 
 
-def torch_modules(params: RNNParams):
+def torch_modules(params: Weights):
   """``(nn.RNN, nn.Linear)`` holding ``params``, on ``torch.set_num_threads(2)``."""
   import torch
   torch.set_num_threads(2)
@@ -59,12 +58,12 @@ def torch_modules(params: RNNParams):
   return rnn, out
 
 
-def throughput_calls(params: RNNParams, xs: np.ndarray) -> dict[str, Callable[[], Any]]:
+def throughput_calls(params: Weights, xs: np.ndarray) -> dict[str, Callable[[], Any]]:
   """Blocking forward passes over ``xs [T, B, I]`` that each return the logits ``[T, B, O]``."""
   import torch
-  jparams, jxs = jax.tree.map(jnp.asarray, params), jnp.asarray(xs)
-  unroll = jax.jit(lambda p, x: jaxrnn.unroll(p, x)[1])
-  stream = jax.jit(lambda p, x: infer(p, x)[1])
+  jparams, jxs = rnn_params(params), jnp.asarray(xs)
+  unroll = jax.jit(lambda p, x: jaxrnn.unroll(p, x).ys)
+  stream = jax.jit(lambda p, x: jaxrnn.infer(p, x)[1])
   rnn, out = torch_modules(params)
   txs = torch.from_numpy(xs)
 
@@ -76,16 +75,16 @@ def throughput_calls(params: RNNParams, xs: np.ndarray) -> dict[str, Callable[[]
           "torch": torch_forward}
 
 
-def generation_calls(params: RNNParams, num_tokens: int) -> dict[str, Callable[[], Any]]:
+def generation_calls(params: Weights, num_tokens: int) -> dict[str, Callable[[], Any]]:
   """Greedy generation of ``num_tokens`` tokens from token 0; each call returns the token ids."""
   import torch
   inputs = params.W_xh.shape[1]
-  jparams = jax.tree.map(jnp.asarray, params)
-  h0 = jnp.zeros((1, params.W_hh.shape[0]), jnp.float32)
+  jparams = rnn_params(params)
+  h0 = jnp.zeros((1, 1, params.W_hh.shape[0]), jnp.float32)                      # [L, 1, H]
   x0 = jax.nn.one_hot(jnp.zeros(1, jnp.int32), inputs, dtype=jnp.float32)       # [1, I]
 
   def token_step(p, h, x):
-    h, y = jaxrnn.rnn_cell(p, h, x)                                               # [1, H], [1, O]
+    h, y = jaxrnn.rnn_cell(p, h, x)                                            # [L, 1, H], [1, O]
     token = jnp.argmax(y, axis=-1)
     return h, jax.nn.one_hot(token, inputs, dtype=x.dtype), token
 

@@ -3,12 +3,13 @@
 Run: ``python benchmarks/scaling.py`` (``T`` from 10 to 10,000), ``--quick``
 for a smoke run. Writes ``benchmarks/results/scaling.json`` and ``scaling.png``.
 
-Methods, all ``value_and_grad`` of :func:`jaxrnn.sequence_loss` (summed
-cross-entropy) + an Adam update, float32, jit-compiled:
+Methods, all ``value_and_grad`` of :func:`jaxrnn.sequence_loss` (one-layer
+tanh ``ModelSpec()``, ``LossSpec(reduction="sum")`` cross-entropy) + an Adam
+update, float32, jit-compiled; they differ only in the ``ComputeSpec``:
 
-* ``fused``: the default hand-BPTT ``custom_vjp``;
-* ``autodiff``: ``jax.grad`` through ``lax.scan``;
-* ``checkpointed``: ``fused`` with ``checkpoint_every = round(sqrt(T))``.
+* ``fused``: ``ComputeSpec(gradient="fused")``, the default hand-BPTT ``custom_vjp``;
+* ``autodiff``: ``ComputeSpec(gradient="autodiff")``, ``jax.grad`` through ``lax.scan``;
+* ``checkpointed``: ``ComputeSpec(gradient="fused", checkpoint_every=round(sqrt(T)))``.
 
 Compile time is the wall (and process CPU) time of
 ``jax.jit(step).lower(...).compile()``; step times are medians, wall and CPU. Peak
@@ -40,21 +41,24 @@ SIZES = (32, 32, 128, 32)                          # (B, I, H, O): the "small" c
 STEPS = (10, 30, 100, 300, 1000, 3000, 10000)
 QUICK_STEPS = (10, 40)
 METHODS = ("fused", "autodiff", "checkpointed")
+LOSS = jaxrnn.LossSpec(loss="cross_entropy", reduction="sum")
 
 
-def loss_kwargs(method: str, num_steps: int) -> dict[str, Any]:
-  """:func:`jaxrnn.sequence_loss` keyword arguments of ``method`` at ``T = num_steps``."""
+def compute_spec(method: str, num_steps: int) -> jaxrnn.ComputeSpec:
+  """The :class:`jaxrnn.ComputeSpec` of ``method`` at ``T = num_steps``."""
   if method == "checkpointed":
-    return {"checkpoint_every": max(1, round(math.sqrt(num_steps)))}
-  return {"backward": method}
+    return jaxrnn.ComputeSpec(gradient="fused",
+                              checkpoint_every=max(1, round(math.sqrt(num_steps))))
+  return jaxrnn.ComputeSpec(gradient=method)
 
 
 def make_step(method: str, num_steps: int, optimizer: optax.GradientTransformation):
-  """``(params, opt_state, xs, targets) -> (params, opt_state, loss)``, not yet jitted."""
-  loss = functools.partial(jaxrnn.sequence_loss, **loss_kwargs(method, num_steps))
+  """``(params, opt_state, batch) -> (params, opt_state, loss)``, not yet jitted."""
+  loss = functools.partial(jaxrnn.sequence_loss, model=jaxrnn.ModelSpec(), loss=LOSS,
+                           compute=compute_spec(method, num_steps))
 
-  def step(params, opt_state, xs, targets):
-    value, grads = jax.value_and_grad(loss)(params, xs, targets)
+  def step(params, opt_state, batch):
+    (value, _), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, value
   return step
@@ -65,15 +69,16 @@ def measure(num_steps: int, methods: Sequence[str], rounds: int) -> dict[str, An
   batch, inputs, hidden, outputs = SIZES
   rng = np.random.default_rng(0)
   params = jaxrnn.init_params(jax.random.key(0), inputs, hidden, outputs, "glorot", jnp.float32)
-  xs = jnp.asarray(rng.standard_normal((num_steps, batch, inputs), dtype=np.float32))
-  targets = jnp.asarray(rng.integers(0, outputs, (num_steps, batch)).astype(np.int32))
+  data = jaxrnn.Batch(
+      xs=jnp.asarray(rng.standard_normal((num_steps, batch, inputs), dtype=np.float32)),
+      targets=jnp.asarray(rng.integers(0, outputs, (num_steps, batch)).astype(np.int32)))
   optimizer = optax.adam(1e-3)
   opt_state = optimizer.init(params)
   results, calls = {}, {}
   for method in methods:
     start, cpu_start = time.perf_counter(), time.process_time()
     compiled = jax.jit(make_step(method, num_steps, optimizer)).lower(
-        params, opt_state, xs, targets).compile()
+        params, opt_state, data).compile()
     memory = compiled.memory_analysis()
     results[method] = {
         "compile_s": time.perf_counter() - start,
@@ -83,7 +88,7 @@ def measure(num_steps: int, methods: Sequence[str], rounds: int) -> dict[str, An
                      + memory.output_size_in_bytes) / 1e6,
     }
     calls[method] = functools.partial(
-        lambda c: jax.block_until_ready(c(params, opt_state, xs, targets)), compiled)
+        lambda c: jax.block_until_ready(c(params, opt_state, data)), compiled)
   times, cpu = interleaved_times(calls, rounds, warmup=1)
   for method in methods:
     results[method]["step_ms"] = 1e3 * float(np.median(times[method]))
@@ -94,13 +99,12 @@ def measure(num_steps: int, methods: Sequence[str], rounds: int) -> dict[str, An
 
 def plot(rows: list[dict[str, Any]], methods: Sequence[str], path) -> None:
   """Step time, compile time and temp memory against ``T`` (log-log), one line per method."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure
   steps = [row["T"] for row in rows]
   panels = (("step_ms", "step time, wall (ms)"), ("compile_cpu_s", "compile time, process CPU (s)"),
             ("temp_mb", "XLA temp memory (MB)"))
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  fig = Figure(figsize=(15, 4.2))
+  axes = fig.subplots(1, 3)
   for ax, (key, label) in zip(axes, panels):
     for method in methods:
       ax.plot(steps, [row["methods"][method][key] for row in rows], "o-", label=method)

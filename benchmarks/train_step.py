@@ -8,9 +8,10 @@ Implementations, all float32 on the same data and the same initial weights,
 loss ``L = sum_t sum_b -log softmax(W_hy h_t + b_y)[target]``, Adam(1e-3):
 
 * ``jaxrnn_fused``: :func:`jaxrnn.make_train_step` with the default
-  (hand-BPTT ``custom_vjp``) gradient, jit-compiled, buffers donated.
-* ``jaxrnn_autodiff``: the same with ``gradient="autodiff"`` (``jax.grad``
-  through ``lax.scan``).
+  ``ComputeSpec(gradient="fused")`` (hand-BPTT ``custom_vjp``), jit-compiled,
+  buffers donated; ``LossSpec(reduction="sum")``, ``ModelSpec()`` (tanh).
+* ``jaxrnn_autodiff``: the same with ``ComputeSpec(gradient="autodiff")``
+  (``jax.grad`` through ``lax.scan``).
 * ``torch``: ``torch.nn.RNN`` + ``nn.Linear`` + ``torch.optim.Adam`` on
   ``torch.set_num_threads(2)``.
 * ``flax``: ``flax.linen.RNN(nn.SimpleCell)`` + ``nn.Dense`` + ``optax.adam``, jit.
@@ -44,7 +45,6 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jaxrnn  # noqa: E402
-from jaxrnn.init import RNNParams  # noqa: E402
 from jaxrnn.parallel import make_parallel_train_step  # noqa: E402
 
 from common import (SGEMM_SIZE, interleaved_times, machine_info, print_table,  # noqa: E402,I001
@@ -57,14 +57,41 @@ CONFIGS: dict[str, tuple[int, int, int, int, int]] = {   # (T, B, I, H, O)
 }
 QUICK_CONFIGS = {"tiny": (12, 4, 5, 16, 5)}
 LEARNING_RATE = 1e-3
+LOSS = jaxrnn.LossSpec(loss="cross_entropy", reduction="sum")   # model: jaxrnn.ModelSpec() (tanh)
 IMPLS = ("jaxrnn_fused", "jaxrnn_autodiff", "torch", "flax", "numpy")
+
+
+class Weights(NamedTuple):
+  """The five arrays of a one-layer Elman RNN as NumPy float32, in jaxrnn's orientation.
+
+  (The field order is the 0.1.0 release's flat ``RNNParams``.)
+  """
+  W_xh: np.ndarray      # [H, I]
+  W_hh: np.ndarray      # [H, H]
+  W_hy: np.ndarray      # [O, H]
+  b_h: np.ndarray       # [H]
+  b_y: np.ndarray       # [O]
+
+
+def weights_of(params: jaxrnn.RNNParams) -> Weights:
+  """The :class:`Weights` of a one-layer, one-direction :class:`jaxrnn.RNNParams`."""
+  (cell,), = params.layers
+  return Weights(*(np.array(a) for a in (cell.W_xh, cell.W_hh, params.W_hy, cell.b_h,
+                                           params.b_y)))
+
+
+def rnn_params(weights: Weights) -> jaxrnn.RNNParams:
+  """:class:`jaxrnn.RNNParams` (one layer, one direction) holding ``weights`` as jax arrays."""
+  w = Weights(*(jnp.asarray(a) for a in weights))
+  return jaxrnn.RNNParams(layers=((jaxrnn.CellParams(w.W_xh, w.W_hh, w.b_h),),),
+                          W_hy=w.W_hy, b_y=w.b_y)
 
 
 class Problem(NamedTuple):
   """One configuration's data and initial weights (NumPy, float32)."""
   xs: np.ndarray        # [T, B, I]
   targets: np.ndarray   # [T, B] int32
-  params: RNNParams     # NumPy arrays in jaxrnn's orientation
+  params: Weights       # NumPy arrays in jaxrnn's orientation
 
 
 def make_problem(T: int, B: int, I: int, H: int, O: int, seed: int = 0) -> Problem:
@@ -72,8 +99,7 @@ def make_problem(T: int, B: int, I: int, H: int, O: int, seed: int = 0) -> Probl
   rng = np.random.default_rng(seed)
   params = jaxrnn.init_params(jax.random.key(seed), I, H, O, scheme="glorot", dtype=jnp.float32)
   return Problem(rng.standard_normal((T, B, I), dtype=np.float32),
-                 rng.integers(0, O, (T, B)).astype(np.int32),
-                 RNNParams(*(np.asarray(p) for p in params)))
+                 rng.integers(0, O, (T, B)).astype(np.int32), weights_of(params))
 
 
 def train_flops(T: int, B: int, I: int, H: int, O: int) -> float:
@@ -96,7 +122,7 @@ def jax_stepper(step: Callable, params: Any, opt_state: Any, batch: Any) -> Call
 
 def run_jaxrnn_step(problem: Problem, train_step: Callable) -> Callable[[], float]:
   """A stepper for a jaxrnn ``(params, opt_state, batch) -> (params, opt_state, metrics)`` step."""
-  params = jax.tree.map(jnp.asarray, problem.params)
+  params = rnn_params(problem.params)
 
   def step(params, opt_state, batch):
     params, opt_state, metrics = train_step(params, opt_state, batch)
@@ -108,7 +134,7 @@ def run_jaxrnn_step(problem: Problem, train_step: Callable) -> Callable[[], floa
 def make_jaxrnn(problem: Problem, gradient: str) -> Callable[[], float]:
   """:func:`jaxrnn.make_train_step` with ``gradient`` and a summed cross-entropy."""
   return run_jaxrnn_step(problem, jaxrnn.make_train_step(
-      optax.adam(LEARNING_RATE), jaxrnn.LossSpec(reduction="sum"), gradient=gradient))
+      optax.adam(LEARNING_RATE), loss=LOSS, compute=jaxrnn.ComputeSpec(gradient=gradient)))
 
 
 def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
@@ -118,8 +144,7 @@ def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
   fused ``value_and_grad`` on its ``B / n`` sequences with no communication
   inside the recurrence, then one ``psum`` of the loss and gradients.
   """
-  return run_jaxrnn_step(problem, make_parallel_train_step(
-      optax.adam(LEARNING_RATE), jaxrnn.LossSpec(reduction="sum")))
+  return run_jaxrnn_step(problem, make_parallel_train_step(optax.adam(LEARNING_RATE), loss=LOSS))
 
 
 def make_torch(problem: Problem) -> Callable[[], float]:

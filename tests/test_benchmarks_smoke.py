@@ -1,7 +1,9 @@
-"""A fast smoke run of the jaxrnn part of ``benchmarks/train_step.py`` at tiny sizes.
+"""A fast smoke run of the benchmarks at tiny sizes (train_step, compare_release, irnn_adding).
 
 Checks numbers, never wall-clock speed: both jaxrnn gradients train the same
-model to the same losses, and the FLOP count and roofline follow their formulas.
+model to the same losses, and the FLOP count and roofline follow their formulas;
+the previous release, imported as ``jaxrnn_prev``, computes the same loss as
+this tree; a tiny adding-problem run learns and reports its curve.
 """
 
 import sys
@@ -50,3 +52,39 @@ def test_numpy_seed_style_step_matches_jaxrnn_loss():
   problem = train_step.make_problem(*SIZES)
   losses = [train_step.MAKERS[name](problem)() for name in ("numpy", "jaxrnn_fused")]
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_weights_round_trip_through_rnn_params():
+  problem = train_step.make_problem(*SIZES)
+  params = train_step.rnn_params(problem.params)
+  assert len(params.layers) == 1 and len(params.layers[0]) == 1
+  for a, b in zip(train_step.weights_of(params), problem.params):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not (Path("/work/prev") / "jaxrnn").is_dir(),
+                    reason="no checkout of the previous release at /work/prev")
+def test_compare_release_runs_old_and_new_on_the_same_problem():
+  import compare_release
+  prev = compare_release.import_previous(Path("/work/prev"))
+  assert prev.__name__ == "jaxrnn_prev" and prev.__version__ != train_step.jaxrnn.__version__
+  assert Path(prev.sequence_loss.__code__.co_filename).parts[-2] == "jaxrnn_prev"
+  r = compare_release.run_config(prev, SIZES, rounds=2, warmup=1)
+  # Same data, same weights, same summed cross-entropy: the two releases' losses agree.
+  np.testing.assert_allclose(r["first_loss"]["old"], r["first_loss"]["new"], rtol=1e-5)
+  np.testing.assert_allclose(r["ratio_new_over_old"],
+                             np.median(r["times_ms"]["new"]) / np.median(r["times_ms"]["old"]),
+                             rtol=1e-9)
+
+
+def test_irnn_adding_tiny_run_learns_and_reports():
+  import irnn_adding
+  args = irnn_adding.parse_args(["--steps", "20", "--hidden", "8", "--eval-every", "10",
+                                 "--test-size", "64", "--lr", "0.01"])
+  run = irnn_adding.train_one("tanh", 8, args)
+  steps = [s for s, _ in run["curve"]]
+  assert steps == [0, 10, 20] and run["status"] == "ok"
+  # Adam at lr 0.01 on T = 8 gets below its own starting test MSE in 20 steps.
+  assert run["final_test_mse"] < run["curve"][0][1]
+  assert run["final_test_mse"] == run["curve"][-1][1]
+  assert run["solved"] == (run["final_test_mse"] < 0.05)
