@@ -232,8 +232,9 @@ def check_mask(name: str, mask: Any, num_steps: int, batch: int) -> None:
 def lengths_mask(lengths: Any, num_steps: int, batch: int, dtype: Any) -> jax.Array | None:
   """Checks ``lengths [B]`` (integers in ``[0, T]``) and returns the mask ``m[t, b] = t < lengths[b]``.
 
-  Under ``jit`` the range cannot be checked; out-of-range lengths then act as
-  ``clip(lengths, 0, T)``.
+  Under ``jit`` the range cannot be checked: the mask of a sequence whose
+  length lies outside ``[0, T]`` is then NaN, so its outputs and the loss are
+  NaN, never a plausible number.
   """
   if lengths is None:
     return None
@@ -247,7 +248,10 @@ def lengths_mask(lengths: Any, num_steps: int, batch: int, dtype: Any) -> jax.Ar
     if values.min() < 0 or values.max() > num_steps:
       raise ValueError(f"lengths must lie in [0, T={num_steps}], got values in "
                        f"[{values.min()}, {values.max()}]")
-  return (jnp.arange(num_steps)[:, None] < jnp.asarray(lengths)[None, :]).astype(dtype)
+  lengths = jnp.asarray(lengths)
+  mask = (jnp.arange(num_steps)[:, None] < lengths[None, :]).astype(dtype)      # [T, B]
+  valid = (lengths >= 0) & (lengths <= num_steps)                               # [B]
+  return jnp.where(valid[None, :], mask, jnp.nan)
 
 
 class Inputs(NamedTuple):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ from jaxrnn.tasks import TASKS, Config, resolve_config
 from jaxrnn.train import OPTIMIZERS
 
 DEMO = dict(steps=1500, hidden_size=64, seq_len=50, eval_every=500)
+MAX_STEPS = 2**31 - 1
+TASK_OPTIONS = {"delay": ("copy",), "read": ("digits",), "text_file": ("text",)}
 TRAIN_OPTIONS = ("steps", "batch_size", "hidden_size", "num_layers", "bidirectional", "dropout",
                  "optimizer", "learning_rate", "clip_norm", "activation", "init", "gradient",
                  "seed", "seq_len", "delay", "read", "text_file", "eval_every",
@@ -67,10 +70,27 @@ def check_config(config: Config) -> None:
     raise RunError("--dropout acts between layers: it needs --layers 2 or more")
   if config.dropout and config.gradient == "bptt":
     raise RunError("--gradient bptt is the plain hand-derived oracle: it takes no --dropout")
+  if config.steps > MAX_STEPS:
+    raise RunError(f"--steps must be at most {MAX_STEPS}")
+
+
+def check_run_dir(run_dir: Path) -> None:
+  """Raises :class:`RunError` unless ``run_dir`` is, or can be made, a directory."""
+  for folder in (run_dir, *run_dir.parents):
+    if folder.exists():
+      if not folder.is_dir():
+        raise RunError(f"--run-dir: {folder} is a file, not a directory")
+      if not os.access(folder, os.W_OK):
+        raise RunError(f"--run-dir: {folder} is not writable")
+      return
 
 
 def cmd_train(args: argparse.Namespace) -> None:
   options = {k: getattr(args, k) for k in TRAIN_OPTIONS}
+  for name, tasks in TASK_OPTIONS.items():
+    if options[name] is not None and args.task not in tasks:
+      raise RunError(f"--{name.replace('_', '-')} is for the {' and '.join(tasks)} task, "
+                     f"not {args.task}")
   try:
     config = resolve_config(args.task, **options)
   except ValueError as error:
@@ -86,15 +106,22 @@ def cmd_train(args: argparse.Namespace) -> None:
   else:
     task = None
   run_dir = Path(args.run_dir or f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+  check_run_dir(run_dir)
   train_run(config, run_dir, progress=not args.no_progress, task=task)
 
 
+RESUME_OVERRIDES = ("steps", "learning_rate", "clip_norm")
+
+
 def cmd_resume(args: argparse.Namespace) -> None:
-  config, _ = run_config(Path(args.run_dir))
-  if args.steps is not None:
-    config = config._replace(steps=args.steps)
+  run_dir = Path(args.run_dir)
+  config, _ = run_config(run_dir)
+  overrides = {name: [getattr(config, name), getattr(args, name)] for name in RESUME_OVERRIDES
+               if getattr(args, name) is not None and getattr(args, name) != getattr(config, name)}
+  config = config._replace(**{name: new for name, (_, new) in overrides.items()})
   check_config(config)
-  train_run(config, Path(args.run_dir), resume=True, progress=not args.no_progress)
+  train_run(config, run_dir, resume=True, progress=not args.no_progress,
+            overrides={k: v for k, v in overrides.items() if k != "steps"})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -205,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
   resume = commands.add_parser("resume", help="continue a run from its last checkpoint")
   resume.add_argument("run_dir", metavar="RUN_DIR")
   resume.add_argument("--steps", type=int, help="new total number of steps")
+  resume.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
+                      help="a new learning rate from here on (recorded in metrics.jsonl)")
+  resume.add_argument("--clip-norm", type=float,
+                      help="a new global-norm clipping from here on; 0 disables")
   resume.add_argument("--no-progress", action="store_true")
   resume.set_defaults(handler=cmd_resume)
   sample = commands.add_parser("sample", help="generate text from a text run")

@@ -48,14 +48,15 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   live = jnp.ones((num_steps, batch), dtype) if mask is None else mask  # [T, B]
   if shape.num_directions == 2:
     trace = forward(params, xs, h0, mask, model, ComputeSpec(gradient="autodiff"))
-    ys = jnp.where(live[..., None] > 0, out_act(output_logits(params, trace.top)), 0)
+    ys = jnp.where(live[..., None] > 0, out_act(output_logits(params, trace.top)),
+                   0 * live[..., None])                                  # 0, NaN for a bad length
     return trace.final, ys
 
   def step(h, inputs):
     x_t, m_t = inputs                                                    # [B, I], [B]
     keep = m_t[:, None] > 0
     h_new, top = stack_step(params, h, x_t, model.activation)            # [L, B, H], [B, H]
-    y = jnp.where(keep, out_act(output_logits(params, top)), 0)          # [B, O]
+    y = jnp.where(keep, out_act(output_logits(params, top)), 0 * m_t[:, None])  # [B, O]
     return jnp.where(keep, h_new, h), y
 
   return jax.lax.scan(step, h0, (xs, live))

@@ -114,7 +114,7 @@ def backward_hidden(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
 
 def previous_states(h0: jax.Array, hs: jax.Array) -> jax.Array:
   """``[h_0, ..., h_{T-1}]`` from ``h0 [B, H]`` and ``hs = [h_1..h_T]``; ``[T, B, H]``."""
-  return jnp.concatenate([h0[None], hs[:-1]], axis=0)
+  return jnp.concatenate([h0[None], hs], axis=0)[:len(hs)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -141,7 +141,7 @@ def _fused_bwd(activation, scan_unroll, residuals, g):
   delta, dh0 = backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll)
   hidden = hs.shape[-1]
   dW_hh = (delta[1:].reshape(-1, hidden).T @ hs[:-1].reshape(-1, hidden)
-           + delta[0].T @ h0)                                        # [H, H]
+           + delta[0].T @ h0) if len(hs) else jnp.zeros_like(W_hh)   # [H, H]
   dmask = None if mask is None else jnp.zeros_like(mask)
   return delta, dW_hh, dh0, dmask
 

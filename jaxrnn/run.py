@@ -6,13 +6,25 @@ config saved beside each), and at the end ``summary.json`` and ``loss.png``.
 Everything a run computes is a pure function of its config: the data key,
 the parameter key and the dropout key all come from ``config.seed``, so a
 resumed run is bit-identical to an uninterrupted one.
+
+Faults: one process at a time owns a run directory (an OS lock on
+``RUN_DIR/lock``, released when the process ends, however it ends); nothing
+non-finite is ever saved; a damaged newest checkpoint is skipped for the
+newest one that restores; a torn last line of ``metrics.jsonl`` is dropped;
+a run refuses to resume on data that changed; a finished run whose summary
+or plot is missing gets them back from ``resume``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
+import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +63,62 @@ def specs(config: Config, task: Task) -> tuple[ModelSpec, LossSpec, ComputeSpec]
 
 def fresh_model(config: Config, input_size: int,
                 output_size: int) -> tuple[RNNParams, optax.GradientTransformation]:
-  """``(params, optimizer)`` at the start of a run of ``config`` (params drawn from its seed)."""
+  """``(params, optimizer)`` at the start of a run of ``config`` (params drawn from its seed).
+
+  The optimizer always clips (``clip_norm=0``: by ``inf``, i.e. not at all),
+  so its state has the same structure whatever ``--clip-norm`` a resume sets.
+  """
   params = init_params(run_keys(config)[1], input_size, config.hidden_size, output_size,
                        config.init, jnp.dtype(config.dtype), num_layers=config.num_layers,
                        bidirectional=config.bidirectional)
-  return params, make_optimizer(config.optimizer, config.learning_rate, config.clip_norm or None)
+  return params, make_optimizer(config.optimizer, config.learning_rate,
+                                config.clip_norm or float("inf"))
+
+
+def check_memory(config: Config, task: Task) -> None:
+  """Raises :class:`RunError` when the params, optimizer state and activations of ``config``
+  clearly exceed this machine's memory (a cheap estimate, before anything is allocated)."""
+  hidden, dirs, layers = config.hidden_size, 1 + config.bidirectional, config.num_layers
+  width = dirs * hidden
+  num_params = (dirs * hidden * (task.input_size + hidden + 1)
+                + (layers - 1) * dirs * hidden * (width + hidden + 1)
+                + task.output_size * (width + 1))
+  steps = max(config.seq_len, int(task.test.xs.shape[0]))
+  activations = steps * max(config.batch_size, int(task.test.xs.shape[1])) * width * layers * 3
+  needed = (4 * num_params + activations) * jnp.dtype(config.dtype).itemsize
+  available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  if needed > available:
+    raise RunError(f"this model needs about {needed / 2**30:.1f} GiB (parameters, optimizer "
+                   f"state, activations), more than the {available / 2**30:.1f} GiB of this "
+                   "machine: lower --hidden-size, --layers or --batch-size")
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+  """Holds an exclusive OS lock on ``run_dir/lock`` (creating ``run_dir``) for the block.
+
+  Raises:
+    RunError: another process holds it (the message names its pid), or
+      ``run_dir`` cannot be created.
+  """
+  try:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / "lock", "a+", encoding="utf-8")
+  except OSError as error:
+    raise RunError(f"cannot use {run_dir} as a run directory: {checkpoint.reason(error)}") from None
+  with handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "unknown"
+      raise RunError(f"{run_dir} is in use by process {holder} (a train or resume); wait for it "
+                     "to finish or use another --run-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    yield
 
 
 def checkpoint_state(params: Any, opt_state: Any, seed: int, step: int) -> dict[str, Any]:
@@ -69,10 +132,13 @@ def restore_state(checkpoints: Any, step: int, config: Config, params: Any, opti
   """The state of checkpoint ``step``, checked against the shapes ``config`` implies."""
   like = checkpoint_state(params, optimizer.init(params), config.seed, 0)
   try:
-    return checkpoint.restore(checkpoints, step, like)
+    state = checkpoint.restore(checkpoints, step, like)
   except ValueError as error:
+    if "shape" not in str(error).lower():
+      raise
     raise RunError(f"checkpoint {step} in {run_dir} does not fit its config: "
-                   f"{str(error).splitlines()[0]}") from None
+                   f"{checkpoint.reason(error)}") from None
+  return state
 
 
 def require_extras(*modules: str) -> None:
@@ -102,23 +168,46 @@ def load_task(config: Config) -> Task:
 
 
 def run_config(run_dir: Path) -> tuple[Config, int]:
-  """The config of the last checkpoint in ``run_dir`` and that step.
-
-  Configs saved before a field existed get its default (the behaviour they had).
-  """
+  """The config of the newest checkpoint in ``run_dir`` whose config reads, and that step."""
   if not (run_dir / "checkpoints").is_dir():
     raise RunError(f"{run_dir} is not a run directory (no checkpoints/ in it)")
   require_extras("orbax.checkpoint")
   checkpoints = checkpoint.manager(run_dir / "checkpoints")
-  step = checkpoint.latest_step(checkpoints)
-  if step is None:
+  try:
+    for step in checkpoint.newest_first(checkpoints):
+      try:
+        with checkpoint.quiet():
+          saved = checkpoint.saved_config(checkpoints, step)
+      except Exception:  # a damaged file: restore_newest sets it aside and says so
+        continue
+      if not isinstance(saved, dict) or set(saved) != set(Config._fields):
+        raise RunError(f"the checkpoint in {run_dir} was written by another version of jaxrnn")
+      return Config(**saved), step
+  finally:
     checkpoints.close()
-    raise RunError(f"{run_dir} holds no complete checkpoint")
-  saved = checkpoint.saved_config(checkpoints, step)
-  checkpoints.close()
-  if not set(saved) <= set(Config._fields):
-    raise RunError(f"the checkpoint in {run_dir} was written by another version of jaxrnn")
-  return Config(**saved), step
+  raise RunError(f"{run_dir} holds no complete checkpoint")
+
+
+def restore_newest(checkpoints: Any, config: Config, params: Any, optimizer: Any,
+                   run_dir: Path) -> dict[str, Any]:
+  """The state of the newest checkpoint whose config and state both restore cleanly.
+
+  A damaged checkpoint is moved to ``RUN_DIR/damaged/STEP`` (nothing is
+  deleted) and named in one line on stderr; the run goes on from the next older one.
+  """
+  for step in checkpoint.newest_first(checkpoints):
+    try:
+      with checkpoint.quiet():
+        checkpoint.saved_config(checkpoints, step)
+        return restore_state(checkpoints, step, config, params, optimizer, run_dir)
+    except RunError:
+      raise
+    except Exception as error:  # a damaged file: orbax, tensorstore, JSON and OS errors alike
+      kept = checkpoint.set_aside(checkpoints, step, run_dir / "damaged")
+      print(f"jaxrnn: checkpoint {step} in {run_dir} does not restore "
+            f"({checkpoint.reason(error)}); moved it to {kept}, going on from an older one",
+            file=sys.stderr)
+  raise RunError(f"no checkpoint in {run_dir} restores; start again with jaxrnn train")
 
 
 def existing_run_message(run_dir: Path, config: Config, saved: dict[str, Any]) -> str:
@@ -139,12 +228,14 @@ def read_metrics(path: Path, up_to: int) -> list[dict[str, Any]]:
   if not path.exists():
     return []
   records = []
-  for line in path.read_text().splitlines():
+  for line in path.read_text(errors="replace").splitlines():
     try:
-      records.append(json.loads(line))
+      record = json.loads(line)
     except json.JSONDecodeError:
       continue
-  return [r for r in records if isinstance(r, dict) and r.get("step", up_to + 1) <= up_to]
+    if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= up_to:
+      records.append(record)
+  return records
 
 
 def plot_run(records: list[dict[str, Any]], task: Task, path: Path) -> None:
@@ -153,6 +244,7 @@ def plot_run(records: list[dict[str, Any]], task: Task, path: Path) -> None:
   fig = Figure(figsize=(10, 3.8))
   ax_loss, ax_test = fig.subplots(1, 2)
   test = [r for r in records if "test" in r]
+  records = [r for r in records if "loss" in r]
   steps, loss = np.array([r["step"] for r in records]), np.array([r["loss"] for r in records])
   width = max(1, len(loss) // 50)
   smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
@@ -183,48 +275,103 @@ def print_table(config: Config, task: Task, score: float, steps: int, seconds: f
         f"({'beats' if better else 'does not beat'} the baseline)")
 
 
-def train_run(config: Config, run_dir: Path | None, resume: bool = False,
-              progress: bool = True, task: Task | None = None) -> dict[str, Any]:
-  """Trains ``config`` (from its last checkpoint in ``run_dir`` when ``resume``); returns the summary.
+def finish(config: Config, task: Task, params: Any, model: ModelSpec, loss: LossSpec,
+           records: list[dict[str, Any]], run_dir: Path | None, steps_run: int,
+           seconds: float) -> dict[str, Any]:
+  """Scores ``params`` on the test set, prints the table, writes ``summary.json`` and ``loss.png``."""
+  metrics = make_eval_step(model=model, loss=loss)(params, task.test)
+  score = task.score({k: float(v) for k, v in metrics.items()})
+  print_table(config, task, score, steps_run, seconds)
+  summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
+             "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
+  if run_dir is not None:
+    try:
+      plot_run(records, task, run_dir / "loss.png")
+      (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    except OSError as error:
+      raise RunError(f"could not write the summary and plot into {run_dir}: "
+                     f"{checkpoint.reason(error)}; the checkpoints are complete, so "
+                     f"'jaxrnn resume {run_dir}' writes them later") from None
+    print(f"wrote {run_dir}/metrics.jsonl, loss.png, summary.json, checkpoints/")
+  return summary
 
-  Without a ``run_dir`` nothing is written (the demo). Otherwise every step's
-  metrics go to ``metrics.jsonl``, the test metric every ``eval_every``
-  steps, a checkpoint every ``checkpoint_every`` steps and at the end, then
-  ``summary.json`` and ``loss.png``. A step whose update is non-finite is
-  never saved (:func:`jaxrnn.fit` stops before handing it on). ``task`` is
-  ``load_task(config)`` when ``None``.
+
+def train_run(config: Config, run_dir: Path | None, resume: bool = False,
+              progress: bool = True, task: Task | None = None,
+              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Trains ``config`` (from the newest good checkpoint in ``run_dir`` when ``resume``).
+
+  Without a ``run_dir`` nothing is written (the demo). Otherwise the run holds
+  the directory's lock throughout; every step's metrics go to
+  ``metrics.jsonl``, the test metric every ``eval_every`` steps, a checkpoint
+  every ``checkpoint_every`` steps and at the end, then ``summary.json`` and
+  ``loss.png``. A step whose update is non-finite is never saved. ``task``
+  is ``load_task(config)`` when ``None``. ``overrides`` (``resume`` only:
+  the config fields the user changed, e.g. the learning rate) are recorded in
+  ``metrics.jsonl``.
+
+  Returns:
+    The summary.
   """
   task = load_task(config) if task is None else task
-  config = config._replace(vocab=task.vocab)
+  check_memory(config, task)
+  if run_dir is None:
+    return _train(config, None, resume, progress, task, overrides)
+  require_extras("orbax.checkpoint", "matplotlib")
+  with locked(run_dir):
+    return _train(config, run_dir, resume, progress, task, overrides)
+
+
+def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, task: Task,
+           overrides: dict[str, Any] | None) -> dict[str, Any]:
+  if resume and config.data_fingerprint != task.fingerprint:
+    raise RunError(f"the data of {config.task} changed since this run started (fingerprint "
+                   f"{config.data_fingerprint or 'none'}, now {task.fingerprint or 'none'}); "
+                   "resume on the same data or start a new run")
+  config = config._replace(vocab=task.vocab, data_fingerprint=task.fingerprint)
   params, optimizer = fresh_model(config, task.input_size, task.output_size)
   model, loss, compute = specs(config, task)
   opt_state, start = optimizer.init(params), 0
   checkpoints = None
+  metrics_path = None if run_dir is None else run_dir / "metrics.jsonl"
   if run_dir is not None:
-    require_extras("orbax.checkpoint", "matplotlib")
     checkpoints = checkpoint.manager(run_dir / "checkpoints", config.keep)
-    last = checkpoint.latest_step(checkpoints)
     if resume:
-      state = restore_state(checkpoints, last, config, params, optimizer, run_dir)
+      try:
+        state = restore_newest(checkpoints, config, params, optimizer, run_dir)
+      except RunError:
+        checkpoints.close()
+        raise
       params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
       if start >= config.steps:
         checkpoints.close()
-        raise RunError(f"{run_dir} is complete at step {start}; pass --steps to train longer")
-    elif last is not None:
-      saved = checkpoint.saved_config(checkpoints, last)
-      checkpoints.close()
-      raise RunError(existing_run_message(run_dir, config, saved))
+        if (run_dir / "summary.json").exists() and (run_dir / "loss.png").exists():
+          raise RunError(f"{run_dir} is complete at step {start}; pass --steps to train longer")
+        print(f"{run_dir} is complete at step {start}; writing its missing summary and plot")
+        return finish(config, task, params, model, loss, read_metrics(metrics_path, start),
+                      run_dir, 0, 0.0)
+    else:
+      last = checkpoint.latest_step(checkpoints)
+      if last is not None:
+        saved = checkpoint.saved_config(checkpoints, last)
+        checkpoints.close()
+        raise RunError(existing_run_message(run_dir, config, saved))
   eval_step = make_eval_step(model=model, loss=loss)
 
   def test_score(params) -> float:
     return task.score({k: float(v) for k, v in eval_step(params, task.test).items()})
 
-  metrics_path = None if run_dir is None else run_dir / "metrics.jsonl"
   records = [] if metrics_path is None else read_metrics(metrics_path, start)
+  if overrides:
+    records.append({"step": start, "resumed_with": overrides})
   if metrics_path is not None:
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
   log = None if metrics_path is None else metrics_path.open("a")
   last_saved = [start if resume else None]
+
+  def where_saved() -> str:
+    return ("no checkpoint was written" if last_saved[0] is None
+            else f"the last good checkpoint, after {last_saved[0]} steps, is in {run_dir}")
 
   def callback(step: int, params, opt_state, values: dict[str, float]) -> None:
     done = step + 1
@@ -236,8 +383,13 @@ def train_run(config: Config, run_dir: Path | None, resume: bool = False,
       log.write(json.dumps(record) + "\n")
     if checkpoints is not None and (done % config.checkpoint_every == 0 or done == config.steps):
       log.flush()
-      checkpoint.save(checkpoints, done, checkpoint_state(params, opt_state, config.seed, done),
-                      config._asdict())
+      try:
+        checkpoint.save(checkpoints, done, checkpoint_state(params, opt_state, config.seed, done),
+                        config._asdict())
+      except ValueError as error:
+        raise TrainingStopped(f"training stopped: {error}; {where_saved()}") from None
+      except checkpoint.CheckpointError as error:
+        raise RunError(f"{error}; {where_saved()}") from None
       last_saved[0] = done
 
   print(f"{config.task}: {config.steps - start} steps from step {start}, batch {config.batch_size}, "
@@ -251,21 +403,14 @@ def train_run(config: Config, run_dir: Path | None, resume: bool = False,
                  opt_state=opt_state, start_step=start, progress=progress, callback=callback,
                  sequences_per_step=config.batch_size)
   except FloatingPointError as error:
-    where = ("no checkpoint was written" if last_saved[0] is None
-             else f"the last good checkpoint, after {last_saved[0]} steps, is in {run_dir}")
-    raise TrainingStopped(f"training stopped: {error}; {where}") from None
+    raise TrainingStopped(f"training stopped: {error}; {where_saved()}") from None
+  except OSError as error:
+    raise RunError(f"could not write {metrics_path}: {checkpoint.reason(error)}; "
+                   f"{where_saved()}") from None
   finally:
     if log is not None:
       log.close()
     if checkpoints is not None:
       checkpoints.close()
-  seconds = time.perf_counter() - began
-  score = test_score(result.params)
-  print_table(config, task, score, config.steps - start, seconds)
-  summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
-             "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
-  if run_dir is not None:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_run(records, task, run_dir / "loss.png")
-    print(f"wrote {run_dir}/metrics.jsonl, loss.png, summary.json, checkpoints/")
-  return summary
+  return finish(config, task, result.params, model, loss, records, run_dir,
+                config.steps - start, time.perf_counter() - began)

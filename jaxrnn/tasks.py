@@ -9,6 +9,7 @@ task's metric next to a trivial baseline it must beat.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -32,8 +33,9 @@ class Config(NamedTuple):
   ``seq_len`` is the task's length: T for ``adding`` and ``sine``, the number
   of symbols to copy for ``copy``, the training window for ``sunspots`` and
   ``text``. ``clip_norm=0`` disables clipping. ``dropout`` is torch's
-  between-layer dropout (it needs ``num_layers >= 2``). ``vocab`` is filled in by the
-  ``text`` task (the characters of the corpus, in code order).
+  between-layer dropout (it needs ``num_layers >= 2``). ``vocab`` (the
+  characters of a ``text`` corpus, in code order) and ``data_fingerprint``
+  (:attr:`Task.fingerprint`) are filled in from the data when a run starts.
   """
   task: str = "adding"
   steps: int = 2000
@@ -58,6 +60,7 @@ class Config(NamedTuple):
   keep: int = 3
   dtype: str = "float32"
   vocab: str = ""
+  data_fingerprint: str = ""
 
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -88,6 +91,9 @@ class Task(NamedTuple):
     vocab: the characters of a text task, ``""`` otherwise.
     predicts_next: the target at step ``t`` is the input at ``t + 1`` (sine,
       sunspots, text), so a bidirectional model would read its own answers.
+    fingerprint: a hash of the data read from files (``""`` for generated
+      data, a pure function of the seed), so a run can refuse to resume on
+      data that changed.
   """
   input_size: int
   output_size: int
@@ -101,6 +107,15 @@ class Task(NamedTuple):
   train_size: int | None = None
   vocab: str = ""
   predicts_next: bool = False
+  fingerprint: str = ""
+
+
+def hash_data(*arrays: Any) -> str:
+  """The first 16 hex digits of the SHA-256 of ``arrays``' bytes (or of a string)."""
+  digest = hashlib.sha256()
+  for a in arrays:
+    digest.update(a.encode() if isinstance(a, str) else np.ascontiguousarray(a).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def higher_is_better(metric: str) -> bool:
@@ -179,7 +194,8 @@ def _digits(config: Config, key: jax.Array, dtype: Any) -> Task:
   test = jax.jit(data.labelled_sequences)(seqs[:, test_rows], labels[test_rows])
   majority = float(np.max(np.bincount(labels[test_rows])) / num_test)
   return Task(seqs.shape[-1], 10, "cross_entropy", _per_step(sample, key), test, "accuracy",
-              lambda m: m["accuracy"], majority, "most frequent class", len(train_rows))
+              lambda m: m["accuracy"], majority, "most frequent class", len(train_rows),
+              fingerprint=hash_data(images, labels))
 
 
 def _sunspots(config: Config, key: jax.Array, dtype: Any) -> Task:
@@ -197,7 +213,7 @@ def _sunspots(config: Config, key: jax.Array, dtype: Any) -> Task:
   persistence = float(np.sqrt(np.mean(np.diff(years)[num_train - 1:] ** 2)))
   return Task(1, 1, "squared_error", _per_step(sample, key), test, "rmse",
               lambda m: math.sqrt(m["mse"]) * std, persistence, "persistence",
-              num_train - config.seq_len, predicts_next=True)
+              num_train - config.seq_len, predicts_next=True, fingerprint=hash_data(years))
 
 
 def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
@@ -223,7 +239,7 @@ def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
       data.random_windows(k, train, config.batch_size, config.seq_len), len(vocab), dtype)
   return Task(len(vocab), len(vocab), "cross_entropy", _per_step(sample, key), test, "bits/char",
               lambda m: m["loss"] / math.log(2), unigram, "unigram", num_train, vocab,
-              predicts_next=True)
+              predicts_next=True, fingerprint=hash_data(text))
 
 
 TASKS: dict[str, Callable[[Config, jax.Array, Any], Task]] = {

@@ -48,7 +48,9 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
   Args:
     name: a key of :data:`OPTIMIZERS`.
     learning_rate: a finite float ``> 0`` or an ``optax`` schedule.
-    clip_norm: clip the global gradient norm to this (finite, ``> 0``); ``None`` for no clipping.
+    clip_norm: clip the global gradient norm to this (``> 0``); ``None`` for no clipping
+      stage, ``inf`` for a stage that never clips (so the optimizer state has
+      the same structure as with a finite ``clip_norm``).
     **kwargs: passed to the optimizer (e.g. ``momentum`` for SGD).
 
   Returns:
@@ -60,7 +62,8 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
   optimizer = OPTIMIZERS[name](learning_rate, **kwargs)
   if clip_norm is None:
     return optimizer
-  checks.check_positive_number("clip_norm", clip_norm)
+  if clip_norm != float("inf"):
+    checks.check_positive_number("clip_norm", clip_norm)
   return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
 
 

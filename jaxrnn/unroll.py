@@ -110,7 +110,7 @@ def forward(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | N
       hs = layer_states(cell, x_d, h0[l * num_dirs + d], mask, model.activation, d == 1,
                         compute)                                         # [T, B, H]
       cells.append(hs)
-      finals.append(hs[0] if d == 1 else hs[-1])
+      finals.append(h0[l * num_dirs + d] if not len(hs) else hs[0] if d == 1 else hs[-1])
     states.append(tuple(cells))
     x = jnp.concatenate(cells, axis=-1) if num_dirs == 2 else cells[0]  # [T, B, D*H]
     if mask is not None:
@@ -157,7 +157,7 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   trace = forward(params, xs, h0, mask, model, compute, masks)
   ys = OUTPUT_ACTIVATIONS[model.output_activation](output_logits(params, trace.top))
   if mask is not None:
-    ys = jnp.where(mask[..., None] > 0, ys, 0)                           # [T, B, O]
+    ys = jnp.where(mask[..., None] > 0, ys, 0 * mask[..., None])        # 0, NaN for a bad length
   return Outputs(trace.top, ys, trace.final)
 
 

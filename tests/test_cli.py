@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -107,6 +108,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(model, tmp_path, monkey
   assert "jaxrnn resume" in one_error_line(capsys)
   _, step, _ = final_state(tmp_path / "cut", 2, 1)
   assert step == 8
+  with open(tmp_path / "cut" / "metrics.jsonl", "a") as log:
+    log.write('{"step": 14, "grad_no')                # a kill in the middle of a line
   assert cli.main(["resume", str(tmp_path / "cut"), "--no-progress"]) == 0
   _, step_whole, whole = final_state(tmp_path / "whole", 2, 1)
   _, step_cut, cut = final_state(tmp_path / "cut", 2, 1)
@@ -180,6 +183,12 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
     (["train", "digits", "--epochs", "inf"], "--epochs must be a finite number > 0"),
     (["gradients", "--out", "plot.txt"], "--out must end in .png"),
     (["gradients", "--out", "/nonexistent/dir/plot.png"], "is not a directory"),
+    (["train", "adding", "--text-file", "corpus.txt"], "--text-file is for the text task"),
+    (["train", "text", "--delay", "3"], "--delay is for the copy task"),
+    (["train", "adding", "--steps", "99999999999999999999"], "--steps must be at most"),
+    (["train", "adding", "--hidden-size", "100000000", "--run-dir", "/tmp/jaxrnn-unused"],
+     "more than the"),
+    (["train", "adding", "--run-dir", "/etc/hostname/run"], "is a file, not a directory"),
 ])
 def test_bad_input_is_one_line_and_non_zero(argv, message, capsys):
   assert cli.main(argv) == 2
@@ -215,3 +224,93 @@ def test_demo_runs_with_only_the_core_dependencies():
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "baseline (predict 1.0)" in done.stdout and "test mse" in done.stdout
+
+
+def small_run(run_dir, steps=20, *options):
+  return cli.main(["train", "adding", "--run-dir", str(run_dir), "--steps", str(steps),
+                   "--checkpoint-every", "5", "--seq-len", "5", "--hidden-size", "8",
+                   "--batch-size", "8", "--eval-every", "5", "--no-progress", *options])
+
+
+def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  command = [sys.executable, "-m", "jaxrnn", "train", "adding", "--run-dir", str(run_dir),
+             "--steps", "1000000", "--checkpoint-every", "5", "--seq-len", "5", "--hidden-size",
+             "8", "--batch-size", "8", "--eval-every", "100000", "--no-progress"]
+  holder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoints" / "5").exists():
+      assert holder.poll() is None, holder.stderr.read().decode()[-2000:]
+      assert time.monotonic() < deadline
+      time.sleep(0.05)
+    assert small_run(run_dir) == 2
+    assert f"is in use by process {holder.pid}" in one_error_line(capsys)
+    assert cli.main(["resume", str(run_dir), "--no-progress"]) == 2
+    assert f"is in use by process {holder.pid}" in one_error_line(capsys)
+  finally:
+    holder.kill()
+    holder.wait()
+  _, last = run.run_config(run_dir)                  # the lock dies with its holder
+  assert cli.main(["resume", str(run_dir), "--steps", str(last + 3), "--no-progress"]) == 0
+  assert run.run_config(run_dir)[1] == last + 3
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_goes_on(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  assert small_run(run_dir, 15) == 0
+  for data in (run_dir / "checkpoints" / "15" / "state").rglob("d/*"):
+    data.write_bytes(b"garbage" * 20)                # every data file of the newest one
+  (run_dir / "checkpoints" / "10" / "config" / "metadata").write_text("{not json")
+  capsys.readouterr()
+  assert cli.main(["resume", str(run_dir), "--steps", "20", "--no-progress"]) == 0
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2 and "Traceback" not in "".join(err), err
+  assert err[0].startswith("jaxrnn: checkpoint 15 in") and "moved it to" in err[0]
+  assert err[1].startswith("jaxrnn: checkpoint 10 in") and "moved it to" in err[1]
+  assert sorted(p.name for p in (run_dir / "damaged").iterdir()) == ["10", "15"]
+  records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  assert [r["step"] for r in records] == list(range(1, 21))     # 6..20 trained again
+  assert run.run_config(run_dir)[1] == 20
+
+
+def test_resume_takes_a_new_learning_rate_and_clipping_and_records_them(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  assert small_run(run_dir, 10, "--clip-norm", "0") == 0
+  assert cli.main(["resume", str(run_dir), "--steps", "15", "--lr", "0.005", "--clip-norm",
+                   "0.5", "--no-progress"]) == 0
+  config, step = run.run_config(run_dir)
+  assert (step, config.learning_rate, config.clip_norm) == (15, 0.005, 0.5)
+  records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  assert records[10] == {"step": 10, "resumed_with": {"learning_rate": [0.01, 0.005],
+                                                      "clip_norm": [0.0, 0.5]}}
+  assert [r["step"] for r in records if "loss" in r] == list(range(1, 16))
+
+
+def test_resume_writes_the_missing_summary_of_a_finished_run(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  assert small_run(run_dir, 10) == 0
+  before = json.load(open(run_dir / "summary.json"))
+  (run_dir / "summary.json").unlink()                # killed after the last checkpoint
+  (run_dir / "loss.png").unlink()
+  capsys.readouterr()
+  assert cli.main(["resume", str(run_dir), "--no-progress"]) == 0
+  assert "writing its missing summary and plot" in capsys.readouterr().out
+  after = json.load(open(run_dir / "summary.json"))
+  assert after["test"] == before["test"] and after["steps"] == 10
+  assert (run_dir / "loss.png").stat().st_size > 10_000
+  assert cli.main(["resume", str(run_dir), "--no-progress"]) == 2
+  assert "is complete at step 10" in one_error_line(capsys)
+
+
+def test_resume_refuses_data_that_changed(tmp_path, capsys):
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("the cat sat on the mat. " * 40, encoding="utf-8")
+  run_dir = tmp_path / "run"
+  assert cli.main(["train", "text", "--text-file", str(corpus), "--run-dir", str(run_dir),
+                   "--steps", "4", "--seq-len", "8", "--hidden-size", "8", "--batch-size", "4",
+                   "--no-progress"]) == 0
+  corpus.write_text("the mat sat on the cat. " * 40, encoding="utf-8")  # same characters
+  capsys.readouterr()
+  assert cli.main(["resume", str(run_dir), "--steps", "8", "--no-progress"]) == 2
+  assert "the data of text changed since this run started" in one_error_line(capsys)
