@@ -107,7 +107,26 @@ def compile_step(optimizer: optax.GradientTransformation,
     return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads),
                                "param_max": param_max}
 
-  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+  compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+  expected: dict[Any, Any] = {}
+
+  def checked_step(params, opt_state, batch, key=None):
+    layout = shapes_of(params)
+    if layout not in expected:
+      checks.check_params(params)
+      expected[layout] = shapes_of(jax.eval_shape(optimizer.init, params))
+    if shapes_of(opt_state) != expected[layout]:
+      raise ValueError("opt_state does not fit params: its tree or shapes differ from "
+                       "optimizer.init(params)'s (another optimizer or another model?)")
+    return compiled(params, opt_state, batch, key)
+
+  return checked_step
+
+
+def shapes_of(tree: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
+  """The tree structure of ``tree`` and the shape of each leaf: what a compiled step fixes."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple(tuple(jnp.shape(leaf)) for leaf in leaves)
 
 
 def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec = ModelSpec(),

@@ -222,3 +222,26 @@ def test_bad_arguments_name_the_argument():
     jaxrnn.sequence_loss(params, batch, loss="cross_entropy")
   with pytest.raises(TypeError, match="compute"):
     jaxrnn.sequence_loss(params, batch, compute={"gradient": "fused"})
+
+
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+def test_empty_sequences_give_zero_loss_zero_gradients_and_h0_as_final(num_layers, bidirectional):
+  prob = random_problem(3, 0, 4, num_layers=num_layers, bidirectional=bidirectional)
+  for gradient in ("fused", "autodiff"):
+    (value, final), grads = jax.value_and_grad(jaxrnn.sequence_loss, has_aux=True)(
+        prob.params, prob.batch, prob.h0, compute=jaxrnn.ComputeSpec(gradient=gradient))
+    assert float(value) == 0 and all(not np.any(g) for g in jax.tree.leaves(grads))
+    np.testing.assert_array_equal(final, prob.h0)
+  hand, dh0 = jaxrnn.bptt(prob.params, prob.batch, prob.h0)
+  assert all(not np.any(g) for g in jax.tree.leaves(hand)) and not np.any(dh0)
+
+
+def test_under_jit_a_length_outside_0_T_gives_nan_not_a_clamped_loss():
+  prob = random_problem(4, 6, 3, num_layers=2)
+  loss = jax.jit(lambda lengths: jaxrnn.sequence_loss(
+      prob.params, prob.batch._replace(lengths=lengths))[0])
+  assert np.isfinite(loss(jnp.array([6, 2, 0])))
+  assert np.isnan(loss(jnp.array([7, 2, 0]))) and np.isnan(loss(jnp.array([6, -1, 0])))
+  ys = jax.jit(lambda lengths: jaxrnn.unroll(prob.params, prob.batch.xs, lengths=lengths).ys)(
+      jnp.array([7, 2, 0]))
+  assert np.all(np.isnan(ys[:, 0])) and not np.any(np.isnan(ys[:, 1:]))

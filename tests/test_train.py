@@ -355,3 +355,13 @@ def test_evaluate_mse_counts_only_live_steps(num_layers, bidirectional):
   squared = ((y - np.asarray(batch.targets)) ** 2).mean(-1)
   np.testing.assert_allclose(metrics["mse"], squared[live].mean(), rtol=1e-12)
   np.testing.assert_allclose(metrics["loss"], (squared[live] * 3).sum() / live.sum(), rtol=1e-12)
+
+
+def test_an_opt_state_of_another_model_or_optimizer_is_named():
+  params, batch, _ = random_problem(5, 4, 2)
+  step = jaxrnn.make_train_step(optax.adam(1e-2), donate=False)
+  other = random_problem(5, 4, 2, sizes=(3, 7, 2)).params
+  for opt_state in (optax.adam(1e-2).init(other), optax.sgd(1e-2).init(params)):
+    with pytest.raises(ValueError, match="opt_state does not fit params"):
+      step(params, opt_state, batch)
+  assert np.isfinite(float(step(params, optax.adam(1e-2).init(params), batch)[2]["loss"]))
