@@ -132,3 +132,40 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path, delay):
   assert step >= 2
   assert checkpoint.saved_config(checkpoints, step) == {"step": step}
   assert_trees_equal(checkpoint.restore(checkpoints, step, state_of(0)), state_of(step))
+
+
+def test_non_finite_state_is_never_saved_and_never_restored(tmp_path):
+  checkpoints = checkpoint.manager(tmp_path, keep=3)
+  bad = state_of(1)
+  bad["params"] = bad["params"]._replace(W_hy=bad["params"].W_hy.at[0, 0].set(jnp.nan))
+  with pytest.raises(ValueError, match=r"refusing to save step 1: \['params'\].W_hy holds NaN"):
+    checkpoint.save(checkpoints, 1, bad, {"step": 1})
+  assert checkpoint.latest_step(checkpoints) is None and not list(tmp_path.iterdir())
+  checkpoint.save(checkpoints, 2, state_of(2), {"step": 2})
+  restored = checkpoint.restore(checkpoints, 2, state_of(0))
+  assert_trees_equal(restored, state_of(2))
+  # a checkpoint that holds inf (written by something else) is refused on the way back too
+  orbax = checkpoint.orbax()
+  inf = state_of(3)
+  inf["params"] = jax.tree.map(lambda x: x * jnp.inf, inf["params"])
+  checkpoints.save(3, args=orbax.args.Composite(state=orbax.args.StandardSave(inf),
+                                                config=orbax.args.JsonSave({"step": 3})))
+  checkpoints.wait_until_finished()
+  with pytest.raises(checkpoint.CheckpointError, match="holds NaN or inf"):
+    checkpoint.restore(checkpoints, 3, state_of(0))
+
+
+class FullDisk:
+  """A manager whose writes fail as a full disk does."""
+  directory = "/full/disk"
+
+  def save(self, *args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_failed_write_is_one_short_line():
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    checkpoint.save(FullDisk(), 5, state_of(5), {"step": 5})
+  assert str(error.value) == "could not write checkpoint 5 in /full/disk: no space left on device"
+  long = ValueError("OUT_OF_RANGE: " + "tensorstore spec " * 40 + "\nsecond line")
+  assert len(checkpoint.reason(long)) == 160 and "\n" not in checkpoint.reason(long)
