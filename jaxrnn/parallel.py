@@ -7,14 +7,22 @@ per step. Splitting the *batch* instead gives each device its own chain of
 loss and gradients at the end.
 
 XLA exposes the cores of a CPU as separate devices only when asked, before
-``jax`` is imported::
+JAX's backend starts (right after ``import jax``, before any computation)::
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python train.py
+  jax.config.update("jax_num_cpu_devices", os.cpu_count())
 
-With one device everything still works (and equals the unsplit step).
+(or ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` before ``import
+jax``). The library itself never does this; the ``jaxrnn`` command does
+(``--devices``). With one device everything still works (and equals the
+unsplit step). The train step, :func:`jaxrnn.fit`, evaluation and truncated
+BPTT take ``mesh=`` (a mesh or a device count) and route through here.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +34,7 @@ from jaxrnn.data import Batch
 from jaxrnn.losses import check_problem
 from jaxrnn.params import RNNParams
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
-from jaxrnn.train import Step, compile_step, loss_and_grad
+from jaxrnn.train import Metrics, Step, compile_step, evaluation_sums, loss_and_grad, metrics_of
 
 AXIS = "batch"
 
@@ -40,6 +48,18 @@ def batch_mesh(num_devices: int | None = None) -> Mesh:
   return Mesh(jax.devices()[:num_devices], (AXIS,))
 
 
+def as_mesh(mesh: Mesh | int | None) -> Mesh:
+  """``mesh`` itself, or :func:`batch_mesh` of a device count (all devices for ``None``)."""
+  return mesh if isinstance(mesh, Mesh) else batch_mesh(mesh)
+
+
+def check_divisible(batch_size: int, mesh: Mesh) -> None:
+  """Raises ``ValueError`` unless ``batch_size`` splits evenly over the devices of ``mesh``."""
+  devices = mesh.devices.size
+  if batch_size % devices:
+    raise ValueError(f"batch size B={batch_size} must be divisible by the {devices} devices")
+
+
 def batch_specs(batch: Batch) -> Batch:
   """How each field of ``batch`` is split: along ``B``, axis 1 of ``[T, B, ...]``, axis 0 of ``lengths``."""
   time_major = P(None, AXIS)
@@ -47,61 +67,124 @@ def batch_specs(batch: Batch) -> Batch:
                None if batch.target_mask is None else time_major)
 
 
-def parallel_loss_and_grad(params: RNNParams, batch: Batch, mesh: Mesh, *,
+def shard_batch(batch: Batch, mesh: Mesh) -> tuple[Batch, Batch]:
+  """``(specs, batch placed on mesh)``: each device holds its ``B / n`` sequences."""
+  check_divisible(jnp.shape(batch.xs)[1], mesh)
+  specs = batch_specs(batch)
+  return specs, jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), batch, specs)
+
+
+STATE = P(None, AXIS)
+"""How a carried state ``[L, B, H]`` is split: along ``B``."""
+
+LocalGrad = Callable[[RNNParams, Batch, Any, LossSpec, Any], tuple[jax.Array, RNNParams, Any]]
+
+
+def split_value_and_grad(local_grad: LocalGrad, params: RNNParams, batch: Batch,
+                         mesh: Mesh | int | None, h: jax.Array | None = None, *,
+                         model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
+                         compute: ComputeSpec = ComputeSpec(),
+                         key: jax.Array | None = None) -> tuple[jax.Array, RNNParams, Any]:
+  """Runs ``local_grad(params, shard, h_shard, loss_sum, key) -> (value, grads, h_out)`` per device.
+
+  The one implementation of the batch split: every device gets ``B / n``
+  sequences (and its ``[L, B / n, H]`` slice of ``h``), computes the *summed*
+  loss ``sum_{t, b in shard} w_t L_t`` and its gradient, and one ``psum``
+  adds them; for ``reduction="mean"`` both are then divided by the live-step
+  count of the whole batch, so the result is the unsplit one. ``h_out``
+  stays split along ``B``. Dropout draws each shard's masks from
+  ``fold_in(key, device index)``.
+
+  Raises:
+    ValueError: ``B`` not divisible by the number of devices in ``mesh``.
+  """
+  mesh = as_mesh(mesh)
+  local_loss = loss._replace(reduction="sum")
+  weights = check_problem(params, batch, h, None, model, local_loss, compute).weights  # [T, B]
+  scale = jnp.maximum(weights.sum(), 1) if loss.reduction == "mean" else 1
+  specs, batch = shard_batch(batch, mesh)
+
+  def local(params, batch, h, key):
+    if key is not None:
+      key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+    value, grads, h_out = local_grad(params, batch, h, local_loss, key)
+    return jax.lax.psum((value, grads), AXIS), h_out
+
+  (value, grads), h_out = jax.shard_map(
+      local, mesh=mesh, in_specs=(P(), specs, STATE, P()), out_specs=((P(), P()), STATE),
+      check_vma=False)(params, batch, h, key)
+  return value / scale, jax.tree.map(lambda g: g / scale, grads), h_out
+
+
+def parallel_loss_and_grad(params: RNNParams, batch: Batch, mesh: Mesh | int | None, *,
                            model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
                            compute: ComputeSpec = ComputeSpec(),
                            key: jax.Array | None = None) -> tuple[jax.Array, RNNParams]:
   """:func:`jaxrnn.loss_and_grad` with the batch split over ``mesh``; the same numbers.
 
-  Each device computes ``sum_{t, b in shard} w_t L_t`` and its gradient; one
-  ``psum`` adds them. For ``reduction="mean"`` both are then divided by the
-  live-step count of the whole batch, so the result is the unsplit one.
-  Dropout draws each shard's masks from ``fold_in(key, device index)``.
+  ``mesh``: a :class:`jax.sharding.Mesh` with axis ``"batch"``, a device
+  count, or ``None`` for all devices. See :func:`split_value_and_grad`.
 
   Raises:
     ValueError: ``B`` not divisible by the number of devices in ``mesh``.
   """
-  batch_size, devices = jnp.shape(batch.xs)[1], mesh.devices.size
-  if batch_size % devices:
-    raise ValueError(f"batch size B={batch_size} must be divisible by the {devices} devices")
-  local_loss = loss._replace(reduction="sum")
-  weights = check_problem(params, batch, None, None, model, local_loss, compute).weights  # [T, B]
-  scale = jnp.maximum(weights.sum(), 1) if loss.reduction == "mean" else 1
+  def local(params, batch, _, loss, key):
+    return (*loss_and_grad(params, batch, model=model, loss=loss, compute=compute, key=key), None)
 
-  def local(params, batch, key):
-    if key is not None:
-      key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
-    return jax.lax.psum(loss_and_grad(params, batch, model=model, loss=local_loss,
-                                      compute=compute, key=key), AXIS)
-
-  specs = batch_specs(batch)
-  batch = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), batch, specs)
-  value, grads = jax.shard_map(local, mesh=mesh, in_specs=(P(), specs, P()), out_specs=P(),
-                               check_vma=False)(params, batch, key)
-  return value / scale, jax.tree.map(lambda g: g / scale, grads)
+  value, grads, _ = split_value_and_grad(local, params, batch, mesh, model=model, loss=loss,
+                                         compute=compute, key=key)
+  return value, grads
 
 
 def make_parallel_train_step(optimizer: optax.GradientTransformation, *,
                              model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
-                             compute: ComputeSpec = ComputeSpec(), mesh: Mesh | None = None,
-                             donate: bool = True) -> Step:
+                             compute: ComputeSpec = ComputeSpec(),
+                             mesh: Mesh | int | None = None, donate: bool = True) -> Step:
   """:func:`jaxrnn.make_train_step` with the batch split over ``mesh`` (all devices if ``None``).
 
   Same signature, metrics and numbers as the unsplit step (up to float
-  rounding); ``B`` must be divisible by the number of devices.
+  rounding); ``B`` must be divisible by the number of devices. ``mesh`` may
+  also be a device count.
 
   Example (two CPU cores)::
 
-    # XLA_FLAGS=--xla_force_host_platform_device_count=2, set before importing jax
-    from jaxrnn.parallel import make_parallel_train_step
-    step = make_parallel_train_step(jaxrnn.make_optimizer("adam", 1e-3))
+    jax.config.update("jax_num_cpu_devices", 2)    # right after import jax
+    step = jaxrnn.make_train_step(jaxrnn.make_optimizer("adam", 1e-3), mesh=2)
     params, opt_state, metrics = step(params, opt_state, batch)
   """
   checks.check_model(model)
   checks.check_loss_spec(loss, model)
   checks.check_compute(compute)
-  mesh = batch_mesh() if mesh is None else mesh
+  mesh = as_mesh(mesh)
   value_and_grad = lambda params, batch, key: parallel_loss_and_grad(
       params, batch, mesh, model=model, loss=loss, compute=compute, key=key)
   return compile_step(optimizer, value_and_grad, donate)
 
+
+def parallel_evaluate(params: RNNParams, batch: Batch, mesh: Mesh | int | None, *,
+                      model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec()) -> Metrics:
+  """:func:`jaxrnn.evaluate` with the batch split over ``mesh``; the same numbers.
+
+  Each device sums its loss, live-step count and hits (or squared errors);
+  one ``psum`` adds them and :func:`jaxrnn.train.metrics_of` divides, so
+  ``accuracy``/``mse`` and a ``"mean"`` loss are the whole batch's.
+
+  Raises:
+    ValueError: ``B`` not divisible by the number of devices in ``mesh``.
+  """
+  mesh = as_mesh(mesh)
+  specs, batch = shard_batch(batch, mesh)
+  local = lambda params, batch: jax.lax.psum(
+      evaluation_sums(params, batch, model=model, loss=loss), AXIS)
+  sums = jax.shard_map(local, mesh=mesh, in_specs=(P(), specs), out_specs=P(),
+                       check_vma=False)(params, batch)
+  return metrics_of(sums, loss)
+
+
+def make_parallel_eval_step(*, model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
+                            mesh: Mesh | int | None = None
+                            ) -> Callable[[RNNParams, Batch], Metrics]:
+  """``jax.jit`` of :func:`parallel_evaluate` for fixed specs and mesh: ``(params, batch) -> metrics``."""
+  checks.check_model(model)
+  checks.check_loss_spec(loss, model)
+  return jax.jit(functools.partial(parallel_evaluate, mesh=as_mesh(mesh), model=model, loss=loss))

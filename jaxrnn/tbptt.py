@@ -24,6 +24,7 @@ import optax
 from jaxrnn import checks
 from jaxrnn.data import Batch
 from jaxrnn.losses import sequence_loss
+from jaxrnn.parallel import as_mesh, split_value_and_grad
 from jaxrnn.params import RNNParams, Shape
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
 
@@ -66,7 +67,8 @@ def check_stateful(params: RNNParams) -> Shape:
 
 def tbptt_grad(params: RNNParams, h: jax.Array, chunk: Batch, *, model: ModelSpec = ModelSpec(),
                loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
-               key: jax.Array | None = None) -> tuple[jax.Array, RNNParams, jax.Array]:
+               key: jax.Array | None = None,
+               mesh: Any = None) -> tuple[jax.Array, RNNParams, jax.Array]:
   """One chunk of truncated BPTT: the loss, its gradient, and the states to carry on.
 
   Args:
@@ -75,11 +77,20 @@ def tbptt_grad(params: RNNParams, h: jax.Array, chunk: Batch, *, model: ModelSpe
       stops at them.
     chunk: the chunk's :class:`jaxrnn.Batch` (``xs [k, B, I]``, ``targets``).
     model, loss, compute, key: as :func:`jaxrnn.sequence_loss`'s.
+    mesh: ``None``, or a ``jax.sharding.Mesh`` / device count: the ``B``
+      streams (and ``h``) split over its devices, one ``psum`` of the loss and
+      gradient (:func:`jaxrnn.parallel.split_value_and_grad`); ``h_next``
+      stays split along ``B``. The same numbers to float rounding.
 
   Returns:
     ``(L^{(c)}, g^{(c)}, h_next [L, B, H])``.
   """
   check_stateful(params)
+  if mesh is not None:
+    local = lambda params, chunk, h, loss, key: tbptt_grad(
+        params, h, chunk, model=model, loss=loss, compute=compute, key=key)
+    return split_value_and_grad(local, params, chunk, mesh, h, model=model, loss=loss,
+                                compute=compute, key=key)
   (value, h_next), grads = jax.value_and_grad(sequence_loss, has_aux=True)(
       params, chunk, jax.lax.stop_gradient(h), model=model, loss=loss, compute=compute, key=key)
   return value, grads, h_next
@@ -89,7 +100,7 @@ def tbptt_epoch(params: RNNParams, opt_state: Any, optimizer: optax.GradientTran
                 stream: Batch, chunk_length: int, h0: jax.Array | None = None, *,
                 model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
                 compute: ComputeSpec = ComputeSpec(),
-                key: jax.Array | None = None) -> TBPTTResult:
+                key: jax.Array | None = None, mesh: Any = None) -> TBPTTResult:
   """One pass over a stream with truncated BPTT: one optimizer update per chunk.
 
   A ``lax.scan`` over the chunks carries ``(params, opt_state, h)``; it is
@@ -106,6 +117,8 @@ def tbptt_epoch(params: RNNParams, opt_state: Any, optimizer: optax.GradientTran
     h0: the states to start from, ``[L, B, H]`` (e.g. the last epoch's ``h``); zeros if ``None``.
     model, loss, compute: the static specs.
     key: a ``jax.random`` key for dropout: chunk ``c`` uses ``fold_in(key, c)``.
+    mesh: ``None``, or a ``jax.sharding.Mesh`` / device count to split the
+      ``B`` streams over (``B`` divisible by it; see :func:`tbptt_grad`).
 
   Returns:
     :class:`TBPTTResult` ``(params, opt_state, h, losses [T / k])``.
@@ -120,6 +133,7 @@ def tbptt_epoch(params: RNNParams, opt_state: Any, optimizer: optax.GradientTran
   if stream.lengths is not None or stream.target_mask is not None:
     raise ValueError("stream must be a jaxrnn.Batch of xs and targets only (no lengths or "
                      "target_mask: a stream has no end)")
+  mesh = None if mesh is None else as_mesh(mesh)
   chunks = jax.tree.map(lambda a: tbptt_chunks(a, chunk_length), stream)  # [N, k, B, ...]
   num_chunks = chunks.xs.shape[0]
   if h0 is None:
@@ -132,7 +146,7 @@ def tbptt_epoch(params: RNNParams, opt_state: Any, optimizer: optax.GradientTran
     params, opt_state, h = carry
     chunk, key_c = inputs
     value, grads, h = tbptt_grad(params, h, chunk, model=model, loss=loss, compute=compute,
-                                 key=key_c)
+                                 key=key_c, mesh=mesh)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state, h), value
 

@@ -131,7 +131,7 @@ def shapes_of(tree: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
 
 def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec = ModelSpec(),
                     loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
-                    donate: bool = True) -> Step:
+                    donate: bool = True, mesh: Any = None) -> Step:
   """Builds a jit-compiled step ``(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``.
 
   Args:
@@ -139,6 +139,10 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
     model, loss, compute: the static specs (see :func:`jaxrnn.sequence_loss`).
     donate: donate ``params`` and ``opt_state`` buffers to the step; the
       arrays passed in must not be used after the call.
+    mesh: ``None`` (one device), or a ``jax.sharding.Mesh`` / device count to
+      split the batch over (:func:`jaxrnn.parallel.make_parallel_train_step`:
+      parameters replicated, one ``psum`` of the gradients, the same numbers
+      to float rounding; ``B`` divisible by the device count).
 
   Returns:
     The compiled step (see :func:`compile_step` for ``metrics``). Pass a
@@ -148,12 +152,48 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
     >>> step = jaxrnn.make_train_step(jaxrnn.make_optimizer("adam", 1e-2, clip_norm=1.0))
     >>> params, opt_state, metrics = step(params, opt_state, batch)
   """
+  if mesh is not None:
+    from jaxrnn.parallel import make_parallel_train_step  # pylint: disable=import-outside-toplevel
+    return make_parallel_train_step(optimizer, model=model, loss=loss, compute=compute,
+                                    mesh=mesh, donate=donate)
   checks.check_model(model)
   checks.check_loss_spec(loss, model)
   checks.check_compute(compute)
   value_and_grad = lambda params, batch, key: loss_and_grad(
       params, batch, model=model, loss=loss, compute=compute, key=key)
   return compile_step(optimizer, value_and_grad, donate)
+
+
+def evaluation_sums(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
+                    loss: LossSpec = LossSpec()) -> Metrics:
+  """What :func:`evaluate` adds up over a batch; sums of shards add up to the whole batch's.
+
+  Returns:
+    ``{"loss": sum_t w_t L_t`` (unnormalised weights), ``"weight": sum_t w_t``,
+    ``"live"``: live steps, ``"score"``: hits (cross-entropy) or per-step mean
+    squared errors (squared error) summed over live steps``}``.
+  """
+  compute = ComputeSpec(gradient="autodiff")
+  problem = check_problem(params, batch, None, None, model, loss._replace(reduction="sum"),
+                          compute)
+  z, _ = logits(params, batch, problem, model, compute)                  # [T, B, O]
+  value = weighted_sum(problem.weights,
+                       step_losses(z, batch.targets, loss.loss, model.output_activation))
+  live = (problem.weights != 0).astype(z.dtype)                          # [T, B]
+  if loss.loss == "cross_entropy":
+    score = (jnp.argmax(z, axis=-1) == batch.targets).astype(z.dtype)
+  else:
+    y = OUTPUT_ACTIVATIONS[model.output_activation](z)
+    score = jnp.mean((y - batch.targets) ** 2, axis=-1)
+  return {"loss": value, "weight": problem.weights.sum(), "live": live.sum(),
+          "score": jnp.sum(live * score)}
+
+
+def metrics_of(sums: Metrics, loss: LossSpec) -> Metrics:
+  """The metrics of :func:`evaluate` from :func:`evaluation_sums` (of a batch or of all its shards)."""
+  value = sums["loss"] / jnp.maximum(sums["weight"], 1) if loss.reduction == "mean" else sums["loss"]
+  name = "accuracy" if loss.loss == "cross_entropy" else "mse"
+  return {"loss": value, name: sums["score"] / jnp.maximum(sums["live"], 1)}
 
 
 def evaluate(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
@@ -165,24 +205,20 @@ def evaluate(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
     steps whose arg-max output is the target) or ``"mse"`` (squared error:
     mean over live steps and outputs of ``(y_t - target_t)^2``).
   """
-  compute = ComputeSpec(gradient="autodiff")
-  problem = check_problem(params, batch, None, None, model, loss, compute)
-  z, _ = logits(params, batch, problem, model, compute)                  # [T, B, O]
-  value = weighted_sum(problem.weights,
-                       step_losses(z, batch.targets, loss.loss, model.output_activation))
-  live = (problem.weights != 0).astype(z.dtype)                          # [T, B]
-  count = jnp.maximum(live.sum(), 1)
-  if loss.loss == "cross_entropy":
-    hits = (jnp.argmax(z, axis=-1) == batch.targets).astype(z.dtype)
-    return {"loss": value, "accuracy": jnp.sum(live * hits) / count}
-  y = OUTPUT_ACTIVATIONS[model.output_activation](z)
-  squared = jnp.mean((y - batch.targets) ** 2, axis=-1)
-  return {"loss": value, "mse": jnp.sum(live * squared) / count}
+  return metrics_of(evaluation_sums(params, batch, model=model, loss=loss), loss)
 
 
-def make_eval_step(*, model: ModelSpec = ModelSpec(),
-                   loss: LossSpec = LossSpec()) -> Callable[[RNNParams, Batch], Metrics]:
-  """``jax.jit`` of :func:`evaluate` for fixed specs: ``(params, batch) -> metrics``."""
+def make_eval_step(*, model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
+                   mesh: Any = None) -> Callable[[RNNParams, Batch], Metrics]:
+  """``jax.jit`` of :func:`evaluate` for fixed specs: ``(params, batch) -> metrics``.
+
+  With ``mesh`` (a ``jax.sharding.Mesh`` or a device count) the batch is
+  split over its devices (:func:`jaxrnn.parallel.parallel_evaluate`): the
+  same metrics, ``B`` divisible by the device count.
+  """
+  if mesh is not None:
+    from jaxrnn.parallel import make_parallel_eval_step  # pylint: disable=import-outside-toplevel
+    return make_parallel_eval_step(model=model, loss=loss, mesh=mesh)
   return jax.jit(functools.partial(evaluate, model=model, loss=loss))
 
 
@@ -199,7 +235,8 @@ def fit(params: RNNParams, optimizer: optax.GradientTransformation,
         key: jax.Array | None = None, opt_state: Any = None, start_step: int = 0,
         progress: bool = True,
         callback: Callable[[int, RNNParams, Any, dict[str, float]], None] | None = None,
-        sequences_per_step: int | None = None, train_step: Step | None = None) -> FitResult:
+        sequences_per_step: int | None = None, train_step: Step | None = None,
+        mesh: Any = None) -> FitResult:
   """Trains for ``num_steps`` steps with a progress bar that shows the loss.
 
   Args:
@@ -217,7 +254,9 @@ def fit(params: RNNParams, optimizer: optax.GradientTransformation,
     sequences_per_step: the batch size; when given, the progress bar also shows sequences/s.
     train_step: a step built by :func:`make_train_step` or
       :func:`jaxrnn.parallel.make_parallel_train_step` for the same specs;
-      default ``make_train_step(optimizer, model=..., loss=..., compute=...)``.
+      default ``make_train_step(optimizer, model=..., loss=..., compute=..., mesh=mesh)``.
+    mesh: a ``jax.sharding.Mesh`` or device count to split each batch over
+      (ignored when ``train_step`` is given); ``None``: one device.
 
   Returns:
     :class:`FitResult` with ``history["loss"]``, ``["grad_norm"]`` and
@@ -233,7 +272,7 @@ def fit(params: RNNParams, optimizer: optax.GradientTransformation,
   params = jax.tree.map(jnp.copy, params)
   opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.copy, opt_state)
   if train_step is None:
-    train_step = make_train_step(optimizer, model=model, loss=loss, compute=compute)
+    train_step = make_train_step(optimizer, model=model, loss=loss, compute=compute, mesh=mesh)
   history: dict[str, list[float]] = {"loss": [], "grad_norm": [], "param_max": []}
   bar = tqdm(range(start_step, start_step + num_steps), disable=not progress, unit="step")
   for step in bar:

@@ -56,17 +56,21 @@ def test_mesh_checks():
 
 
 TWO_DEVICES = """
-import sys
-import jax, jax.numpy as jnp, numpy as np, optax
+import functools, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 2)          # before any computation: 2 host devices
+import jax.numpy as jnp, numpy as np, optax
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, {tests!r})
-from conftest import random_problem
+from conftest import random_params, random_problem
 import jaxrnn
 from jaxrnn.parallel import make_parallel_train_step
 assert len(jax.devices()) == 2, jax.devices()
+diff = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 optimizer = optax.adam(1e-2)
 for num_layers, bidirectional, reduction in [(1, False, "sum"), (1, False, "mean"),
-                                             (2, True, "mean")]:
+                                             (2, True, "sum"), (2, True, "mean")]:
   params, batch, _ = random_problem(13, batch=6, num_layers=num_layers,
                                     bidirectional=bidirectional, masked=True)
   # all the live steps on the second device's half: a device-0-only result is way off
@@ -74,30 +78,56 @@ for num_layers, bidirectional, reduction in [(1, False, "sum"), (1, False, "mean
   loss = jaxrnn.LossSpec(reduction=reduction)
   state = optimizer.init(params)
   plain = jaxrnn.make_train_step(optimizer, loss=loss, donate=False)(params, state, batch)
-  split = make_parallel_train_step(optimizer, loss=loss, donate=False)(params, state, batch)
-  diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(plain),
-                                                          jax.tree.leaves(split)))
-  print(num_layers, bidirectional, reduction, diff)
+  split = jaxrnn.make_train_step(optimizer, loss=loss, donate=False, mesh=2)(params, state, batch)
+  print("step", num_layers, bidirectional, reduction, diff(plain, split))
+  for name, sq in (("ce", False), ("se", True)):
+    p, b, _ = random_problem(17, batch=6, num_layers=num_layers, bidirectional=bidirectional,
+                             masked=True, loss="squared_error" if sq else "cross_entropy")
+    b = b._replace(lengths=jnp.array([6, 0, 2, 6, 5, 4]))
+    ls = jaxrnn.LossSpec("squared_error" if sq else "cross_entropy", reduction)
+    one = jaxrnn.make_eval_step(loss=ls)(p, b)
+    two = jaxrnn.make_eval_step(loss=ls, mesh=2)(p, b)
+    assert set(one) == set(two), (one, two)
+    print("eval", num_layers, bidirectional, reduction + name, diff(one, two))
+for num_layers in (1, 2):
+  for reduction in ("sum", "mean"):
+    params = random_params(3, num_layers=num_layers)
+    rng = np.random.default_rng(0)
+    stream = jaxrnn.Batch(jnp.asarray(rng.normal(size=(12, 4, 3))),
+                          jnp.asarray(rng.integers(0, 2, (12, 4))))
+    h0 = jnp.asarray(rng.normal(size=(num_layers, 4, 5)))
+    loss = jaxrnn.LossSpec(reduction=reduction)
+    epoch = lambda mesh: jax.jit(functools.partial(
+        jaxrnn.tbptt_epoch, optimizer=optimizer, chunk_length=4, loss=loss, mesh=mesh))(
+            params, optimizer.init(params), stream=stream, h0=h0)
+    one, two = epoch(None), epoch(2)
+    assert two.h.shape == one.h.shape
+    print("tbptt", num_layers, False, reduction, diff(one, two))
 odd = batch._replace(xs=batch.xs[:, :5], targets=batch.targets[:, :5], lengths=batch.lengths[:5],
                      target_mask=batch.target_mask[:, :5])
-try:
-  make_parallel_train_step(optimizer)(params, state, odd)
-  print("odd accepted")
-except ValueError as error:
-  print("odd", "divisible" in str(error))
+params = random_params(13)
+state = optimizer.init(params)
+for what, call in (("step", lambda: make_parallel_train_step(optimizer)(params, state, odd)),
+                   ("eval", lambda: jaxrnn.make_eval_step(mesh=2)(params, odd))):
+  try:
+    call()
+    print("odd accepted")
+  except ValueError as error:
+    print("odd", "divisible" in str(error), error)
 """
 
 
-def test_split_over_two_host_devices_equals_the_unsplit_step():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+def test_split_over_two_host_devices_equals_the_unsplit_one():
+  """Train step, evaluation and truncated BPTT: split over 2 devices equals unsplit, float64."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
   code = TWO_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)))
   result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.split("\n")
   diffs = [line.split() for line in lines if line and not line.startswith("odd")]
-  assert len(diffs) == 3, result.stdout
-  for num_layers, bidirectional, reduction, diff in diffs:
-    assert float(diff) < 1e-12, (num_layers, bidirectional, reduction, diff)
-  assert "odd True" in lines, result.stdout                      # B=5 over 2 devices raises
+  assert [d[0] for d in diffs] == ["step", "eval", "eval"] * 4 + ["tbptt"] * 4, result.stdout
+  for what, num_layers, bidirectional, reduction, diff in diffs:
+    assert float(diff) < 1e-12, (what, num_layers, bidirectional, reduction, diff)
+  assert sum(line.startswith("odd True") for line in lines) == 2, result.stdout          # B=5 over 2 devices raises
