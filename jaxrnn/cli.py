@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     task = None
   run_dir = Path(args.run_dir or f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
   check_run_dir(run_dir)
-  train_run(config, run_dir, progress=not args.no_progress, task=task)
+  train_run(config, run_dir, progress=not args.no_progress, task=task, devices=args.devices)
 
 
 RESUME_OVERRIDES = ("steps", "learning_rate", "clip_norm")
@@ -121,13 +121,14 @@ def cmd_resume(args: argparse.Namespace) -> None:
   config = config._replace(**{name: new for name, (_, new) in overrides.items()})
   check_config(config)
   train_run(config, run_dir, resume=True, progress=not args.no_progress,
-            overrides={k: v for k, v in overrides.items() if k != "steps"})
+            overrides={k: v for k, v in overrides.items() if k != "steps"}, devices=args.devices)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
   print("jaxrnn demo: an Elman RNN learns the adding problem (T=50): add the two marked\n"
         "values of a 50-step sequence, which needs memory. Predicting 1.0 scores MSE ~0.167.")
-  train_run(resolve_config("adding", **DEMO, seed=args.seed), None, progress=not args.no_progress)
+  train_run(resolve_config("adding", **DEMO, seed=args.seed), None, progress=not args.no_progress,
+            devices=args.devices)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -195,6 +196,32 @@ def cmd_gradients(args: argparse.Namespace) -> None:
   print(f"wrote {out}")
 
 
+DEVICES_HELP = ("split each batch over N devices (default: all, i.e. every CPU core; 1: one "
+                "device); fewer when N does not divide the batch size")
+
+
+def use_every_core() -> None:
+  """Makes every CPU core a JAX device, if JAX's backend has not started yet in this process.
+
+  One chain of the recurrence keeps one core busy, so the command splits the
+  batch over the cores (:mod:`jaxrnn.parallel`). The library never does
+  this; it must happen before JAX's first computation, so when ``main`` runs
+  inside a process that already used JAX (a test, a notebook), the devices
+  that exist are used. ``XLA_FLAGS=--xla_force_host_platform_device_count``
+  set by the user wins.
+  """
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  try:
+    jax.config.update("jax_num_cpu_devices", cores)
+  except RuntimeError:  # the backend already started: use what exists
+    pass
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The ``jaxrnn`` argument parser, one sub-parser per command."""
   parser = argparse.ArgumentParser(prog="jaxrnn", description="Train and inspect Elman RNNs.")
@@ -227,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--keep", type=int, help="checkpoints to keep")
   train.add_argument("--dtype", help="float32 (default) or float64")
   train.add_argument("--run-dir", help="default: runs/TASK-DATE-TIME")
+  train.add_argument("--devices", type=int, metavar="N", help=DEVICES_HELP)
   train.add_argument("--no-progress", action="store_true", help="no progress bar")
   train.set_defaults(handler=cmd_train)
   resume = commands.add_parser("resume", help="continue a run from its last checkpoint")
@@ -236,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a new learning rate from here on (recorded in metrics.jsonl)")
   resume.add_argument("--clip-norm", type=float,
                       help="a new global-norm clipping from here on; 0 disables")
+  resume.add_argument("--devices", type=int, metavar="N",
+                      help=DEVICES_HELP + "; need not be the count the run started with")
   resume.add_argument("--no-progress", action="store_true")
   resume.set_defaults(handler=cmd_resume)
   sample = commands.add_parser("sample", help="generate text from a text run")
@@ -254,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
   gradients.set_defaults(handler=cmd_gradients)
   demo = commands.add_parser("demo", help="the adding problem in under a minute")
   demo.add_argument("--seed", type=int, default=0)
+  demo.add_argument("--devices", type=int, metavar="N", help=DEVICES_HELP)
   demo.add_argument("--no-progress", action="store_true")
   demo.set_defaults(handler=cmd_demo)
   return parser
@@ -262,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the ``jaxrnn`` command line; returns the exit status."""
   args = build_parser().parse_args(argv)
+  use_every_core()
   try:
     args.handler(args)
   except RunError as error:

@@ -74,6 +74,22 @@ def shard_batch(batch: Batch, mesh: Mesh) -> tuple[Batch, Batch]:
   return specs, jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), batch, specs)
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """``tree`` with every array on all devices of ``mesh`` (a no-op for arrays already there).
+
+  Arrays committed to one device (e.g. restored from a checkpoint) must be
+  moved before a jitted split step takes them.
+  """
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def place_step_arguments(mesh: Mesh) -> Callable[..., tuple[Any, ...]]:
+  """``(params, opt_state, batch, key) ->`` the same, params/state/key replicated, batch split."""
+  return lambda params, opt_state, batch, key: (
+      replicate(params, mesh), replicate(opt_state, mesh), shard_batch(batch, mesh)[1],
+      None if key is None else replicate(key, mesh))
+
+
 STATE = P(None, AXIS)
 """How a carried state ``[L, B, H]`` is split: along ``B``."""
 
@@ -158,7 +174,7 @@ def make_parallel_train_step(optimizer: optax.GradientTransformation, *,
   mesh = as_mesh(mesh)
   value_and_grad = lambda params, batch, key: parallel_loss_and_grad(
       params, batch, mesh, model=model, loss=loss, compute=compute, key=key)
-  return compile_step(optimizer, value_and_grad, donate)
+  return compile_step(optimizer, value_and_grad, donate, place_step_arguments(mesh))
 
 
 def parallel_evaluate(params: RNNParams, batch: Batch, mesh: Mesh | int | None, *,
@@ -187,4 +203,6 @@ def make_parallel_eval_step(*, model: ModelSpec = ModelSpec(), loss: LossSpec = 
   """``jax.jit`` of :func:`parallel_evaluate` for fixed specs and mesh: ``(params, batch) -> metrics``."""
   checks.check_model(model)
   checks.check_loss_spec(loss, model)
-  return jax.jit(functools.partial(parallel_evaluate, mesh=as_mesh(mesh), model=model, loss=loss))
+  mesh = as_mesh(mesh)
+  compiled = jax.jit(functools.partial(parallel_evaluate, mesh=mesh, model=model, loss=loss))
+  return lambda params, batch: compiled(replicate(params, mesh), shard_batch(batch, mesh)[1])

@@ -277,9 +277,9 @@ def print_table(config: Config, task: Task, score: float, steps: int, seconds: f
 
 def finish(config: Config, task: Task, params: Any, model: ModelSpec, loss: LossSpec,
            records: list[dict[str, Any]], run_dir: Path | None, steps_run: int,
-           seconds: float) -> dict[str, Any]:
+           seconds: float, eval_mesh: int | None = None) -> dict[str, Any]:
   """Scores ``params`` on the test set, prints the table, writes ``summary.json`` and ``loss.png``."""
-  metrics = make_eval_step(model=model, loss=loss)(params, task.test)
+  metrics = make_eval_step(model=model, loss=loss, mesh=eval_mesh)(params, task.test)
   score = task.score({k: float(v) for k, v in metrics.items()})
   print_table(config, task, score, steps_run, seconds)
   summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
@@ -296,9 +296,39 @@ def finish(config: Config, task: Task, params: Any, model: ModelSpec, loss: Loss
   return summary
 
 
+def largest_divisor(size: int, limit: int) -> int:
+  """The largest ``d <= limit`` that divides ``size`` (1 at least)."""
+  return next(d for d in range(max(1, min(limit, size)), 0, -1) if size % d == 0)
+
+
+def device_counts(requested: int | None, batch_size: int, test_size: int) -> tuple[int, int]:
+  """``(train, test)``: the devices the training batch and the test batch are split over.
+
+  ``requested`` (``None``: every device JAX has, which the command line makes
+  every CPU core) must exist. The training batch uses the largest count
+  ``<= requested`` that divides ``batch_size`` (with a one-line note on
+  stderr when that is fewer), the test batch the largest that divides its
+  size too (fewer is silent: evaluation is a small part of a run).
+  """
+  available = jax.device_count()
+  if requested is None:
+    requested = available
+  if requested < 1:
+    raise RunError("--devices must be at least 1")
+  if requested > available:
+    raise RunError(f"--devices {requested}, but this machine has {available} device(s) "
+                   f"({jax.default_backend()}); use --devices {available} or fewer")
+  train = largest_divisor(batch_size, requested)
+  if train < requested:
+    print(f"jaxrnn: batch size {batch_size} does not split over {requested} devices; "
+          f"training on {train}", file=sys.stderr)
+  return train, largest_divisor(test_size, train)
+
+
 def train_run(config: Config, run_dir: Path | None, resume: bool = False,
               progress: bool = True, task: Task | None = None,
-              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+              overrides: dict[str, Any] | None = None,
+              devices: int | None = None) -> dict[str, Any]:
   """Trains ``config`` (from the newest good checkpoint in ``run_dir`` when ``resume``).
 
   Without a ``run_dir`` nothing is written (the demo). Otherwise the run holds
@@ -308,22 +338,28 @@ def train_run(config: Config, run_dir: Path | None, resume: bool = False,
   ``loss.png``. A step whose update is non-finite is never saved. ``task``
   is ``load_task(config)`` when ``None``. ``overrides`` (``resume`` only:
   the config fields the user changed, e.g. the learning rate) are recorded in
-  ``metrics.jsonl``.
+  ``metrics.jsonl``. ``devices``: how many devices to split each batch over
+  (:func:`device_counts`; ``None``: all). It is not part of the config: a
+  run resumed on another device count goes on, equal to float rounding (the
+  sums of the split gradient are added in another order), and bit-identical
+  on the same count.
 
   Returns:
     The summary.
   """
   task = load_task(config) if task is None else task
   check_memory(config, task)
+  counts = device_counts(devices, config.batch_size, int(task.test.xs.shape[1]))
   if run_dir is None:
-    return _train(config, None, resume, progress, task, overrides)
+    return _train(config, None, resume, progress, task, overrides, counts)
   require_extras("orbax.checkpoint", "matplotlib")
   with locked(run_dir):
-    return _train(config, run_dir, resume, progress, task, overrides)
+    return _train(config, run_dir, resume, progress, task, overrides, counts)
 
 
 def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, task: Task,
-           overrides: dict[str, Any] | None) -> dict[str, Any]:
+           overrides: dict[str, Any] | None, counts: tuple[int, int]) -> dict[str, Any]:
+  train_mesh, eval_mesh = (None if n == 1 else n for n in counts)
   if resume and config.data_fingerprint != task.fingerprint:
     raise RunError(f"the data of {config.task} changed since this run started (fingerprint "
                    f"{config.data_fingerprint or 'none'}, now {task.fingerprint or 'none'}); "
@@ -349,14 +385,14 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
           raise RunError(f"{run_dir} is complete at step {start}; pass --steps to train longer")
         print(f"{run_dir} is complete at step {start}; writing its missing summary and plot")
         return finish(config, task, params, model, loss, read_metrics(metrics_path, start),
-                      run_dir, 0, 0.0)
+                      run_dir, 0, 0.0, eval_mesh)
     else:
       last = checkpoint.latest_step(checkpoints)
       if last is not None:
         saved = checkpoint.saved_config(checkpoints, last)
         checkpoints.close()
         raise RunError(existing_run_message(run_dir, config, saved))
-  eval_step = make_eval_step(model=model, loss=loss)
+  eval_step = make_eval_step(model=model, loss=loss, mesh=eval_mesh)
 
   def test_score(params) -> float:
     return task.score({k: float(v) for k, v in eval_step(params, task.test).items()})
@@ -395,13 +431,14 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
   print(f"{config.task}: {config.steps - start} steps from step {start}, batch {config.batch_size}, "
         f"{config.num_layers} layer(s){' bidirectional' if config.bidirectional else ''} of "
         f"H={config.hidden_size}, {config.activation}/{config.init}, {config.optimizer} "
-        f"lr={config.learning_rate}" + (f", run dir {run_dir}" if run_dir else ""), flush=True)
+        f"lr={config.learning_rate}, {counts[0]} device(s)"
+        + (f", run dir {run_dir}" if run_dir else ""), flush=True)
   began = time.perf_counter()
   try:
     result = fit(params, optimizer, task.batches, config.steps - start, model=model, loss=loss,
                  compute=compute, key=run_keys(config)[2] if config.dropout else None,
                  opt_state=opt_state, start_step=start, progress=progress, callback=callback,
-                 sequences_per_step=config.batch_size)
+                 sequences_per_step=config.batch_size, mesh=train_mesh)
   except FloatingPointError as error:
     raise TrainingStopped(f"training stopped: {error}; {where_saved()}") from None
   except OSError as error:
@@ -413,4 +450,4 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
     if checkpoints is not None:
       checkpoints.close()
   return finish(config, task, result.params, model, loss, records, run_dir,
-                config.steps - start, time.perf_counter() - began)
+                config.steps - start, time.perf_counter() - began, eval_mesh)

@@ -90,14 +90,16 @@ def loss_and_grad(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSp
 
 def compile_step(optimizer: optax.GradientTransformation,
                  value_and_grad: Callable[[RNNParams, Batch, Any], tuple[jax.Array, RNNParams]],
-                 donate: bool = True) -> Step:
+                 donate: bool = True, place: Callable[..., tuple[Any, ...]] | None = None) -> Step:
   """``jax.jit`` of one optimizer step around ``value_and_grad(params, batch, key) -> (loss, grads)``.
 
   The step is ``(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``
   with ``metrics = {"loss", "grad_norm", "param_max"}``: the loss and the
   gradient's global norm before the update, and the largest ``|p|`` of the
   updated parameters (NaN or inf exactly when an update produced one);
-  ``donate`` donates ``params`` and ``opt_state``.
+  ``donate`` donates ``params`` and ``opt_state``; ``place(params,
+  opt_state, batch, key)``, if given, puts the arguments where the compiled
+  step wants them (e.g. replicated over a mesh) before each call.
   """
   def step(params, opt_state, batch, key=None):
     value, grads = value_and_grad(params, batch, key)
@@ -118,6 +120,8 @@ def compile_step(optimizer: optax.GradientTransformation,
     if shapes_of(opt_state) != expected[layout]:
       raise ValueError("opt_state does not fit params: its tree or shapes differ from "
                        "optimizer.init(params)'s (another optimizer or another model?)")
+    if place is not None:
+      params, opt_state, batch, key = place(params, opt_state, batch, key)
     return compiled(params, opt_state, batch, key)
 
   return checked_step

@@ -1,6 +1,7 @@
 """Test-suite set-up and the random problems every test module draws from.
 
-float64 is on, so gradient checks can hold to 1e-10; tests of float32
+float64 is on, so gradient checks can hold to 1e-10; JAX's backend starts
+here with one CPU device; tests of float32
 behaviour pass ``dtype=jnp.float32`` explicitly. The factories build arrays
 with NumPy (no compiles) from an integer seed.
 """
@@ -14,6 +15,9 @@ import numpy as np
 import jaxrnn
 
 jax.config.update("jax_enable_x64", True)
+jax.devices()  # start the backend now: one CPU device, whatever a later cli.main asks for
+# (cli.main makes every core a device only in a fresh process; tests that need that run it in a
+# subprocess, so the device count of this process never depends on which test ran first)
 
 MODELS = [(1, False), (2, True)]
 """(num_layers, bidirectional) of the two models every feature is tested on."""

@@ -314,3 +314,57 @@ def test_resume_refuses_data_that_changed(tmp_path, capsys):
   capsys.readouterr()
   assert cli.main(["resume", str(run_dir), "--steps", "8", "--no-progress"]) == 2
   assert "the data of text changed since this run started" in one_error_line(capsys)
+
+
+ALL_CORES = """
+import os, sys
+from jaxrnn import cli
+options = ["--steps", "12", "--seq-len", "6", "--hidden-size", "8", "--batch-size", "8",
+           "--eval-every", "4", "--checkpoint-every", "6", "--no-progress"]
+train = lambda name, *more: cli.main(["train", "adding", "--run-dir", os.path.join({tmp!r}, name),
+                                      *options, *more])
+import jax
+print("status", train("default"), train("one", "--devices", "1"),
+      train("too_many", "--devices", str(len(os.sched_getaffinity(0)) + 1)),
+      cli.main(["resume", os.path.join({tmp!r}, "one"), "--steps", "18", "--no-progress"]),
+      cli.main(["resume", os.path.join({tmp!r}, "default"), "--steps", "18", "--no-progress",
+                "--devices", "1"]))
+print("devices", jax.device_count())
+"""
+
+
+def test_the_command_splits_over_every_core_and_equals_one_device(tmp_path):
+  """A fresh process: every core is a device; the default run equals --devices 1 to rounding.
+
+  Then each run is resumed on the other device count (not part of the config) and goes on.
+  """
+  done = subprocess.run([sys.executable, "-c", ALL_CORES.format(tmp=str(tmp_path))],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = dict(line.split(" ", 1) for line in done.stdout.splitlines()
+               if line.startswith(("status", "devices")))
+  cores = len(__import__("os").sched_getaffinity(0))
+  assert lines["status"] == "0 0 2 0 0" and int(lines["devices"]) == cores, done.stdout
+  errors = [line for line in done.stderr.splitlines() if line.startswith("jaxrnn: error")]
+  assert errors == [f"jaxrnn: error: --devices {cores + 1}, but this machine has {cores} "
+                    f"device(s) (cpu); use --devices {cores} or fewer"], done.stderr
+  assert f"8, 1 layer(s) of H=8, relu/identity, adam lr=0.01, {cores} device(s)" in done.stdout
+  for run_dir, step in ((tmp_path / "default", 18), (tmp_path / "one", 18)):
+    assert run.run_config(run_dir)[1] == step
+  _, _, default = final_state(tmp_path / "default", 2, 1)
+  _, _, one = final_state(tmp_path / "one", 2, 1)
+  for a, b in zip(jax.tree.leaves(default["params"]), jax.tree.leaves(one["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  logs = [[json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+          for name in ("default", "one")]
+  np.testing.assert_allclose([r["loss"] for r in logs[0]], [r["loss"] for r in logs[1]],
+                             rtol=1e-5)
+  np.testing.assert_allclose([r["test"] for r in logs[0] if "test" in r],
+                             [r["test"] for r in logs[1] if "test" in r], rtol=1e-5)
+
+
+def test_devices_beyond_the_machine_or_below_one_is_one_line(tmp_path, capsys):
+  assert small_run(tmp_path / "run", 4, "--devices", str(jax.device_count() + 1)) == 2
+  assert "but this machine has" in one_error_line(capsys)
+  assert small_run(tmp_path / "run", 4, "--devices", "0") == 2
+  assert "--devices must be at least 1" in one_error_line(capsys)
