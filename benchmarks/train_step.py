@@ -1,8 +1,9 @@
 """Benchmark 1: one full training step (forward, backward, Adam), every implementation side by side.
 
 Run: ``python benchmarks/train_step.py`` (all configurations), ``--quick`` for
-a tiny smoke run, ``--impls jaxrnn_fused torch`` for a subset, ``--devices 2``
-to add the two-core batch split (``jaxrnn_fused_2dev``).
+a tiny smoke run, ``--impls jaxrnn_fused torch`` for a subset, ``--devices N``
+for the host device count (default: every CPU core, as the ``jaxrnn``
+command; set with ``jax_num_cpu_devices`` before JAX's first computation).
 
 Implementations, all float32 on the same data and the same initial weights,
 loss ``L = sum_t sum_b -log softmax(W_hy h_t + b_y)[target]``, Adam(1e-3):
@@ -10,10 +11,14 @@ loss ``L = sum_t sum_b -log softmax(W_hy h_t + b_y)[target]``, Adam(1e-3):
 * ``jaxrnn_fused``: :func:`jaxrnn.make_train_step` with the default
   ``ComputeSpec(gradient="fused")`` (hand-BPTT ``custom_vjp``), jit-compiled,
   buffers donated; ``LossSpec(reduction="sum")``, ``ModelSpec()`` (tanh).
+  One device: one recurrence chain, one core busy most of the time.
+* ``jaxrnn_all_cores``: the step the ``jaxrnn`` command trains with by
+  default: ``make_train_step(..., mesh=<all devices>)``, the batch split over
+  every host device (one chain per core, one ``psum`` of the gradients).
 * ``jaxrnn_autodiff``: the same with ``ComputeSpec(gradient="autodiff")``
-  (``jax.grad`` through ``lax.scan``).
-* ``torch``: ``torch.nn.RNN`` + ``nn.Linear`` + ``torch.optim.Adam`` on
-  ``torch.set_num_threads(2)``.
+  (``jax.grad`` through ``lax.scan``), one device.
+* ``torch``: ``torch.nn.RNN`` + ``nn.Linear`` + ``torch.optim.Adam`` with
+  torch's default intra-op threads (every core).
 * ``flax``: ``flax.linen.RNN(nn.SimpleCell)`` + ``nn.Dense`` + ``optax.adam``, jit.
 * ``numpy``: the seed's style, a Python loop over steps with hand BPTT and Adam.
 
@@ -31,21 +36,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-if __name__ == "__main__":
-  _devices = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--devices=")), 1)
+import jax  # noqa: E402
+
+if __name__ == "__main__":   # host devices, before JAX's first computation (as cli.main does)
+  _devices = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--devices=")),
+                  len(os.sched_getaffinity(0)))
   if "--devices" in sys.argv:
     _devices = int(sys.argv[sys.argv.index("--devices") + 1])
-  if _devices > 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={_devices}")
+  jax.config.update("jax_num_cpu_devices", _devices)
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jaxrnn  # noqa: E402
-from jaxrnn.parallel import make_parallel_train_step  # noqa: E402
 
 from common import (SGEMM_SIZE, interleaved_times, machine_info, print_table,  # noqa: E402,I001
                     sgemm_calls, sgemm_gflops, write_json)
@@ -58,7 +62,8 @@ CONFIGS: dict[str, tuple[int, int, int, int, int]] = {   # (T, B, I, H, O)
 QUICK_CONFIGS = {"tiny": (12, 4, 5, 16, 5)}
 LEARNING_RATE = 1e-3
 LOSS = jaxrnn.LossSpec(loss="cross_entropy", reduction="sum")   # model: jaxrnn.ModelSpec() (tanh)
-IMPLS = ("jaxrnn_fused", "jaxrnn_autodiff", "torch", "flax", "numpy")
+IMPLS = ("jaxrnn_fused", "jaxrnn_all_cores", "torch", "flax")
+"""The default rows; ``--impls`` adds ``jaxrnn_autodiff`` and ``numpy``."""
 
 
 class Weights(NamedTuple):
@@ -140,17 +145,18 @@ def make_jaxrnn(problem: Problem, gradient: str) -> Callable[[], float]:
 def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
   """The fused step with the batch split over all host devices (one chain per core).
 
-  :func:`jaxrnn.parallel.make_parallel_train_step`: each device runs the
-  fused ``value_and_grad`` on its ``B / n`` sequences with no communication
-  inside the recurrence, then one ``psum`` of the loss and gradients.
+  ``make_train_step(..., mesh=jax.device_count())``, the ``jaxrnn``
+  command's default step: each device runs the fused ``value_and_grad`` on
+  its ``B / n`` sequences with no communication inside the recurrence, then
+  one ``psum`` of the loss and gradients.
   """
-  return run_jaxrnn_step(problem, make_parallel_train_step(optax.adam(LEARNING_RATE), loss=LOSS))
+  return run_jaxrnn_step(problem, jaxrnn.make_train_step(optax.adam(LEARNING_RATE), loss=LOSS,
+                                                         mesh=jax.device_count()))
 
 
 def make_torch(problem: Problem) -> Callable[[], float]:
-  """``torch.nn.RNN`` + ``nn.Linear`` + ``torch.optim.Adam``, 2 intra-op threads."""
+  """``torch.nn.RNN`` + ``nn.Linear`` + ``torch.optim.Adam``, torch's default intra-op threads."""
   import torch
-  torch.set_num_threads(2)
   p = problem.params
   hidden, inputs = p.W_xh.shape
   rnn = torch.nn.RNN(inputs, hidden, nonlinearity="tanh")
@@ -259,7 +265,7 @@ def make_numpy(problem: Problem) -> Callable[[], float]:
 MAKERS: dict[str, Callable[[Problem], Callable[[], float]]] = {
     "jaxrnn_fused": lambda problem: make_jaxrnn(problem, "fused"),
     "jaxrnn_autodiff": lambda problem: make_jaxrnn(problem, "autodiff"),
-    "jaxrnn_fused_2dev": make_jaxrnn_sharded,
+    "jaxrnn_all_cores": make_jaxrnn_sharded,
     "torch": make_torch,
     "flax": make_flax,
     "numpy": make_numpy,
@@ -286,9 +292,35 @@ def run_config(sizes: tuple[int, int, int, int, int], impls: Sequence[str], roun
                      "ratio_to_jaxrnn": median / reference,
                      "roofline_pct": 100 * flops / median / (gflops * 1e9),
                      "cpu_ms": 1e3 * cpu_median, "cpu_ratio_to_jaxrnn": cpu_median / cpu_reference,
+                     **{f"speedup_over_{other}": float(np.median(times[other])) / median
+                        for other in ("torch", "flax") if other in impls},
                      "times_ms": [1e3 * t for t in times[name]]}
   return {"sizes": dict(zip("TBIHO", sizes)), "flops": flops, "sgemm_gflops": gflops,
           "results": results}
+
+
+def torch_threads() -> int | None:
+  """torch's intra-op thread count (its default unless changed), or ``None`` without torch."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  return torch.get_num_threads()
+
+
+def scaling_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
+  """1 device (``jaxrnn_fused``) vs all devices (``jaxrnn_all_cores``), per configuration."""
+  rows = []
+  for name, result in payload["configs"].items():
+    r = result["results"]
+    if "jaxrnn_fused" not in r or "jaxrnn_all_cores" not in r:
+      continue
+    for devices, impl in ((1, "jaxrnn_fused"), (jax.device_count(), "jaxrnn_all_cores")):
+      speedup = r["jaxrnn_fused"]["ms"] / r[impl]["ms"]
+      rows.append({"config": name, "devices": devices, "ms": r[impl]["ms"], "speedup": speedup,
+                   "efficiency_pct": 100 * speedup / devices,
+                   "roofline_pct": r[impl]["roofline_pct"]})
+  return rows
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -298,8 +330,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--impls", nargs="+", default=None, choices=list(MAKERS))
   parser.add_argument("--rounds", type=int, default=20, help="timed steps per implementation")
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--devices", type=int, default=1,
-                      help="host devices (set before jax starts); >1 adds jaxrnn_fused_2dev")
+  parser.add_argument("--devices", type=int, default=None,
+                      help="host devices (set before jax's first computation); default: every "
+                           "CPU core; jaxrnn_all_cores splits the batch over them")
   parser.add_argument("--output", default=None,
                       help="results/<output>.json (train_step, or train_step_quick with --quick)")
   return parser.parse_args(argv)
@@ -311,19 +344,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     configs, impls, rounds, warmup = QUICK_CONFIGS, ["jaxrnn_fused", "jaxrnn_autodiff"], 3, 1
   else:
     configs = {name: CONFIGS[name] for name in args.configs}
-    impls = args.impls or [*IMPLS[:2], *(["jaxrnn_fused_2dev"] if len(jax.devices()) > 1 else []),
-                           *IMPLS[2:]]
+    impls = args.impls or list(IMPLS)
     rounds, warmup = args.rounds, args.warmup
-  payload = {"machine": machine_info(), "rounds": rounds, "warmup": warmup, "configs": {}}
+  payload = {"machine": {**machine_info(), "torch_threads": torch_threads()}, "rounds": rounds,
+             "warmup": warmup, "configs": {}}
   for name, sizes in configs.items():
     result = run_config(sizes, impls, rounds, warmup)
     payload["configs"][name] = result
     print(f"\n{name} (T, B, I, H, O) = {sizes}, sgemm {result['sgemm_gflops']:.1f} GFLOP/s")
-    rows = [(impl, r["ms"], r["ratio_to_jaxrnn"], r["roofline_pct"], r["cpu_ms"],
-             r["cpu_ratio_to_jaxrnn"], f"{r['first_loss']:.4f}")
+    others = [o for o in ("torch", "flax") if o in impls]
+    rows = [(impl, r["ms"], r["ratio_to_jaxrnn"], *(r[f"speedup_over_{o}"] for o in others),
+             r["roofline_pct"], r["cpu_ms"], f"{r['first_loss']:.4f}")
             for impl, r in result["results"].items()]
-    print_table(["impl", "ms/step", "x jaxrnn_fused", "% roofline", "cpu ms/step",
-                 "cpu x jaxrnn_fused", "first loss"], rows)
+    print_table(["impl", "ms/step", "x jaxrnn_fused", *(f"{o} / impl" for o in others),
+                 "% roofline", "cpu ms/step", "first loss"], rows)
+  scaling = scaling_rows(payload)
+  if scaling:
+    payload["scaling"] = scaling
+    print(f"\nscaling of the jaxrnn step with the device count ({jax.device_count()} devices)")
+    print_table(["config", "devices", "ms/step", "speed-up", "efficiency %", "% roofline"],
+                [(s["config"], s["devices"], s["ms"], s["speedup"], s["efficiency_pct"],
+                  s["roofline_pct"]) for s in scaling])
   path = write_json(args.output or ("train_step_quick" if args.quick else "train_step"), payload)
   print(f"\nwrote {path}")
   return payload

@@ -54,6 +54,19 @@ def test_numpy_seed_style_step_matches_jaxrnn_loss():
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
+def test_all_cores_row_is_the_split_step_with_the_same_loss():
+  """The ``jaxrnn_all_cores`` row (the command's default step) trains the same model."""
+  problem = train_step.make_problem(*SIZES)
+  losses = [train_step.MAKERS[name](problem)() for name in ("jaxrnn_all_cores", "jaxrnn_fused")]
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  payload = {"configs": {"tiny": {"results": {"jaxrnn_fused": {"ms": 2.0, "roofline_pct": 10.0},
+                                               "jaxrnn_all_cores": {"ms": 1.0,
+                                                                    "roofline_pct": 20.0}}}}}
+  rows = train_step.scaling_rows(payload)
+  assert [r["devices"] for r in rows] == [1, train_step.jax.device_count()]
+  assert rows[1]["speedup"] == 2.0 and rows[0]["efficiency_pct"] == 100.0
+
+
 def test_weights_round_trip_through_rnn_params():
   problem = train_step.make_problem(*SIZES)
   params = train_step.rnn_params(problem.params)

@@ -131,3 +131,53 @@ def test_split_over_two_host_devices_equals_the_unsplit_one():
   for what, num_layers, bidirectional, reduction, diff in diffs:
     assert float(diff) < 1e-12, (what, num_layers, bidirectional, reduction, diff)
   assert sum(line.startswith("odd True") for line in lines) == 2, result.stdout          # B=5 over 2 devices raises
+
+
+TWO_PROCESSES = """
+import sys
+import jax
+process, processes, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+if processes > 1:
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f"127.0.0.1:{{port}}", num_processes=processes, process_id=process)
+import jax.numpy as jnp, numpy as np, optax
+sys.path.insert(0, {tests!r})
+from conftest import random_problem
+import jaxrnn
+assert jax.process_count() == processes and jax.device_count() == 2, jax.devices()
+params, batch, _ = random_problem(13, batch=6, num_layers=2, bidirectional=True, masked=True)
+batch = batch._replace(lengths=jnp.array([6, 0, 2, 6, 5, 4]))
+optimizer = optax.adam(1e-2)
+step = jaxrnn.make_train_step(optimizer, loss=jaxrnn.LossSpec(reduction="mean"), donate=False,
+                              mesh=2)
+state = optimizer.init(params)
+for _ in range(3):
+  params, state, metrics = step(params, state, batch)
+np.save({out!r} + f"/{{processes}}-{{process}}.npy",
+        np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves((params, metrics))]))
+"""
+
+
+def test_two_processes_train_like_one_process(tmp_path):
+  """jax.distributed on loopback (gloo CPU collectives), one device per process: 3 steps of the
+  split step equal one process with 2 devices. Library level only: the command line does not
+  join multi-process jobs."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  code = TWO_PROCESSES.format(tests=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path))
+  runs = [subprocess.Popen([sys.executable, "-c", code, str(i), "2", port], env=env,
+                           stderr=subprocess.PIPE, text=True) for i in range(2)]
+  single_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  single = subprocess.run([sys.executable, "-c", code, "0", "1", port], env=single_env,
+                          capture_output=True, text=True, timeout=300)
+  for run in runs:
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err[-3000:]
+  assert single.returncode == 0, single.stderr[-3000:]
+  results = [np.load(tmp_path / name) for name in ("2-0.npy", "2-1.npy", "1-0.npy")]
+  np.testing.assert_array_equal(results[0], results[1])      # both processes hold the same params
+  np.testing.assert_allclose(results[0], results[2], rtol=1e-12, atol=1e-14)
