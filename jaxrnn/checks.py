@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn.params import CellParams, RNNParams, Shape
-from jaxrnn.spec import (ACTIVATION_NAMES, GRADIENTS, LOSSES, OUTPUT_ACTIVATION_NAMES, REDUCTIONS,
-                         ComputeSpec, LossSpec, ModelSpec)
+from jaxrnn.spec import (ACTIVATION_NAMES, GRADIENTS, LOSSES, OUTPUT_ACTIVATION_NAMES, PRECISIONS,
+                         RECURRENCES, REDUCTIONS, ComputeSpec, LossSpec, ModelSpec)
 
 
 def is_concrete(*xs: Any) -> bool:
@@ -131,6 +131,11 @@ def check_compute(compute: Any, shape: Shape | None = None) -> ComputeSpec:
   check_type("compute", compute, ComputeSpec)
   check_choice("compute.gradient", compute.gradient, GRADIENTS)
   check_positive_int("compute.scan_unroll", compute.scan_unroll)
+  check_choice("compute.precision", compute.precision, PRECISIONS)
+  check_choice("compute.recurrence", compute.recurrence, RECURRENCES)
+  if compute.recurrence == "kernel" and compute.gradient != "fused":
+    raise ValueError(f"compute.recurrence='kernel' needs gradient='fused' (the kernels run the "
+                     f"hand-derived backward; {compute.gradient!r} differentiates lax.scan)")
   if compute.checkpoint_every is not None:
     check_positive_int("compute.checkpoint_every", compute.checkpoint_every)
     if shape is not None:

@@ -25,6 +25,7 @@ from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
 from jaxrnn.data import Batch
 from jaxrnn.dropout import DropoutMasks, draw_masks
 from jaxrnn.params import RNNParams
+from jaxrnn.recurrence import precision_scope
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
 from jaxrnn.unroll import forward
 
@@ -114,7 +115,8 @@ def logits(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
            compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
   """``(z [T, B, O], final [L*D, B, H])``: the forward body and the read-out on checked inputs."""
   trace = forward(params, batch.xs, problem.h0, problem.mask, model, compute, problem.masks)
-  return output_logits(params, trace.top), trace.final
+  with precision_scope(compute.precision):
+    return output_logits(params, trace.top), trace.final
 
 
 def pad_steps(x: jax.Array, num_steps: int) -> jax.Array:
@@ -157,7 +159,8 @@ def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: Model
     xs_c, targets_c, weights_c, mask_c, between_c = chunk                # [k, B, ...]
     masks_c = None if masks is None else masks._replace(between=between_c)
     trace = forward(params, xs_c, h, mask_c, model, inner, masks_c)
-    z = output_logits(params, trace.top)                                 # [k, B, O]
+    with precision_scope(compute.precision):
+      z = output_logits(params, trace.top)                               # [k, B, O]
     losses = step_losses(z, targets_c, loss.loss, model.output_activation)
     return trace.final, weighted_sum(weights_c, losses)
 

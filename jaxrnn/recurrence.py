@@ -7,16 +7,30 @@ only the truly sequential part runs inside ``lax.scan``.
 Variable-length sequences carry a mask ``m_t`` (1 inside the sequence, 0
 after its end); a masked step freezes the state:
 ``h_t = m_t act(a_t + W_hh h_{t-1}) + (1 - m_t) h_{t-1}``.
+
+:func:`fused_hidden` (the training path) runs the chain and its hand-derived
+backward either with ``lax.scan`` or with the persistent Pallas kernels of
+:mod:`jaxrnn.kernels`, chosen in one place (:func:`chain_forward`,
+:func:`chain_backward`) by ``ComputeSpec.recurrence`` and the platform.
+``precision`` (``"highest"``, ``"default"`` or ``None`` for JAX's current
+default) applies to every matmul here, the backward pass included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 
+from jaxrnn import kernels
 from jaxrnn.cell import ACTIVATIONS, activation_derivative
+
+
+def precision_scope(precision: str | None):
+  """``jax.default_matmul_precision(precision)`` for the code traced inside; no-op for ``None``."""
+  return contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision)
 
 
 def input_projection(W_xh: jax.Array, b_h: jax.Array, xs: jax.Array) -> jax.Array:
@@ -25,7 +39,7 @@ def input_projection(W_xh: jax.Array, b_h: jax.Array, xs: jax.Array) -> jax.Arra
 
 
 def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
-                activation: str, scan_unroll: int = 1) -> jax.Array:
+                activation: str, scan_unroll: int = 1, precision: str | None = None) -> jax.Array:
   """Runs ``h_t = act(a_t + W_hh h_{t-1})`` for ``t = 1..T`` with ``lax.scan``.
 
   Args:
@@ -36,10 +50,16 @@ def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array 
       ``h_t = h_{t-1}``.
     activation: a key of :data:`jaxrnn.cell.ACTIVATIONS`.
     scan_unroll: ``unroll`` argument of ``lax.scan`` (steps per loop iteration).
+    precision: of ``h @ W_hh^T``; ``None``: JAX's current default.
 
   Returns:
     ``hs = [h_1, ..., h_T]``, ``[T, B, H]``.
   """
+  with precision_scope(precision):
+    return _scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll)
+
+
+def _scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll):
   act = ACTIVATIONS[activation]
   W_hh_T = W_hh.T
 
@@ -59,8 +79,8 @@ def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array 
 
 
 def backward_hidden(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
-                    mask: jax.Array | None, activation: str,
-                    scan_unroll: int = 1) -> tuple[jax.Array, jax.Array]:
+                    mask: jax.Array | None, activation: str, scan_unroll: int = 1,
+                    precision: str | None = None) -> tuple[jax.Array, jax.Array]:
   """The hand-derived backward recursion of the chain, as a reverse ``lax.scan``.
 
   With ``g_t = dL_t/dh_t`` (what reaches ``h_t`` from the output at step ``t``)
@@ -88,10 +108,16 @@ def backward_hidden(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
     mask: ``[T, B]`` of 0/1, or ``None``.
     activation: ``"tanh"`` or ``"relu"``.
     scan_unroll: ``unroll`` argument of ``lax.scan``.
+    precision: of ``delta_t @ W_hh``; ``None``: JAX's current default.
 
   Returns:
     ``(delta [T, B, H], dL/dh_0 [B, H])``.
   """
+  with precision_scope(precision):
+    return _backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll)
+
+
+def _backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll):
   c_T = jnp.zeros_like(h0)
 
   if mask is None:
@@ -117,31 +143,61 @@ def previous_states(h0: jax.Array, hs: jax.Array) -> jax.Array:
   return jnp.concatenate([h0[None], hs], axis=0)[:len(hs)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def chain_forward(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
+                  activation: str, scan_unroll: int = 1, precision: str | None = None,
+                  recurrence: str = "auto") -> jax.Array:
+  """:func:`scan_hidden`, or :func:`jaxrnn.kernels.forward_kernel` where ``recurrence`` picks it.
+
+  ``recurrence``: ``"scan"``, ``"kernel"`` or ``"auto"`` (the kernel on a GPU
+  when ``W_hh`` fits on chip, :func:`jaxrnn.kernels.use_kernel`).
+  """
+  if kernels.use_kernel(recurrence, pre.dtype, W_hh.shape[0]):
+    return kernels.forward_kernel(pre, W_hh, h0, mask, activation, precision=precision)
+  return scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll, precision)
+
+
+def chain_backward(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
+                   mask: jax.Array | None, activation: str, scan_unroll: int = 1,
+                   precision: str | None = None,
+                   recurrence: str = "auto") -> tuple[jax.Array, jax.Array]:
+  """:func:`backward_hidden`, or :func:`jaxrnn.kernels.backward_kernel` (as :func:`chain_forward`)."""
+  if kernels.use_kernel(recurrence, hs.dtype, W_hh.shape[0]):
+    return kernels.backward_kernel(W_hh, hs, h0, g, mask, activation, precision=precision)
+  return backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def fused_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
-                 activation: str, scan_unroll: int = 1) -> jax.Array:
+                 activation: str, scan_unroll: int = 1, precision: str | None = None,
+                 recurrence: str = "auto") -> jax.Array:
   """:func:`scan_hidden` whose gradient is the hand-derived :func:`backward_hidden`.
 
-  Same arguments and result as :func:`scan_hidden`. The forward pass saves
+  Same arguments and result as :func:`scan_hidden`, plus ``recurrence``
+  (:func:`chain_forward`): the forward and the backward recursion each run in
+  ``lax.scan`` or in a persistent Pallas kernel. The forward pass saves
   only ``hs`` (no per-step intermediates); the backward pass runs the
   ``delta`` recursion and forms ``dL/dW_hh = sum_t delta_t h_{t-1}^T`` as one
-  matmul after the scan. ``dL/da_t = delta_t`` flows on to ``W_xh`` and ``b_h``
-  through the (batched) input projection by ordinary autodiff.
+  matmul after it, all at ``precision`` (the backward is traced during
+  differentiation, outside any caller's precision scope, so it sets its own).
+  ``dL/da_t = delta_t`` flows on to ``W_xh`` and ``b_h`` through the (batched)
+  input projection by ordinary autodiff.
   """
-  return scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll)
+  return chain_forward(pre, W_hh, h0, mask, activation, scan_unroll, precision, recurrence)
 
 
-def _fused_fwd(pre, W_hh, h0, mask, activation, scan_unroll):
-  hs = scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll)
+def _fused_fwd(pre, W_hh, h0, mask, activation, scan_unroll, precision, recurrence):
+  hs = chain_forward(pre, W_hh, h0, mask, activation, scan_unroll, precision, recurrence)
   return hs, (W_hh, hs, h0, mask)
 
 
-def _fused_bwd(activation, scan_unroll, residuals, g):
+def _fused_bwd(activation, scan_unroll, precision, recurrence, residuals, g):
   W_hh, hs, h0, mask = residuals
-  delta, dh0 = backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll)
+  delta, dh0 = chain_backward(W_hh, hs, h0, g, mask, activation, scan_unroll, precision,
+                              recurrence)
   hidden = hs.shape[-1]
-  dW_hh = (delta[1:].reshape(-1, hidden).T @ hs[:-1].reshape(-1, hidden)
-           + delta[0].T @ h0) if len(hs) else jnp.zeros_like(W_hh)   # [H, H]
+  with precision_scope(precision):
+    dW_hh = (delta[1:].reshape(-1, hidden).T @ hs[:-1].reshape(-1, hidden)
+             + delta[0].T @ h0) if len(hs) else jnp.zeros_like(W_hh)   # [H, H]
   dmask = None if mask is None else jnp.zeros_like(mask)
   return delta, dW_hh, dh0, dmask
 

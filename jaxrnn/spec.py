@@ -22,12 +22,16 @@ OutputActivation = Literal["identity", "sigmoid", "tanh", "softmax"]
 Loss = Literal["cross_entropy", "squared_error"]
 Reduction = Literal["sum", "mean"]
 Gradient = Literal["fused", "autodiff", "bptt"]
+Precision = Literal["highest", "default"]
+Recurrence = Literal["auto", "scan", "kernel"]
 Scheme = Literal["normal", "glorot", "orthogonal", "identity"]
 
 ACTIVATION_NAMES: tuple[str, ...] = get_args(Activation)
 OUTPUT_ACTIVATION_NAMES: tuple[str, ...] = get_args(OutputActivation)
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 GRADIENTS: tuple[str, ...] = get_args(Gradient)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+RECURRENCES: tuple[str, ...] = get_args(Recurrence)
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 LOSSES: dict[str, tuple[str, ...]] = {
     "cross_entropy": ("identity", "softmax"),
@@ -87,8 +91,22 @@ class ComputeSpec(NamedTuple):
       ``~T/k + k``; unidirectional models).
     dtype: e.g. ``"bfloat16"``: the layers run in this dtype, the readout,
       loss and gradients stay in the params' dtype; ``None``: the params'.
+    precision: of every matmul of the forward and backward pass (input
+      projection, recurrence, read-out, weight gradients, and the kernels'
+      ``dot``): ``"highest"`` (the default) is exact float32; ``"default"``
+      is JAX's ``Precision.DEFAULT``, TF32 on NVIDIA GPUs since Ampere
+      (about 1e-3 relative error, faster). On a CPU both are exact. It
+      overrides ``jax_default_matmul_precision`` inside jaxrnn's functions.
+    recurrence: how the chain ``h_t = act(a_t + W_hh h_{t-1})`` and its
+      hand-derived backward run with ``gradient="fused"``: ``"auto"`` (the
+      persistent Pallas kernels of :mod:`jaxrnn.kernels` on a GPU when
+      ``W_hh`` fits on chip, ``lax.scan`` otherwise), ``"scan"`` or
+      ``"kernel"`` (forced; Pallas interpret mode off a GPU, slow, for tests).
+      ``gradient="autodiff"`` always differentiates ``lax.scan``.
   """
   gradient: Gradient = "fused"
   scan_unroll: int = 1
   checkpoint_every: int | None = None
   dtype: Any = None
+  precision: Precision = "highest"
+  recurrence: Recurrence = "auto"

@@ -26,7 +26,7 @@ from jaxrnn import checks
 from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
 from jaxrnn.dropout import DropoutMasks, draw_masks
 from jaxrnn.params import CellParams, RNNParams
-from jaxrnn.recurrence import fused_hidden, input_projection, scan_hidden
+from jaxrnn.recurrence import fused_hidden, input_projection, precision_scope, scan_hidden
 from jaxrnn.spec import ComputeSpec, ModelSpec
 
 
@@ -66,14 +66,21 @@ def layer_states(cell: CellParams, xs: jax.Array, h0: jax.Array, mask: jax.Array
 
   ``reverse`` runs from ``t = T`` down to 1. ``compute.gradient == "fused"``
   differentiates through the hand-derived BPTT
-  (:func:`jaxrnn.recurrence.fused_hidden`), otherwise through ``lax.scan``.
+  (:func:`jaxrnn.recurrence.fused_hidden`; ``lax.scan`` or the Pallas kernels
+  by ``compute.recurrence``), otherwise through ``lax.scan``. Every matmul
+  runs at ``compute.precision``.
   """
-  pre = input_projection(cell.W_xh, cell.b_h, xs)                        # [T, B, H]
+  with precision_scope(compute.precision):
+    pre = input_projection(cell.W_xh, cell.b_h, xs)                      # [T, B, H]
   if reverse:
     pre = jnp.flip(pre, 0)
     mask = None if mask is None else jnp.flip(mask, 0)
-  hidden = fused_hidden if compute.gradient == "fused" else scan_hidden
-  hs = hidden(pre, cell.W_hh, h0, mask, activation, compute.scan_unroll)  # [T, B, H]
+  if compute.gradient == "fused":
+    hs = fused_hidden(pre, cell.W_hh, h0, mask, activation, compute.scan_unroll,
+                      compute.precision, compute.recurrence)            # [T, B, H]
+  else:
+    hs = scan_hidden(pre, cell.W_hh, h0, mask, activation, compute.scan_unroll,
+                     compute.precision)
   return jnp.flip(hs, 0) if reverse else hs
 
 
@@ -155,7 +162,8 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   num_steps, batch = jnp.shape(xs)[:2]
   masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or params.W_hy.dtype)
   trace = forward(params, xs, h0, mask, model, compute, masks)
-  ys = OUTPUT_ACTIVATIONS[model.output_activation](output_logits(params, trace.top))
+  with precision_scope(compute.precision):
+    ys = OUTPUT_ACTIVATIONS[model.output_activation](output_logits(params, trace.top))
   if mask is not None:
     ys = jnp.where(mask[..., None] > 0, ys, 0 * mask[..., None])        # 0, NaN for a bad length
   return Outputs(trace.top, ys, trace.final)
