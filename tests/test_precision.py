@@ -1,0 +1,82 @@
+"""ComputeSpec.precision: checked, applied to every matmul of the forward and the backward pass.
+
+The custom_vjp backward of the fused path is traced during differentiation,
+outside the forward's precision scope; these tests read the precision of every
+``dot_general`` in the jaxpr of ``jax.grad`` (scan bodies, the custom_vjp
+backward and the Pallas kernels' bodies included).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import MODELS, random_problem
+
+import jaxrnn
+from jaxrnn.checks import check_compute
+
+PRECISION = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
+
+
+def dot_precisions(jaxpr, found=None):
+  """The ``precision`` of every ``dot_general`` in ``jaxpr`` and all the jaxprs inside it."""
+  found = [] if found is None else found
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(eqn.params["precision"])
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else [value]:
+        if hasattr(sub, "eqns"):
+          dot_precisions(sub, found)
+        elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+          dot_precisions(sub.jaxpr, found)
+  return found
+
+
+def test_default_is_highest_and_values_are_checked():
+  assert jaxrnn.ComputeSpec().precision == "highest"
+  check_compute(jaxrnn.ComputeSpec(precision="default"))
+  for bad in ("tf32", None, "HIGHEST"):
+    with pytest.raises(ValueError, match="compute.precision"):
+      check_compute(jaxrnn.ComputeSpec(precision=bad))
+
+
+@pytest.mark.parametrize("num_layers,bidirectional", MODELS)
+@pytest.mark.parametrize("gradient,recurrence,checkpoint_every",
+                         [("fused", "scan", None), ("autodiff", "scan", None),
+                          ("fused", "kernel", None), ("fused", "scan", 3)])
+@pytest.mark.parametrize("precision", ["highest", "default"])
+def test_every_dot_of_forward_and_backward_has_the_precision(num_layers, bidirectional, gradient,
+                                                             recurrence, checkpoint_every,
+                                                             precision):
+  if checkpoint_every and bidirectional:
+    pytest.skip("checkpoint_every is for unidirectional models")
+  params, batch, h0 = random_problem(0, num_layers=num_layers, bidirectional=bidirectional,
+                                     masked=True)
+  compute = jaxrnn.ComputeSpec(gradient=gradient, precision=precision, recurrence=recurrence,
+                               checkpoint_every=checkpoint_every)
+  loss = lambda p: jaxrnn.sequence_loss(p, batch, h0, compute=compute)[0]
+  other = "default" if precision == "highest" else "highest"
+  with jax.default_matmul_precision(other):          # an ambient setting does not leak in
+    found = dot_precisions(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+  forward = dot_precisions(jax.make_jaxpr(loss)(params).jaxpr)
+  num_cells = num_layers * (2 if bidirectional else 1)
+  # forward: input projection + recurrence per cell, read-out; backward adds dW_hh, dW_xh, dx ...
+  assert len(found) >= 2 * len(forward) >= 2 * (2 * num_cells + 1)
+  assert set(found) == {(PRECISION[precision],) * 2}
+  outputs = jax.make_jaxpr(lambda p: jaxrnn.unroll(p, batch.xs, h0, batch.lengths,
+                                                   compute=compute))(params)
+  assert set(dot_precisions(outputs.jaxpr)) == {(PRECISION[precision],) * 2}
+
+
+@pytest.mark.parametrize("num_layers,bidirectional", MODELS)
+def test_both_precisions_are_exact_on_a_cpu(num_layers, bidirectional):
+  if jax.default_backend() != "cpu":
+    pytest.skip("only a CPU computes Precision.DEFAULT exactly")
+  params, batch, h0 = random_problem(1, num_layers=num_layers, bidirectional=bidirectional,
+                                     masked=True, dtype=jnp.float32)
+  grad = jax.jit(jax.grad(jaxrnn.sequence_loss, has_aux=True), static_argnames="compute")
+  highest, default = (grad(params, batch, h0, compute=jaxrnn.ComputeSpec(precision=p))
+                      for p in ("highest", "default"))
+  for a, b in zip(jax.tree.leaves(highest), jax.tree.leaves(default)):
+    np.testing.assert_array_equal(a, b)
