@@ -77,3 +77,15 @@ def random_problem(seed: int, num_steps: int = 6, batch: int = 4, sizes=(3, 5, 2
   num_states = num_layers * (2 if bidirectional else 1)
   h0 = jnp.asarray(0.5 * rng.standard_normal((num_states, batch, hidden)), dtype)
   return Problem(params, jaxrnn.Batch(xs, targets, lengths, target_mask), h0)
+
+# On a GPU float32 matmuls default to TF32 (~1e-3): the tests' own jnp references compare at 1e-5.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Skips the tests marked ``gpu`` unless JAX's backend is a GPU."""
+  import pytest  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() != "gpu":
+    for item in items:
+      if "gpu" in item.keywords:
+        item.add_marker(pytest.mark.skip(reason="needs a GPU"))
