@@ -196,8 +196,9 @@ def cmd_gradients(args: argparse.Namespace) -> None:
   print(f"wrote {out}")
 
 
-DEVICES_HELP = ("split each batch over N devices (default: all, i.e. every CPU core; 1: one "
-                "device); fewer when N does not divide the batch size")
+DEVICES_HELP = ("split each batch over N devices (default: every CPU core when the model is "
+                "large enough for the split to pay, else 1); fewer when N does not divide the "
+                "batch size")
 
 
 def use_every_core() -> None:

@@ -301,18 +301,33 @@ def largest_divisor(size: int, limit: int) -> int:
   return next(d for d in range(max(1, min(limit, size)), 0, -1) if size % d == 0)
 
 
-def device_counts(requested: int | None, batch_size: int, test_size: int) -> tuple[int, int]:
+MIN_SPLIT_WORK = 2**20
+"""Multiply-adds of ``W_hh h_{t-1}`` per time step and device below which a split does not pay.
+
+Measured on a 2-core Xeon (benchmarks/README.md): at ``(B, H) = (32, 128)``
+(262k per device on 2) the split step ran at 0.81x the one-device step; at
+``(64, 256)`` (2.1M) and ``(32, 512)`` (4.2M) at 1.85x and 1.83x.
+"""
+
+
+def device_counts(requested: int | None, config: Config, test_size: int) -> tuple[int, int]:
   """``(train, test)``: the devices the training batch and the test batch are split over.
 
-  ``requested`` (``None``: every device JAX has, which the command line makes
-  every CPU core) must exist. The training batch uses the largest count
-  ``<= requested`` that divides ``batch_size`` (with a one-line note on
-  stderr when that is fewer), the test batch the largest that divides its
-  size too (fewer is silent: evaluation is a small part of a run).
+  ``requested`` must exist. ``None`` (the default) splits over every device
+  JAX has (which the command line makes every CPU core) when each device's
+  share of the recurrence, ``(B/n) L D H^2`` multiply-adds per step, is at
+  least :data:`MIN_SPLIT_WORK`, and uses one device otherwise (a small
+  model's per-step sync costs more than the second core gives). The
+  training batch uses the largest count ``<= requested`` that divides the
+  batch size (with a one-line note on stderr when an explicit request gets
+  fewer), the test batch the largest that divides its size too.
   """
   available = jax.device_count()
+  batch_size = config.batch_size
   if requested is None:
-    requested = available
+    work = (config.num_layers * (1 + config.bidirectional) * config.hidden_size ** 2
+            * batch_size // largest_divisor(batch_size, available))
+    return (1, 1) if work < MIN_SPLIT_WORK else device_counts(available, config, test_size)
   if requested < 1:
     raise RunError("--devices must be at least 1")
   if requested > available:
@@ -349,7 +364,7 @@ def train_run(config: Config, run_dir: Path | None, resume: bool = False,
   """
   task = load_task(config) if task is None else task
   check_memory(config, task)
-  counts = device_counts(devices, config.batch_size, int(task.test.xs.shape[1]))
+  counts = device_counts(devices, config, int(task.test.xs.shape[1]))
   if run_dir is None:
     return _train(config, None, resume, progress, task, overrides, counts)
   require_extras("orbax.checkpoint", "matplotlib")

@@ -319,7 +319,7 @@ def test_resume_refuses_data_that_changed(tmp_path, capsys):
 ALL_CORES = """
 import os, sys
 from jaxrnn import cli
-options = ["--steps", "12", "--seq-len", "6", "--hidden-size", "8", "--batch-size", "8",
+options = ["--steps", "12", "--seq-len", "6", "--hidden-size", "512", "--batch-size", "8",
            "--eval-every", "4", "--checkpoint-every", "6", "--no-progress"]
 train = lambda name, *more: cli.main(["train", "adding", "--run-dir", os.path.join({tmp!r}, name),
                                       *options, *more])
@@ -330,25 +330,28 @@ print("status", train("default"), train("one", "--devices", "1"),
       cli.main(["resume", os.path.join({tmp!r}, "default"), "--steps", "18", "--no-progress",
                 "--devices", "1"]))
 print("devices", jax.device_count())
+print("small", train("small", "--hidden-size", "8"))
 """
 
 
 def test_the_command_splits_over_every_core_and_equals_one_device(tmp_path):
   """A fresh process: every core is a device; the default run equals --devices 1 to rounding.
 
-  Then each run is resumed on the other device count (not part of the config) and goes on.
+  Then each run is resumed on the other device count (not part of the config) and goes on. A
+  model too small for the split to pay (H=8) trains on one device by default.
   """
   done = subprocess.run([sys.executable, "-c", ALL_CORES.format(tmp=str(tmp_path))],
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   lines = dict(line.split(" ", 1) for line in done.stdout.splitlines()
-               if line.startswith(("status", "devices")))
+               if line.startswith(("status", "devices", "small")))
   cores = len(__import__("os").sched_getaffinity(0))
   assert lines["status"] == "0 0 2 0 0" and int(lines["devices"]) == cores, done.stdout
   errors = [line for line in done.stderr.splitlines() if line.startswith("jaxrnn: error")]
   assert errors == [f"jaxrnn: error: --devices {cores + 1}, but this machine has {cores} "
                     f"device(s) (cpu); use --devices {cores} or fewer"], done.stderr
-  assert f"8, 1 layer(s) of H=8, relu/identity, adam lr=0.01, {cores} device(s)" in done.stdout
+  assert f"8, 1 layer(s) of H=512, relu/identity, adam lr=0.01, {cores} device(s)" in done.stdout
+  assert lines["small"] == "0" and "H=8, relu/identity, adam lr=0.01, 1 device(s)" in done.stdout
   for run_dir, step in ((tmp_path / "default", 18), (tmp_path / "one", 18)):
     assert run.run_config(run_dir)[1] == step
   _, _, default = final_state(tmp_path / "default", 2, 1)
