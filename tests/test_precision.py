@@ -41,16 +41,17 @@ def test_default_is_highest_and_values_are_checked():
       check_compute(jaxrnn.ComputeSpec(precision=bad))
 
 
-@pytest.mark.parametrize("num_layers,bidirectional", MODELS)
-@pytest.mark.parametrize("gradient,recurrence,checkpoint_every",
-                         [("fused", "scan", None), ("autodiff", "scan", None),
-                          ("fused", "kernel", None), ("fused", "scan", 3)])
+PATHS = [(model, "fused", "scan", None) for model in MODELS] + [
+    (model, "autodiff", "scan", None) for model in MODELS] + [
+    (model, "fused", "kernel", None) for model in MODELS] + [
+    ((1, False), "fused", "scan", 3), ((2, False), "fused", "scan", 3)]  # unidirectional only
+
+
+@pytest.mark.parametrize("model,gradient,recurrence,checkpoint_every", PATHS)
 @pytest.mark.parametrize("precision", ["highest", "default"])
-def test_every_dot_of_forward_and_backward_has_the_precision(num_layers, bidirectional, gradient,
-                                                             recurrence, checkpoint_every,
-                                                             precision):
-  if checkpoint_every and bidirectional:
-    pytest.skip("checkpoint_every is for unidirectional models")
+def test_every_dot_of_forward_and_backward_has_the_precision(model, gradient, recurrence,
+                                                             checkpoint_every, precision):
+  num_layers, bidirectional = model
   params, batch, h0 = random_problem(0, num_layers=num_layers, bidirectional=bidirectional,
                                      masked=True)
   compute = jaxrnn.ComputeSpec(gradient=gradient, precision=precision, recurrence=recurrence,
