@@ -8,10 +8,12 @@ Prints three Markdown tables and writes ``benchmarks/results/gpu.json``
 
 1. train step (loss + gradient + Adam), median ms, at every config
    ``(T, B, I, H, O)``: jaxrnn with ``recurrence="scan"`` and ``"kernel"``,
-   each at ``precision="highest"`` and ``"default"`` (TF32), Flax
+   each at ``precision="highest"`` and ``"default"`` (TF32) and in bfloat16, Flax
    ``nn.RNN(SimpleCell)``, torch ``nn.RNN`` (cuDNN) with TF32 off and on;
 2. forward only (inference, ``jaxrnn.unroll``, torch under ``no_grad``);
-3. the cost per time step in microseconds at ``(4096, 16, 16, 64, 16)``.
+3. the cost per time step in microseconds at ``(4096, 16, 16, 64, 16)``;
+4. each implementation's forward error: the largest absolute difference of its
+   outputs from a float64 NumPy loop on the same weights and inputs.
 
 A kernel row whose ``W_hh`` exceeds the on-chip budget
 (:func:`jaxrnn.kernels.fits_on_chip`) is still tried (forced ``"kernel"``);
@@ -54,6 +56,8 @@ QUICK_PER_STEP = (32, 2, 2, 8, 2)
 LEARNING_RATE = 1e-3
 JAXRNN = {f"jaxrnn_{r}_{p}": jaxrnn.ComputeSpec(recurrence=r, precision=p)
           for r in ("scan", "kernel") for p in ("highest", "default")}
+JAXRNN.update({f"jaxrnn_{r}_bf16": jaxrnn.ComputeSpec(recurrence=r, dtype="bfloat16")
+               for r in ("scan", "kernel")})
 TORCH = {"cudnn_fp32": False, "cudnn_tf32": True}
 
 
@@ -67,7 +71,22 @@ def problem(sizes: Sequence[int], seed: int = 0):
   return params, xs, targets
 
 
-def blocking(fn: Callable[[], Any]) -> Callable[[], None]:
+def numpy_forward(sizes) -> np.ndarray:
+  """The oracle for the error column: ``y_t = W_hy tanh(W_xh x_t + W_hh h_{t-1} + b_h) + b_y``
+  in float64, a NumPy loop over time."""
+  params, xs, _ = problem(sizes)
+  cell = params.layers[0][0]
+  W_xh, W_hh, b_h, W_hy, b_y = (np.asarray(a, np.float64) for a in
+                                (cell.W_xh, cell.W_hh, cell.b_h, params.W_hy, params.b_y))
+  h = np.zeros((xs.shape[1], W_hh.shape[0]))
+  ys = []
+  for x in xs.astype(np.float64):
+    h = np.tanh(x @ W_xh.T + h @ W_hh.T + b_h)
+    ys.append(h @ W_hy.T + b_y)
+  return np.stack(ys)
+
+
+def blocking(fn: Callable[[], Any]) -> Callable[[], Any]:
   return lambda: jax.block_until_ready(fn())
 
 
@@ -185,17 +204,23 @@ def torch_cuda() -> bool:
   return torch.cuda.is_available()
 
 
-def measure(sizes, rounds: int, warmup: int, quick: bool) -> dict[str, Any]:
-  """``{impl: {"train_ms": median, "forward_ms": median, ...} or {"error": ...}}`` at ``sizes``."""
+def measure(sizes, rounds: int, warmup: int, quick: bool,
+            only: Sequence[str] | None = None) -> dict[str, Any]:
+  """``{impl: {"train_ms": median, "forward_ms": median, "forward_error": max abs, ...} or
+  {"error": ...}}`` at ``sizes``."""
   results: dict[str, Any] = {}
   calls: dict[str, Callable[[], Any]] = {}
+  oracle = numpy_forward(sizes)
   for name, build in implementations(sizes, quick).items():
+    if only and name not in only:
+      continue
     try:
       fns = build()
-      for kind, fn in fns.items():
-        fn()                                                             # compile, first run
-        calls[f"{name}/{kind}"] = fn
-      results[name] = {}
+      ys = fns["forward"]()                                              # compile, first run,
+      fns["train"]()                                                     # before any update
+      calls.update({f"{name}/{kind}": fn for kind, fn in fns.items()})
+      ys = ys.cpu().numpy() if hasattr(ys, "cpu") else np.asarray(ys)
+      results[name] = {"forward_error": float(np.abs(ys.astype(np.float64) - oracle).max())}
     except Exception as error:                                           # noqa: BLE001
       results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
   wall, _ = interleaved_times(calls, rounds, warmup)
@@ -221,47 +246,56 @@ def device_info() -> dict[str, Any]:
 def cell(result: dict[str, Any], key: str) -> Any:
   if result is None:
     return "-"
-  return "fail" if "error" in result else result.get(key, "-")
+  if "error" in result:
+    return "fail"
+  value = result.get(key, "-")
+  return f"{value:.1e}" if key == "forward_error" and isinstance(value, float) else value
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 rounds (runs anywhere)")
   parser.add_argument("--rounds", type=int, default=None)
-  parser.add_argument("--configs", nargs="*", default=None, help="names of CONFIGS to run")
+  parser.add_argument("--configs", nargs="*", default=None, choices=["per_step", *CONFIGS, *QUICK_CONFIGS],
+                      help="names of the configs to run (default: all)")
+  parser.add_argument("--impls", nargs="*", default=None, help="names of implementations to run")
   parser.add_argument("--out", default=None, help="results/<out>.json")
   args = parser.parse_args(argv)
-  configs = QUICK_CONFIGS if args.quick else CONFIGS
-  if args.configs:
-    configs = {name: CONFIGS.get(name, QUICK_CONFIGS.get(name)) for name in args.configs}
-  per_step = QUICK_PER_STEP if args.quick else PER_STEP
+  every = {"per_step": QUICK_PER_STEP, **QUICK_CONFIGS} if args.quick else {"per_step": PER_STEP,
+                                                                            **CONFIGS}
+  configs = {name: every[name] for name in args.configs} if args.configs else every
   rounds = args.rounds or (2 if args.quick else 20)
   warmup = 1 if args.quick else 3
   payload: dict[str, Any] = {"machine": machine_info(), "device": device_info(),
                              "kernel_interpret_mode": jax.default_backend() != "gpu",
                              "rounds": rounds, "configs": {}}
-  names = list(implementations((1, 1, 1, 1, 1), args.quick))
-  for label, sizes in {**configs, "per_step": per_step}.items():
+  names = [n for n in implementations((1, 1, 1, 1, 1), args.quick)
+           if not args.impls or n in args.impls]
+  out = args.out or ("gpu_quick" if args.quick else "gpu")
+  for label, sizes in configs.items():
     print(f"# {label} {sizes}", file=sys.stderr, flush=True)
     payload["configs"][label] = {
-        "sizes": sizes, "results": measure(sizes, rounds, warmup, args.quick),
-        "kernel_fits_on_chip": kernels.fits_on_chip(jnp.float32, sizes[3])}
+        "sizes": sizes, "results": measure(sizes, rounds, warmup, args.quick, args.impls),
+        "kernel_fits_on_chip": {p: kernels.fits_on_chip(jnp.float32, sizes[3], p)
+                                for p in ("highest", "default")}}
+    write_json(out, payload)                                             # a cut-off run keeps these
 
   print(f"device: {payload['device']}")
-  for kind, title in (("train_ms", "train step"), ("forward_ms", "forward only")):
-    print(f"\n{title}, median ms")
+  for kind, title in (("train_ms", "train step, median ms"), ("forward_ms", "forward only, median ms"),
+                      ("forward_error", "forward error: max |y - y_float64|")):
+    print(f"\n{title}")
     rows = [[f"{label} {tuple(entry['sizes'])}"] + [cell(entry["results"].get(n), kind) for n in names]
             for label, entry in payload["configs"].items() if label != "per_step"]
     print_table(["config (T,B,I,H,O)"] + names, rows)
-  entry = payload["configs"]["per_step"]
-  steps = entry["sizes"][0]
-  print(f"\nper time step at {tuple(entry['sizes'])}, microseconds")
-  rows = []
-  for kind in ("train_ms", "forward_ms"):
-    values = [cell(entry["results"].get(n), kind) for n in names]
-    rows.append([kind[:-3]] + [1e3 * v / steps if isinstance(v, float) else v for v in values])
-  print_table(["pass"] + names, rows)
-  out = args.out or ("gpu_quick" if args.quick else "gpu")
+  if "per_step" in payload["configs"]:
+    entry = payload["configs"]["per_step"]
+    steps = entry["sizes"][0]
+    print(f"\nper time step at {tuple(entry['sizes'])}, microseconds")
+    rows = []
+    for kind in ("train_ms", "forward_ms"):
+      values = [cell(entry["results"].get(n), kind) for n in names]
+      rows.append([kind[:-3]] + [1e3 * v / steps if isinstance(v, float) else v for v in values])
+    print_table(["pass"] + names, rows)
   print(f"\nwrote {write_json(out, payload)}")
   return payload
 

@@ -151,7 +151,7 @@ def chain_forward(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Arra
   ``recurrence``: ``"scan"``, ``"kernel"`` or ``"auto"`` (the kernel on a GPU
   when ``W_hh`` fits on chip, :func:`jaxrnn.kernels.use_kernel`).
   """
-  if kernels.use_kernel(recurrence, pre.dtype, W_hh.shape[0]):
+  if kernels.use_kernel(recurrence, pre.dtype, W_hh.shape[0], precision):
     return kernels.forward_kernel(pre, W_hh, h0, mask, activation, precision=precision)
   return scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll, precision)
 
@@ -161,7 +161,7 @@ def chain_backward(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
                    precision: str | None = None,
                    recurrence: str = "auto") -> tuple[jax.Array, jax.Array]:
   """:func:`backward_hidden`, or :func:`jaxrnn.kernels.backward_kernel` (as :func:`chain_forward`)."""
-  if kernels.use_kernel(recurrence, hs.dtype, W_hh.shape[0]):
+  if kernels.use_kernel(recurrence, hs.dtype, W_hh.shape[0], precision):
     return kernels.backward_kernel(W_hh, hs, h0, g, mask, activation, precision=precision)
   return backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll, precision)
 

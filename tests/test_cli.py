@@ -1,6 +1,7 @@
 """The ``jaxrnn`` command and its runs (:mod:`jaxrnn.run`) end to end, on tiny settings."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -340,12 +341,13 @@ def test_the_command_splits_over_every_core_and_equals_one_device(tmp_path):
   Then each run is resumed on the other device count (not part of the config) and goes on. A
   model too small for the split to pay (H=8) trains on one device by default.
   """
+  env = dict(os.environ, JAX_PLATFORMS="cpu")             # the cores, on a GPU host too
   done = subprocess.run([sys.executable, "-c", ALL_CORES.format(tmp=str(tmp_path))],
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   lines = dict(line.split(" ", 1) for line in done.stdout.splitlines()
                if line.startswith(("status", "devices", "small")))
-  cores = len(__import__("os").sched_getaffinity(0))
+  cores = len(os.sched_getaffinity(0))
   assert lines["status"] == "0 0 2 0 0" and int(lines["devices"]) == cores, done.stdout
   errors = [line for line in done.stderr.splitlines() if line.startswith("jaxrnn: error")]
   assert errors == [f"jaxrnn: error: --devices {cores + 1}, but this machine has {cores} "

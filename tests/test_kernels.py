@@ -93,11 +93,15 @@ def test_bfloat16_kernel_close_to_scan():
 def test_auto_picks_the_kernel_only_on_a_gpu_when_w_hh_fits():
   assert kernels.padded_hidden(1) == 16 and kernels.padded_hidden(17) == 32
   assert kernels.fits_on_chip(jnp.float32, 128) and not kernels.fits_on_chip(jnp.float32, 129)
+  assert kernels.fits_on_chip(jnp.float32, 64, "highest")
+  assert not kernels.fits_on_chip(jnp.float32, 65, "highest")
+  assert kernels.fits_on_chip(jnp.bfloat16, 256, "highest")
   assert kernels.fits_on_chip(jnp.bfloat16, 256) and not kernels.fits_on_chip(jnp.bfloat16, 512)
   assert not kernels.fits_on_chip(jnp.float64, 16)
   assert kernels.use_kernel("kernel", jnp.float64, 4096)
   assert not kernels.use_kernel("scan", jnp.float32, 64)
   assert kernels.use_kernel("auto", jnp.float32, 64) == (jax.default_backend() == "gpu")
+  assert not kernels.use_kernel("auto", jnp.float32, 128, "highest")
   with pytest.raises(ValueError, match="power of two"):
     kernels.forward_kernel(*chain(0, 2, 2, 2, False, jnp.float32)[:4], "tanh", block_b=3)
 
