@@ -5,6 +5,9 @@
   ``loss.png``, ``summary.json`` and checkpoints into a run directory.
 * ``jaxrnn resume RUN_DIR``: continues a run from its last checkpoint,
   bit-identically to an uninterrupted run.
+* ``train`` and ``resume`` with ``--coordinator HOST:PORT --num-processes N
+  --process-id I``: one process of an ``N``-process job (``jax.distributed``;
+  gloo collectives between CPUs), data parallel over every device of the job.
 * ``jaxrnn sample RUN_DIR``: generates text from a ``text`` run.
 * ``jaxrnn gradients``: plots ``||dh_T/dh_k||`` against its bound.
 * ``jaxrnn demo`` (also ``python -m jaxrnn``): the adding problem in under a minute.
@@ -33,8 +36,8 @@ from jaxrnn import checkpoint
 from jaxrnn.diagnostics import gradient_flow
 from jaxrnn.inference import generate
 from jaxrnn.init import init_params
-from jaxrnn.run import (RunError, TrainingStopped, fresh_model, load_task, require_extras,
-                        restore_state, run_config, train_run)
+from jaxrnn.run import (JobFailed, RunError, TrainingStopped, fresh_model, load_task,
+                        require_extras, restore_state, run_config, train_run)
 from jaxrnn.spec import ACTIVATION_NAMES, GRADIENTS, SCHEMES, ModelSpec
 from jaxrnn.tasks import TASKS, Config, resolve_config
 from jaxrnn.train import OPTIMIZERS
@@ -196,6 +199,49 @@ def cmd_gradients(args: argparse.Namespace) -> None:
   print(f"wrote {out}")
 
 
+def join_job(args: argparse.Namespace) -> bool:
+  """Joins the ``jax.distributed`` job that ``--coordinator``, ``--num-processes`` and
+  ``--process-id`` name (before JAX's first computation); ``False`` when they are not given.
+
+  Each process of a job on CPUs is one device; CPU collectives go through gloo.
+
+  Raises:
+    RunError: the three options are not given together, are out of range, or
+      the job cannot be joined.
+  """
+  options = {"--coordinator": getattr(args, "coordinator", None),
+             "--num-processes": getattr(args, "num_processes", None),
+             "--process-id": getattr(args, "process_id", None)}
+  if all(value is None for value in options.values()):
+    return False
+  if any(value is None for value in options.values()):
+    raise RunError("--coordinator, --num-processes and --process-id go together; missing "
+                   + ", ".join(name for name, value in options.items() if value is None))
+  host, _, port = args.coordinator.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise RunError(f"--coordinator {args.coordinator!r}: expected HOST:PORT, e.g. 10.0.0.1:1234")
+  if args.num_processes < 1:
+    raise RunError("--num-processes must be at least 1")
+  if not 0 <= args.process_id < args.num_processes:
+    raise RunError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
+                               process_id=args.process_id)
+  except Exception as error:  # jaxlib raises its own error types for a missing coordinator
+    raise RunError(f"could not join the job at {args.coordinator}: "
+                   f"{checkpoint.reason(error)}") from None
+  return True
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+  """``--coordinator``, ``--num-processes``, ``--process-id`` (see :func:`join_job`)."""
+  parser.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="join a job of several processes: process 0's address and a free port")
+  parser.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+  parser.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+
+
 DEVICES_HELP = ("split each batch over N devices (default: every CPU core when the model is "
                 "large enough for the split to pay, else 1); fewer when N does not divide the "
                 "batch size")
@@ -257,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--run-dir", help="default: runs/TASK-DATE-TIME")
   train.add_argument("--devices", type=int, metavar="N", help=DEVICES_HELP)
   train.add_argument("--no-progress", action="store_true", help="no progress bar")
+  add_job_arguments(train)
   train.set_defaults(handler=cmd_train)
   resume = commands.add_parser("resume", help="continue a run from its last checkpoint")
   resume.add_argument("run_dir", metavar="RUN_DIR")
@@ -268,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
   resume.add_argument("--devices", type=int, metavar="N",
                       help=DEVICES_HELP + "; need not be the count the run started with")
   resume.add_argument("--no-progress", action="store_true")
+  add_job_arguments(resume)
   resume.set_defaults(handler=cmd_resume)
   sample = commands.add_parser("sample", help="generate text from a text run")
   sample.add_argument("run_dir", metavar="RUN_DIR")
@@ -294,17 +342,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the ``jaxrnn`` command line; returns the exit status."""
   args = build_parser().parse_args(argv)
-  use_every_core()
+  status = 0
   try:
+    if not join_job(args):
+      use_every_core()
     args.handler(args)
   except RunError as error:
     print(f"jaxrnn: error: {error}", file=sys.stderr)
-    return 2
+    status = 2
   except TrainingStopped as error:
     print(f"jaxrnn: {error}", file=sys.stderr)
-    return 1
+    if isinstance(error, JobFailed):
+      # Leave now: jax.distributed's exit barrier would wait for the dead process, then abort.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(1)
+    status = 1
   except KeyboardInterrupt:
     print("\njaxrnn: interrupted; continue from the last checkpoint with: jaxrnn resume RUN_DIR",
           file=sys.stderr)
-    return 130
-  return 0
+    status = 130
+  return status

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -67,11 +68,28 @@ def batch_specs(batch: Batch) -> Batch:
                None if batch.target_mask is None else time_major)
 
 
+def put(x: Any, sharding: NamedSharding) -> Any:
+  """The array ``x`` placed as ``sharding`` says (a no-op where it already is).
+
+  In a job of several processes (``jax.distributed``) every process holds
+  the same value of ``x`` and transfers only the pieces that its own devices
+  hold: its rows of a batch, its copy of replicated parameters.
+  """
+  if jax.process_count() == 1 or isinstance(x, jax.core.Tracer) or getattr(
+      x, "sharding", None) == sharding:
+    return jax.device_put(x, sharding)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding),
+                                    impl=jax.random.key_impl(x))
+  value = np.asarray(x)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def shard_batch(batch: Batch, mesh: Mesh) -> tuple[Batch, Batch]:
   """``(specs, batch placed on mesh)``: each device holds its ``B / n`` sequences."""
   check_divisible(jnp.shape(batch.xs)[1], mesh)
   specs = batch_specs(batch)
-  return specs, jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), batch, specs)
+  return specs, jax.tree.map(lambda x, s: put(x, NamedSharding(mesh, s)), batch, specs)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -80,7 +98,14 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   Arrays committed to one device (e.g. restored from a checkpoint) must be
   moved before a jitted split step takes them.
   """
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  return jax.tree.map(lambda x: put(x, NamedSharding(mesh, P())), tree)
+
+
+def local_copy(tree: Any) -> Any:
+  """``tree`` with each replicated array of a multi-process job as this process's own copy
+  (on one of its devices), for work every process does alone (scoring, saving a plot)."""
+  return jax.tree.map(lambda x: x if not isinstance(x, jax.Array) or x.is_fully_addressable
+                      else x.addressable_data(0), tree)
 
 
 def place_step_arguments(mesh: Mesh) -> Callable[..., tuple[Any, ...]]:

@@ -13,6 +13,12 @@ non-finite is ever saved; a damaged newest checkpoint is skipped for the
 newest one that restores; a torn last line of ``metrics.jsonl`` is dropped;
 a run refuses to resume on data that changed; a finished run whose summary
 or plot is missing gets them back from ``resume``.
+
+A run may be one job of several processes (``jax.distributed``, the
+command's ``--coordinator``): every process computes the same data, feeds
+its own rows of each batch to its devices and takes part in each orbax save
+and restore (orbax writes the replicated state once); process 0 alone holds
+the lock, writes ``metrics.jsonl``, the summary and the plot, and prints.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import optax
 
 from jaxrnn import checkpoint
 from jaxrnn.init import init_params
+from jaxrnn.parallel import batch_mesh, local_copy, replicate
 from jaxrnn.params import RNNParams
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
 from jaxrnn.tasks import Config, Task, build_task, higher_is_better
@@ -47,6 +54,15 @@ class RunError(Exception):
 
 class TrainingStopped(Exception):
   """A non-finite loss, gradient or update: one line, exit status 1."""
+
+
+class JobFailed(TrainingStopped):
+  """Another process of a multi-process job died (its collectives fail): one line, exit status 1."""
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files and prints (process 0 of a job; any lone one)."""
+  return jax.process_index() == 0
 
 
 def run_keys(config: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -122,9 +138,11 @@ def locked(run_dir: Path) -> Iterator[None]:
 
 
 def checkpoint_state(params: Any, opt_state: Any, seed: int, step: int) -> dict[str, Any]:
-  """What a checkpoint holds besides the config: params, optimizer state, RNG key, step."""
-  return {"params": params, "opt_state": opt_state,
-          "key": jax.random.key_data(jax.random.key(seed)), "step": jnp.asarray(step, jnp.int32)}
+  """What a checkpoint holds besides the config: params, optimizer state, RNG key, step
+  (in a job of several processes, replicated over all its devices: orbax writes it once)."""
+  state = {"params": params, "opt_state": opt_state,
+           "key": jax.random.key_data(jax.random.key(seed)), "step": jnp.asarray(step, jnp.int32)}
+  return replicate(state, batch_mesh()) if jax.process_count() > 1 else state
 
 
 def restore_state(checkpoints: Any, step: int, config: Config, params: Any, optimizer: Any,
@@ -203,10 +221,11 @@ def restore_newest(checkpoints: Any, config: Config, params: Any, optimizer: Any
     except RunError:
       raise
     except Exception as error:  # a damaged file: orbax, tensorstore, JSON and OS errors alike
-      kept = checkpoint.set_aside(checkpoints, step, run_dir / "damaged")
-      print(f"jaxrnn: checkpoint {step} in {run_dir} does not restore "
-            f"({checkpoint.reason(error)}); moved it to {kept}, going on from an older one",
-            file=sys.stderr)
+      if is_primary():
+        kept = checkpoint.set_aside(checkpoints, step, run_dir / "damaged")
+        print(f"jaxrnn: checkpoint {step} in {run_dir} does not restore "
+              f"({checkpoint.reason(error)}); moved it to {kept}, going on from an older one",
+              file=sys.stderr)
   raise RunError(f"no checkpoint in {run_dir} restores; start again with jaxrnn train")
 
 
@@ -278,12 +297,15 @@ def print_table(config: Config, task: Task, score: float, steps: int, seconds: f
 def finish(config: Config, task: Task, params: Any, model: ModelSpec, loss: LossSpec,
            records: list[dict[str, Any]], run_dir: Path | None, steps_run: int,
            seconds: float, eval_mesh: int | None = None) -> dict[str, Any]:
-  """Scores ``params`` on the test set, prints the table, writes ``summary.json`` and ``loss.png``."""
-  metrics = make_eval_step(model=model, loss=loss, mesh=eval_mesh)(params, task.test)
+  """Scores ``params`` on the test set, prints the table, writes ``summary.json`` and ``loss.png``
+  (the last three on the primary process only)."""
+  metrics = make_eval_step(model=model, loss=loss, mesh=eval_mesh)(local_copy(params), task.test)
   score = task.score({k: float(v) for k, v in metrics.items()})
-  print_table(config, task, score, steps_run, seconds)
   summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
              "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
+  if not is_primary():
+    return summary
+  print_table(config, task, score, steps_run, seconds)
   if run_dir is not None:
     try:
       plot_run(records, task, run_dir / "loss.png")
@@ -313,7 +335,10 @@ Measured on a 2-core Xeon (benchmarks/README.md): at ``(B, H) = (32, 128)``
 def device_counts(requested: int | None, config: Config, test_size: int) -> tuple[int, int]:
   """``(train, test)``: the devices the training batch and the test batch are split over.
 
-  ``requested`` must exist. ``None`` (the default) splits over every device
+  In a job of several processes every device of the job is used (``requested``
+  may only repeat their count, and it must divide the batch size) and the test
+  batch is scored by each process alone. Otherwise ``requested`` must exist.
+  ``None`` (the default) splits over every device
   JAX has (which the command line makes every CPU core) when each device's
   share of the recurrence, ``(B/n) L D H^2`` multiply-adds per step, is at
   least :data:`MIN_SPLIT_WORK`, and uses one device otherwise (a small
@@ -324,6 +349,14 @@ def device_counts(requested: int | None, config: Config, test_size: int) -> tupl
   """
   available = jax.device_count()
   batch_size = config.batch_size
+  if jax.process_count() > 1:
+    job = f"the {available} devices of this {jax.process_count()}-process job"
+    if requested not in (None, available):
+      raise RunError(f"--devices {requested}: a job of several processes uses all {job}")
+    if batch_size % available:
+      raise RunError(f"batch size {batch_size} does not split over {job}; "
+                     f"use a multiple of {available}")
+    return available, 1
   if requested is None:
     work = (config.num_layers * (1 + config.bidirectional) * config.hidden_size ** 2
             * batch_size // largest_divisor(batch_size, available))
@@ -368,7 +401,7 @@ def train_run(config: Config, run_dir: Path | None, resume: bool = False,
   if run_dir is None:
     return _train(config, None, resume, progress, task, overrides, counts)
   require_extras("orbax.checkpoint", "matplotlib")
-  with locked(run_dir):
+  with locked(run_dir) if is_primary() else contextlib.nullcontext():
     return _train(config, run_dir, resume, progress, task, overrides, counts)
 
 
@@ -384,7 +417,8 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
   model, loss, compute = specs(config, task)
   opt_state, start = optimizer.init(params), 0
   checkpoints = None
-  metrics_path = None if run_dir is None else run_dir / "metrics.jsonl"
+  primary = is_primary()
+  metrics_path = None if run_dir is None or not primary else run_dir / "metrics.jsonl"
   if run_dir is not None:
     checkpoints = checkpoint.manager(run_dir / "checkpoints", config.keep)
     if resume:
@@ -398,7 +432,8 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
         checkpoints.close()
         if (run_dir / "summary.json").exists() and (run_dir / "loss.png").exists():
           raise RunError(f"{run_dir} is complete at step {start}; pass --steps to train longer")
-        print(f"{run_dir} is complete at step {start}; writing its missing summary and plot")
+        if primary:
+          print(f"{run_dir} is complete at step {start}; writing its missing summary and plot")
         return finish(config, task, params, model, loss, read_metrics(metrics_path, start),
                       run_dir, 0, 0.0, eval_mesh)
     else:
@@ -410,7 +445,7 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
   eval_step = make_eval_step(model=model, loss=loss, mesh=eval_mesh)
 
   def test_score(params) -> float:
-    return task.score({k: float(v) for k, v in eval_step(params, task.test).items()})
+    return task.score({k: float(v) for k, v in eval_step(local_copy(params), task.test).items()})
 
   records = [] if metrics_path is None else read_metrics(metrics_path, start)
   if overrides:
@@ -433,7 +468,8 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
     if log is not None:
       log.write(json.dumps(record) + "\n")
     if checkpoints is not None and (done % config.checkpoint_every == 0 or done == config.steps):
-      log.flush()
+      if log is not None:
+        log.flush()
       try:
         checkpoint.save(checkpoints, done, checkpoint_state(params, opt_state, config.seed, done),
                         config._asdict())
@@ -443,19 +479,28 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
         raise RunError(f"{error}; {where_saved()}") from None
       last_saved[0] = done
 
-  print(f"{config.task}: {config.steps - start} steps from step {start}, batch {config.batch_size}, "
-        f"{config.num_layers} layer(s){' bidirectional' if config.bidirectional else ''} of "
-        f"H={config.hidden_size}, {config.activation}/{config.init}, {config.optimizer} "
-        f"lr={config.learning_rate}, {counts[0]} device(s)"
-        + (f", run dir {run_dir}" if run_dir else ""), flush=True)
+  if primary:
+    job = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    print(f"{config.task}: {config.steps - start} steps from step {start}, batch "
+          f"{config.batch_size}, {config.num_layers} layer(s)"
+          f"{' bidirectional' if config.bidirectional else ''} of H={config.hidden_size}, "
+          f"{config.activation}/{config.init}, {config.optimizer} lr={config.learning_rate}, "
+          f"{counts[0]} device(s){job}" + (f", run dir {run_dir}" if run_dir else ""), flush=True)
   began = time.perf_counter()
   try:
     result = fit(params, optimizer, task.batches, config.steps - start, model=model, loss=loss,
                  compute=compute, key=run_keys(config)[2] if config.dropout else None,
-                 opt_state=opt_state, start_step=start, progress=progress, callback=callback,
+                 opt_state=opt_state, start_step=start, progress=progress and primary,
+                 callback=callback,
                  sequences_per_step=config.batch_size, mesh=train_mesh)
   except FloatingPointError as error:
     raise TrainingStopped(f"training stopped: {error}; {where_saved()}") from None
+  except jax.errors.JaxRuntimeError as error:
+    if jax.process_count() == 1:
+      raise
+    raise JobFailed(f"training stopped: another process of this job failed "
+                          f"({checkpoint.reason(error)}); {where_saved()}: start every process "
+                          "again with jaxrnn resume") from None
   except OSError as error:
     raise RunError(f"could not write {metrics_path}: {checkpoint.reason(error)}; "
                    f"{where_saved()}") from None
