@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ def time_call(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int,
-                      ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+                      seed: int = 0) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
   """Runs every ``fn`` twice per round, timing the second call; ``warmup`` untimed rounds first.
 
   Interleaving exposes every implementation to the same background load, so
@@ -46,16 +47,24 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, warmup: in
   while after it returns and slow down whatever runs next (charlm, quiet
   machine: the same jaxrnn step took 131.9 ms right after the NumPy
   implementation's step and 78.8 ms right after Flax's step), so with one
-  call per round the ``fn`` after a NumPy one always paid for it. Returns
-  ``(wall, cpu)``: seconds per call of each ``fn``.
+  call per round the ``fn`` after a NumPy one always paid for it. The untimed
+  call does not absorb all of it (small, quiet machine: a 4.8 ms jaxrnn step
+  took 5.6 ms after torch's step), so each round runs the ``fns`` in a fresh
+  order (``random.Random(seed)``): every ``fn`` follows every other equally
+  often in expectation, none always follows torch. Returns ``(wall, cpu)``:
+  seconds per call of each ``fn``.
   """
+  order = random.Random(seed)
   for _ in range(warmup):
     for fn in fns.values():
       fn()
   wall: dict[str, list[float]] = {name: [] for name in fns}
   cpu: dict[str, list[float]] = {name: [] for name in fns}
   for _ in range(rounds):
-    for name, fn in fns.items():
+    names = list(fns)
+    order.shuffle(names)
+    for name in names:
+      fn = fns[name]
       fn()
       elapsed, busy = time_call(fn)
       wall[name].append(elapsed)

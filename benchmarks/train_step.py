@@ -281,8 +281,10 @@ def run_config(sizes: tuple[int, int, int, int, int], impls: Sequence[str], roun
   problem = make_problem(*sizes)
   calls = {name: MAKERS[name](problem) for name in impls}
   first_losses = {name: call() for name, call in calls.items()}   # same data: same loss
-  times, cpu = interleaved_times({**calls, **sgemm_calls(sgemm_size)}, rounds, warmup)
-  gflops = sgemm_gflops(times, sgemm_size)
+  times, cpu = interleaved_times(calls, rounds, warmup)
+  # The roofline after the implementations, not among them: NumPy's BLAS threads keep spinning
+  # for seconds after a large sgemm (the small jaxrnn step: 4.7 ms before one, 6.2 ms after).
+  gflops = sgemm_gflops(interleaved_times(sgemm_calls(sgemm_size), rounds, warmup)[0], sgemm_size)
   flops = train_flops(*sizes)
   reference, cpu_reference = np.median(times[impls[0]]), np.median(cpu[impls[0]])
   results = {}
