@@ -148,11 +148,11 @@ assert jax.process_count() == processes and jax.device_count() == 2, jax.devices
 params, batch, _ = random_problem(13, batch=6, num_layers=2, bidirectional=True, masked=True)
 batch = batch._replace(lengths=jnp.array([6, 0, 2, 6, 5, 4]))
 optimizer = optax.adam(1e-2)
-step = jaxrnn.make_train_step(optimizer, loss=jaxrnn.LossSpec(reduction="mean"), donate=False,
-                              mesh=2)
+step = jaxrnn.make_train_step(optimizer, model=jaxrnn.ModelSpec(dropout=0.3),
+                              loss=jaxrnn.LossSpec(reduction="mean"), donate=False, mesh=2)
 state = optimizer.init(params)
-for _ in range(3):
-  params, state, metrics = step(params, state, batch)
+for i in range(3):
+  params, state, metrics = step(params, state, batch, jax.random.key(i))
 np.save({out!r} + f"/{{processes}}-{{process}}.npy",
         np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves((params, metrics))]))
 """
@@ -160,8 +160,8 @@ np.save({out!r} + f"/{{processes}}-{{process}}.npy",
 
 def test_two_processes_train_like_one_process(tmp_path):
   """jax.distributed on loopback (gloo CPU collectives), one device per process: 3 steps of the
-  split step equal one process with 2 devices. Library level only: the command line does not
-  join multi-process jobs."""
+  split step (2-layer bidirectional, dropout keys placed per process) equal one process with 2
+  devices. The command line's jobs: test_cli."""
   import socket
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
