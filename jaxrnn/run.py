@@ -294,13 +294,10 @@ def print_table(config: Config, task: Task, score: float, steps: int, seconds: f
         f"({'beats' if better else 'does not beat'} the baseline)")
 
 
-def finish(config: Config, task: Task, params: Any, model: ModelSpec, loss: LossSpec,
-           records: list[dict[str, Any]], run_dir: Path | None, steps_run: int,
-           seconds: float, eval_mesh: int | None = None) -> dict[str, Any]:
-  """Scores ``params`` on the test set, prints the table, writes ``summary.json`` and ``loss.png``
-  (the last three on the primary process only)."""
-  metrics = make_eval_step(model=model, loss=loss, mesh=eval_mesh)(local_copy(params), task.test)
-  score = task.score({k: float(v) for k, v in metrics.items()})
+def finish(config: Config, task: Task, score: float, records: list[dict[str, Any]],
+           run_dir: Path | None, steps_run: int, seconds: float) -> dict[str, Any]:
+  """Prints the final test ``score`` against the baseline and writes ``summary.json`` and
+  ``loss.png`` (on the primary process only); returns the summary."""
   summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
              "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
   if not is_primary():
@@ -416,6 +413,11 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
   params, optimizer = fresh_model(config, task.input_size, task.output_size)
   model, loss, compute = specs(config, task)
   opt_state, start = optimizer.init(params), 0
+  eval_step = make_eval_step(model=model, loss=loss, mesh=eval_mesh)
+
+  def test_score(params) -> float:
+    return task.score({k: float(v) for k, v in eval_step(local_copy(params), task.test).items()})
+
   checkpoints = None
   primary = is_primary()
   metrics_path = None if run_dir is None or not primary else run_dir / "metrics.jsonl"
@@ -434,19 +436,14 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
           raise RunError(f"{run_dir} is complete at step {start}; pass --steps to train longer")
         if primary:
           print(f"{run_dir} is complete at step {start}; writing its missing summary and plot")
-        return finish(config, task, params, model, loss, read_metrics(metrics_path, start),
-                      run_dir, 0, 0.0, eval_mesh)
+        return finish(config, task, test_score(params), read_metrics(metrics_path, start),
+                      run_dir, 0, 0.0)
     else:
       last = checkpoint.latest_step(checkpoints)
       if last is not None:
         saved = checkpoint.saved_config(checkpoints, last)
         checkpoints.close()
         raise RunError(existing_run_message(run_dir, config, saved))
-  eval_step = make_eval_step(model=model, loss=loss, mesh=eval_mesh)
-
-  def test_score(params) -> float:
-    return task.score({k: float(v) for k, v in eval_step(local_copy(params), task.test).items()})
-
   records = [] if metrics_path is None else read_metrics(metrics_path, start)
   if overrides:
     records.append({"step": start, "resumed_with": overrides})
@@ -509,5 +506,5 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
       log.close()
     if checkpoints is not None:
       checkpoints.close()
-  return finish(config, task, result.params, model, loss, records, run_dir,
-                config.steps - start, time.perf_counter() - began, eval_mesh)
+  return finish(config, task, test_score(result.params), records, run_dir,
+                config.steps - start, time.perf_counter() - began)
