@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jaxrnn  # noqa: E402
+from jaxrnn.parallel import batch_mesh, shard_batch  # noqa: E402
 
 from common import (SGEMM_SIZE, interleaved_times, machine_info, print_table,  # noqa: E402,I001
                     sgemm_calls, sgemm_gflops, write_json)
@@ -125,14 +126,21 @@ def jax_stepper(step: Callable, params: Any, opt_state: Any, batch: Any) -> Call
   return run
 
 
-def run_jaxrnn_step(problem: Problem, train_step: Callable) -> Callable[[], float]:
-  """A stepper for a jaxrnn ``(params, opt_state, batch) -> (params, opt_state, metrics)`` step."""
+def run_jaxrnn_step(problem: Problem, train_step: Callable, mesh: Any = None) -> Callable[[], float]:
+  """A stepper for a jaxrnn ``(params, opt_state, batch) -> (params, opt_state, metrics)`` step.
+
+  With a ``mesh`` the batch is split over it once, as the ``jaxrnn`` command's
+  batches are born split (:func:`jaxrnn.parallel.placed_batches`); every
+  implementation gets its batch where its step reads it.
+  """
   params = rnn_params(problem.params)
 
   def step(params, opt_state, batch):
     params, opt_state, metrics = train_step(params, opt_state, batch)
     return params, opt_state, metrics["loss"]
   batch = jaxrnn.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
+  if mesh is not None:
+    batch = shard_batch(batch, mesh)[1]
   return jax_stepper(step, params, optax.adam(LEARNING_RATE).init(params), batch)
 
 
@@ -150,8 +158,9 @@ def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
   its ``B / n`` sequences with no communication inside the recurrence, then
   one ``psum`` of the loss and gradients.
   """
+  mesh = batch_mesh(jax.device_count())
   return run_jaxrnn_step(problem, jaxrnn.make_train_step(optax.adam(LEARNING_RATE), loss=LOSS,
-                                                         mesh=jax.device_count()))
+                                                         mesh=mesh), mesh)
 
 
 def make_torch(problem: Problem) -> Callable[[], float]:

@@ -2,7 +2,7 @@
 
 No ``jax.grad``/``jax.vjp`` is used here: every gradient is one of the seed's
 equations, in the order the chain rule applies them. It is the oracle the tests
-hold ``jax.grad`` to, and (through :func:`jaxrnn.recurrence.fused_hidden`) the
+hold ``jax.grad`` to, and (through :func:`jaxrnn.recurrence.fused_layer`) the
 backward pass the library trains with.
 """
 

@@ -8,9 +8,9 @@ Variable-length sequences carry a mask ``m_t`` (1 inside the sequence, 0
 after its end); a masked step freezes the state:
 ``h_t = m_t act(a_t + W_hh h_{t-1}) + (1 - m_t) h_{t-1}``.
 
-:func:`fused_hidden` (the training path) runs the chain and its hand-derived
-backward either with ``lax.scan`` or with the persistent Pallas kernels of
-:mod:`jaxrnn.kernels`, chosen in one place (:func:`chain_forward`,
+:func:`fused_layer` (the training path) runs a layer and its hand-derived
+backward, the chain either with ``lax.scan`` or with the persistent Pallas
+kernels of :mod:`jaxrnn.kernels`, chosen in one place (:func:`chain_forward`,
 :func:`chain_backward`) by ``ComputeSpec.recurrence`` and the platform.
 ``precision`` (``"highest"``, ``"default"`` or ``None`` for JAX's current
 default) applies to every matmul here, the backward pass included.
@@ -166,40 +166,81 @@ def chain_backward(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
   return backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll, precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def fused_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
-                 activation: str, scan_unroll: int = 1, precision: str | None = None,
-                 recurrence: str = "auto") -> jax.Array:
-  """:func:`scan_hidden` whose gradient is the hand-derived :func:`backward_hidden`.
+def weight_gradients(delta: jax.Array, xs: jax.Array, hs: jax.Array,
+                     h0: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(dW_xh, db_h, dW_hh)`` of one layer from ``delta_t = dL/da_t``, one matmul each.
 
-  Same arguments and result as :func:`scan_hidden`, plus ``recurrence``
-  (:func:`chain_forward`): the forward and the backward recursion each run in
-  ``lax.scan`` or in a persistent Pallas kernel. The forward pass saves
-  only ``hs`` (no per-step intermediates); the backward pass runs the
-  ``delta`` recursion and forms ``dL/dW_hh = sum_t delta_t h_{t-1}^T`` as one
-  matmul after it, all at ``precision`` (the backward is traced during
-  differentiation, outside any caller's precision scope, so it sets its own).
-  ``dL/da_t = delta_t`` flows on to ``W_xh`` and ``b_h`` through the (batched)
-  input projection by ordinary autodiff.
+  ``dW_xh = sum_t delta_t x_t^T``, ``db_h = sum_t delta_t`` and
+  ``dW_hh = sum_t delta_t h_{t-1}^T`` (``h_{t-1}`` from
+  :func:`previous_states`), each summed over every step and sequence at once.
+  Both products contract over the ``T*B`` rows, so both read ``delta^T``
+  (``[H, T*B]``): it is laid out once, behind an optimisation barrier, and
+  shared. Without the barrier XLA's CPU backend runs the first as a
+  transposed-operand dot and transposes ``delta`` again for the second (and
+  copies two slices of ``[T*B, H]`` for the shifted product): the medium
+  benchmark's per-device loss and gradient took 36.0 ms against 32.8 ms
+  with the shared layout (one core, ``benchmarks/README.md``).
+
+  Args:
+    delta: ``[T, B, H]``.
+    xs: the layer's inputs, ``[T, B, I]``.
+    hs: its states ``h_1..h_T``, ``[T, B, H]``.
+    h0: ``[B, H]``.
+
+  Returns:
+    ``([H, I], [H], [H, H])``.
   """
-  return chain_forward(pre, W_hh, h0, mask, activation, scan_unroll, precision, recurrence)
+  hidden = delta.shape[-1]
+  delta_T = jax.lax.optimization_barrier(delta.reshape(-1, hidden).T)     # [H, T*B]
+  dW_xh = delta_T @ xs.reshape(-1, xs.shape[-1])
+  dW_hh = delta_T @ previous_states(h0, hs).reshape(-1, hidden)
+  return dW_xh, delta.sum((0, 1)), dW_hh
 
 
-def _fused_fwd(pre, W_hh, h0, mask, activation, scan_unroll, precision, recurrence):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def fused_layer(xs: jax.Array, W_xh: jax.Array, b_h: jax.Array, W_hh: jax.Array, h0: jax.Array,
+                mask: jax.Array | None, activation: str, scan_unroll: int = 1,
+                precision: str | None = None, recurrence: str = "auto") -> jax.Array:
+  """One layer's ``h_t = act(W_xh x_t + b_h + W_hh h_{t-1})`` whose gradient is the hand-derived BPTT.
+
+  The forward pass is :func:`input_projection` then :func:`chain_forward`
+  (``lax.scan`` or a persistent Pallas kernel, by ``recurrence``) and saves
+  only ``hs`` (no per-step intermediates). The backward pass runs the
+  ``delta`` recursion (:func:`chain_backward`), then forms the weight
+  gradients with one matmul each (:func:`weight_gradients`) and
+  ``dL/dx_t = W_xh^T delta_t`` (what a lower layer receives), all at
+  ``precision`` (the backward is traced during differentiation, outside any
+  caller's precision scope, so it sets its own).
+
+  Args:
+    xs: the layer's inputs, ``[T, B, I]``.
+    W_xh: ``[H, I]``; b_h: ``[H]``; W_hh: ``[H, H]``; h0: ``[B, H]``.
+    mask, activation, scan_unroll, precision: as :func:`scan_hidden`.
+    recurrence: ``"auto"``, ``"scan"`` or ``"kernel"`` (:func:`chain_forward`).
+
+  Returns:
+    ``hs = [h_1, ..., h_T]``, ``[T, B, H]``.
+  """
+  return _fused_fwd(xs, W_xh, b_h, W_hh, h0, mask, activation, scan_unroll, precision,
+                    recurrence)[0]
+
+
+def _fused_fwd(xs, W_xh, b_h, W_hh, h0, mask, activation, scan_unroll, precision, recurrence):
+  with precision_scope(precision):
+    pre = input_projection(W_xh, b_h, xs)                                # [T, B, H]
   hs = chain_forward(pre, W_hh, h0, mask, activation, scan_unroll, precision, recurrence)
-  return hs, (W_hh, hs, h0, mask)
+  return hs, (xs, W_xh, W_hh, hs, h0, mask)
 
 
 def _fused_bwd(activation, scan_unroll, precision, recurrence, residuals, g):
-  W_hh, hs, h0, mask = residuals
+  xs, W_xh, W_hh, hs, h0, mask = residuals
   delta, dh0 = chain_backward(W_hh, hs, h0, g, mask, activation, scan_unroll, precision,
-                              recurrence)
-  hidden = hs.shape[-1]
+                              recurrence)                                 # [T, B, H], [B, H]
   with precision_scope(precision):
-    dW_hh = (delta[1:].reshape(-1, hidden).T @ hs[:-1].reshape(-1, hidden)
-             + delta[0].T @ h0) if len(hs) else jnp.zeros_like(W_hh)   # [H, H]
+    dW_xh, db_h, dW_hh = weight_gradients(delta, xs, hs, h0)
+    dxs = delta @ W_xh                                                   # [T, B, I]
   dmask = None if mask is None else jnp.zeros_like(mask)
-  return delta, dW_hh, dh0, dmask
+  return dxs, dW_xh, db_h, dW_hh, dh0, dmask
 
 
-fused_hidden.defvjp(_fused_fwd, _fused_bwd)
+fused_layer.defvjp(_fused_fwd, _fused_bwd)

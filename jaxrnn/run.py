@@ -41,7 +41,7 @@ import optax
 
 from jaxrnn import checkpoint
 from jaxrnn.init import init_params
-from jaxrnn.parallel import batch_mesh, local_copy, replicate
+from jaxrnn.parallel import as_mesh, batch_mesh, local_copy, placed_batches, replicate
 from jaxrnn.params import RNNParams
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
 from jaxrnn.tasks import Config, Task, build_task, higher_is_better
@@ -485,7 +485,9 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
           f"{counts[0]} device(s){job}" + (f", run dir {run_dir}" if run_dir else ""), flush=True)
   began = time.perf_counter()
   try:
-    result = fit(params, optimizer, task.batches, config.steps - start, model=model, loss=loss,
+    batches = task.batches if train_mesh is None else placed_batches(task.batches,
+                                                                     as_mesh(train_mesh))
+    result = fit(params, optimizer, batches, config.steps - start, model=model, loss=loss,
                  compute=compute, key=run_keys(config)[2] if config.dropout else None,
                  opt_state=opt_state, start_step=start, progress=progress and primary,
                  callback=callback,

@@ -26,7 +26,7 @@ from jaxrnn import checks
 from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
 from jaxrnn.dropout import DropoutMasks, draw_masks
 from jaxrnn.params import CellParams, RNNParams
-from jaxrnn.recurrence import fused_hidden, input_projection, precision_scope, scan_hidden
+from jaxrnn.recurrence import fused_layer, input_projection, precision_scope, scan_hidden
 from jaxrnn.spec import ComputeSpec, ModelSpec
 
 
@@ -66,19 +66,19 @@ def layer_states(cell: CellParams, xs: jax.Array, h0: jax.Array, mask: jax.Array
 
   ``reverse`` runs from ``t = T`` down to 1. ``compute.gradient == "fused"``
   differentiates through the hand-derived BPTT
-  (:func:`jaxrnn.recurrence.fused_hidden`; ``lax.scan`` or the Pallas kernels
+  (:func:`jaxrnn.recurrence.fused_layer`; ``lax.scan`` or the Pallas kernels
   by ``compute.recurrence``), otherwise through ``lax.scan``. Every matmul
   runs at ``compute.precision``.
   """
-  with precision_scope(compute.precision):
-    pre = input_projection(cell.W_xh, cell.b_h, xs)                      # [T, B, H]
   if reverse:
-    pre = jnp.flip(pre, 0)
+    xs = jnp.flip(xs, 0)
     mask = None if mask is None else jnp.flip(mask, 0)
   if compute.gradient == "fused":
-    hs = fused_hidden(pre, cell.W_hh, h0, mask, activation, compute.scan_unroll,
-                      compute.precision, compute.recurrence)            # [T, B, H]
+    hs = fused_layer(xs, cell.W_xh, cell.b_h, cell.W_hh, h0, mask, activation,
+                     compute.scan_unroll, compute.precision, compute.recurrence)  # [T, B, H]
   else:
+    with precision_scope(compute.precision):
+      pre = input_projection(cell.W_xh, cell.b_h, xs)                    # [T, B, H]
     hs = scan_hidden(pre, cell.W_hh, h0, mask, activation, compute.scan_unroll,
                      compute.precision)
   return jnp.flip(hs, 0) if reverse else hs

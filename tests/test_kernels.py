@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import jaxrnn
 from jaxrnn import kernels
-from jaxrnn.recurrence import backward_hidden, fused_hidden, scan_hidden
+from jaxrnn.recurrence import backward_hidden, fused_layer, scan_hidden
 
 TOLERANCE = {jnp.float32: 1e-6, jnp.float64: 1e-12}
 
@@ -56,10 +56,11 @@ def test_kernels_on_empty_sequences():
 
 
 def test_fused_vjp_through_the_kernels():
-  pre, W_hh, h0, mask, g = chain(1, 9, 5, 6, True, jnp.float64)
+  xs, W_hh, h0, mask, g = chain(1, 9, 5, 6, True, jnp.float64)
+  W_xh, b_h = W_hh[:, :4], h0[0]
   run = lambda recurrence: jax.vjp(
-      lambda p, w, h: fused_hidden(p, w, h, mask, "tanh", 1, "highest", recurrence),
-      pre, W_hh, h0)
+      lambda *a: fused_layer(*a, mask, "tanh", 1, "highest", recurrence),
+      xs[..., :4], W_xh, b_h, W_hh, h0)
   (hs, vjp), (hs_kernel, vjp_kernel) = run("scan"), run("kernel")
   np.testing.assert_allclose(hs_kernel, hs, rtol=1e-12, atol=1e-12)
   for a, b in zip(vjp_kernel(g), vjp(g)):

@@ -64,7 +64,7 @@ jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, {tests!r})
 from conftest import random_params, random_problem
 import jaxrnn
-from jaxrnn.parallel import make_parallel_train_step
+from jaxrnn.parallel import batch_mesh, make_parallel_train_step
 assert len(jax.devices()) == 2, jax.devices()
 diff = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -103,6 +103,14 @@ for num_layers in (1, 2):
     one, two = epoch(None), epoch(2)
     assert two.h.shape == one.h.shape
     print("tbptt", num_layers, False, reduction, diff(one, two))
+make = jax.jit(lambda step: jaxrnn.data.copy_task(jax.random.fold_in(jax.random.key(3), step),
+                                                  6, 4, 2, dtype=jnp.float64))
+for step in (0, 5):
+  whole, placed = make(step), jaxrnn.parallel.placed_batches(make, batch_mesh(2))(step)
+  rows = [sorted({{s.data.shape[1] for s in x.addressable_shards}})
+          for x in (placed.xs, placed.targets, placed.target_mask)]
+  same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(placed)))
+  print("placed", same, rows == [[3]] * 3, rows)
 odd = batch._replace(xs=batch.xs[:, :5], targets=batch.targets[:, :5], lengths=batch.lengths[:5],
                      target_mask=batch.target_mask[:, :5])
 params = random_params(13)
@@ -126,11 +134,13 @@ def test_split_over_two_host_devices_equals_the_unsplit_one():
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.split("\n")
-  diffs = [line.split() for line in lines if line and not line.startswith("odd")]
+  diffs = [line.split() for line in lines if line and not line.startswith(("odd", "placed"))]
   assert [d[0] for d in diffs] == ["step", "eval", "eval"] * 4 + ["tbptt"] * 4, result.stdout
   for what, num_layers, bidirectional, reduction, diff in diffs:
     assert float(diff) < 1e-12, (what, num_layers, bidirectional, reduction, diff)
   assert sum(line.startswith("odd True") for line in lines) == 2, result.stdout          # B=5 over 2 devices raises
+  placed = [line for line in lines if line.startswith("placed")]     # batches born split, same values
+  assert placed == ["placed True True [[3], [3], [3]]"] * 2, result.stdout
 
 
 TWO_PROCESSES = """

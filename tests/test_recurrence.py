@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn.recurrence import (backward_hidden, fused_hidden, input_projection, previous_states,
-                               scan_hidden)
+from jaxrnn.recurrence import (backward_hidden, fused_layer, input_projection, previous_states,
+                               scan_hidden, weight_gradients)
 from test_unroll import NP_ACT, assert_rel_close
 
 T, B, I, H = 7, 3, 2, 4
@@ -37,28 +37,44 @@ def test_scan_hidden_matches_numpy_loop(activation, masked):
     h = np.where(mask[t][:, None] > 0, NP_ACT[activation](pre[t] + h @ W_hh.T), h)
     want[t] = h
   np.testing.assert_allclose(hs, want, rtol=1e-13, atol=1e-14)
-  fused = fused_hidden(jnp.asarray(pre), jnp.asarray(W_hh), jnp.asarray(h0),
-                       jnp.asarray(mask) if masked else None, activation, 3)
+  fused = fused_layer(jnp.asarray(pre), jnp.eye(H), jnp.zeros(H), jnp.asarray(W_hh),
+                      jnp.asarray(h0), jnp.asarray(mask) if masked else None, activation, 3)
   np.testing.assert_allclose(fused, want, rtol=1e-13, atol=1e-14)
 
 
 @pytest.mark.parametrize("activation,masked,scan_unroll", [("tanh", False, 1), ("relu", True, 1),
                                                            ("tanh", True, 3)])
 def test_fused_vjp_is_the_hand_recursion_and_equals_autodiff(activation, masked, scan_unroll):
-  pre, W_hh, h0, mask, g = map(jnp.asarray, problem(1))
+  _, W_hh, h0, mask, g = map(jnp.asarray, problem(1))
+  rng = np.random.default_rng(5)
+  xs, W_xh, b_h = (jnp.asarray(rng.standard_normal(shape)) for shape in ((T, B, I), (H, I), (H,)))
   mask = mask if masked else None
-  hs, vjp = jax.vjp(lambda p, w, h: fused_hidden(p, w, h, mask, activation, scan_unroll),
-                    pre, W_hh, h0)
-  dpre, dW_hh, dh0 = vjp(g)
+  hs, vjp = jax.vjp(lambda *a: fused_layer(*a, mask, activation, scan_unroll),
+                    xs, W_xh, b_h, W_hh, h0)
+  dxs, dW_xh, db_h, dW_hh, dh0 = vjp(g)
   delta, dh0_hand = backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll)
-  assert_rel_close(dpre, delta, 1e-14)
   assert_rel_close(dh0, dh0_hand, 1e-14)
-  assert_rel_close(dW_hh, jnp.einsum("tbh,tbk->hk", delta, previous_states(h0, hs)), 1e-12)
-  _, scan_vjp = jax.vjp(lambda p, w, h: scan_hidden(p, w, h, mask, activation), pre, W_hh, h0)
-  assert_rel_close((dpre, dW_hh, dh0), scan_vjp(g), 1e-12)
+  np_delta, np_xs, np_hs, np_h0 = map(np.asarray, (delta, xs, hs, h0))
+  prev = np.concatenate([np_h0[None], np_hs[:-1]])                       # h_0..h_{T-1}
+  assert_rel_close(dW_hh, sum(np_delta[t].T @ prev[t] for t in range(T)), 1e-12)
+  assert_rel_close(dW_xh, sum(np_delta[t].T @ np_xs[t] for t in range(T)), 1e-12)
+  assert_rel_close(db_h, np_delta.sum((0, 1)), 1e-12)
+  assert_rel_close(dxs, np_delta @ np.asarray(W_xh), 1e-12)
+  _, scan_vjp = jax.vjp(lambda x, wx, b, w, h: scan_hidden(input_projection(wx, b, x), w, h, mask,
+                                                          activation), xs, W_xh, b_h, W_hh, h0)
+  assert_rel_close((dxs, dW_xh, db_h, dW_hh, dh0), scan_vjp(g), 1e-12)
   if masked:                                        # a frozen sequence passes g straight to h0
     np.testing.assert_allclose(dh0[2], g[:, 2].sum(0), rtol=1e-13)
-    np.testing.assert_array_equal(dpre[:, 2], 0)
+    np.testing.assert_array_equal(delta[:, 2], 0)
+
+
+def test_weight_gradients_of_an_empty_sequence_are_zero():
+  rng = np.random.default_rng(3)
+  dW_xh, db_h, dW_hh = weight_gradients(jnp.zeros((0, B, H)), jnp.zeros((0, B, I)),
+                                        jnp.zeros((0, B, H)), jnp.asarray(rng.standard_normal((B, H))))
+  assert (dW_xh.shape, db_h.shape, dW_hh.shape) == ((H, I), (H,), (H, H))
+  for grad in (dW_xh, db_h, dW_hh):
+    np.testing.assert_array_equal(grad, 0)
 
 
 def test_previous_states_and_input_projection():
