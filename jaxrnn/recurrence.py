@@ -39,11 +39,13 @@ def input_projection(W_xh: jax.Array, b_h: jax.Array, xs: jax.Array) -> jax.Arra
 
 
 def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
-                activation: str, scan_unroll: int = 1, precision: str | None = None) -> jax.Array:
+                activation: str, scan_unroll: int = 1, precision: str | None = None,
+                bias: jax.Array | None = None) -> jax.Array:
   """Runs ``h_t = act(a_t + W_hh h_{t-1})`` for ``t = 1..T`` with ``lax.scan``.
 
   Args:
-    pre: ``a_t = W_xh x_t + b_h`` for all steps, ``[T, B, H]``.
+    pre: ``a_t = W_xh x_t + b_h`` for all steps, ``[T, B, H]`` (without
+      ``b_h`` when ``bias`` is given).
     W_hh: ``[H, H]``.
     h0: ``[B, H]``.
     mask: ``[T, B]`` of 0/1, or ``None`` (every step live). A masked step keeps
@@ -51,28 +53,32 @@ def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array 
     activation: a key of :data:`jaxrnn.cell.ACTIVATIONS`.
     scan_unroll: ``unroll`` argument of ``lax.scan`` (steps per loop iteration).
     precision: of ``h @ W_hh^T``; ``None``: JAX's current default.
+    bias: ``b_h``, ``[H]``, added to ``a_t`` inside each step (in the same
+      order, so the numbers are the same), which saves a pass over
+      ``[T, B, H]``; ``None``: ``pre`` holds it.
 
   Returns:
     ``hs = [h_1, ..., h_T]``, ``[T, B, H]``.
   """
   with precision_scope(precision):
-    return _scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll)
+    return _scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll, bias)
 
 
-def _scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll):
+def _scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll, bias):
   act = ACTIVATIONS[activation]
   W_hh_T = W_hh.T
+  with_bias = (lambda a_t: a_t) if bias is None else (lambda a_t: a_t + bias)
 
   if mask is None:
     def step(h, a_t):
-      h = act(a_t + h @ W_hh_T)
+      h = act(with_bias(a_t) + h @ W_hh_T)
       return h, h
     _, hs = jax.lax.scan(step, h0, pre, unroll=scan_unroll)
     return hs
 
   def masked_step(h, inputs):
     a_t, m_t = inputs
-    h = jnp.where(m_t[:, None] > 0, act(a_t + h @ W_hh_T), h)
+    h = jnp.where(m_t[:, None] > 0, act(with_bias(a_t) + h @ W_hh_T), h)
     return h, h
   _, hs = jax.lax.scan(masked_step, h0, (pre, mask), unroll=scan_unroll)
   return hs
@@ -145,15 +151,17 @@ def previous_states(h0: jax.Array, hs: jax.Array) -> jax.Array:
 
 def chain_forward(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
                   activation: str, scan_unroll: int = 1, precision: str | None = None,
-                  recurrence: str = "auto") -> jax.Array:
+                  recurrence: str = "auto", bias: jax.Array | None = None) -> jax.Array:
   """:func:`scan_hidden`, or :func:`jaxrnn.kernels.forward_kernel` where ``recurrence`` picks it.
 
   ``recurrence``: ``"scan"``, ``"kernel"`` or ``"auto"`` (the kernel on a GPU
-  when ``W_hh`` fits on chip, :func:`jaxrnn.kernels.use_kernel`).
+  when ``W_hh`` fits on chip, :func:`jaxrnn.kernels.use_kernel`). ``bias``:
+  as :func:`scan_hidden` (the kernel path adds it to ``pre`` first).
   """
   if kernels.use_kernel(recurrence, pre.dtype, W_hh.shape[0], precision):
+    pre = pre if bias is None else pre + bias
     return kernels.forward_kernel(pre, W_hh, h0, mask, activation, precision=precision)
-  return scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll, precision)
+  return scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll, precision, bias)
 
 
 def chain_backward(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
@@ -203,8 +211,9 @@ def fused_layer(xs: jax.Array, W_xh: jax.Array, b_h: jax.Array, W_hh: jax.Array,
                 precision: str | None = None, recurrence: str = "auto") -> jax.Array:
   """One layer's ``h_t = act(W_xh x_t + b_h + W_hh h_{t-1})`` whose gradient is the hand-derived BPTT.
 
-  The forward pass is :func:`input_projection` then :func:`chain_forward`
-  (``lax.scan`` or a persistent Pallas kernel, by ``recurrence``) and saves
+  The forward pass is ``W_xh x_t`` for all steps at once, then
+  :func:`chain_forward` with ``b_h`` added inside each step (``lax.scan`` or
+  a persistent Pallas kernel, by ``recurrence``), and saves
   only ``hs`` (no per-step intermediates). The backward pass runs the
   ``delta`` recursion (:func:`chain_backward`), then forms the weight
   gradients with one matmul each (:func:`weight_gradients`) and
@@ -227,8 +236,9 @@ def fused_layer(xs: jax.Array, W_xh: jax.Array, b_h: jax.Array, W_hh: jax.Array,
 
 def _fused_fwd(xs, W_xh, b_h, W_hh, h0, mask, activation, scan_unroll, precision, recurrence):
   with precision_scope(precision):
-    pre = input_projection(W_xh, b_h, xs)                                # [T, B, H]
-  hs = chain_forward(pre, W_hh, h0, mask, activation, scan_unroll, precision, recurrence)
+    projected = xs @ W_xh.T                                              # [T, B, H]
+  hs = chain_forward(projected, W_hh, h0, mask, activation, scan_unroll, precision, recurrence,
+                     b_h)
   return hs, (xs, W_xh, W_hh, hs, h0, mask)
 
 

@@ -37,6 +37,10 @@ def test_scan_hidden_matches_numpy_loop(activation, masked):
     h = np.where(mask[t][:, None] > 0, NP_ACT[activation](pre[t] + h @ W_hh.T), h)
     want[t] = h
   np.testing.assert_allclose(hs, want, rtol=1e-13, atol=1e-14)
+  b_h = np.linspace(-1, 1, H)                          # b_h added inside each step instead
+  hs_bias = scan_hidden(jnp.asarray(pre - b_h), jnp.asarray(W_hh), jnp.asarray(h0),
+                        jnp.asarray(mask) if masked else None, activation, bias=jnp.asarray(b_h))
+  np.testing.assert_allclose(hs_bias, want, rtol=1e-13, atol=1e-14)
   fused = fused_layer(jnp.asarray(pre), jnp.eye(H), jnp.zeros(H), jnp.asarray(W_hh),
                       jnp.asarray(h0), jnp.asarray(mask) if masked else None, activation, 3)
   np.testing.assert_allclose(fused, want, rtol=1e-13, atol=1e-14)
