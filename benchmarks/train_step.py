@@ -60,6 +60,15 @@ CONFIGS: dict[str, tuple[int, int, int, int, int]] = {   # (T, B, I, H, O)
     "medium": (200, 64, 64, 256, 64),
     "charlm": (100, 32, 65, 512, 65),
 }
+SPLIT_CONFIGS: dict[str, tuple[int, int, int, int, int]] = {   # (B/2) H^2 per device on 2
+    "split_8k": (100, 64, 16, 16, 16),
+    "split_33k": (50, 64, 2, 32, 2),
+    "split_66k": (100, 32, 32, 64, 32),
+    "demo": (50, 64, 2, 64, 2),          # the adding demo's sizes: 131k
+    "split_131k": (100, 16, 32, 128, 32),
+}
+"""Where the split starts to pay (``jaxrnn.run.MIN_SPLIT_WORK``): ``--configs split_8k ...
+--impls jaxrnn_fused jaxrnn_all_cores``; not run by default."""
 QUICK_CONFIGS = {"tiny": (12, 4, 5, 16, 5)}
 LEARNING_RATE = 1e-3
 LOSS = jaxrnn.LossSpec(loss="cross_entropy", reduction="sum")   # model: jaxrnn.ModelSpec() (tanh)
@@ -337,7 +346,8 @@ def scaling_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, jaxrnn only, few rounds")
-  parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+  parser.add_argument("--configs", nargs="+", default=list(CONFIGS),
+                      choices=list(CONFIGS) + list(SPLIT_CONFIGS))
   parser.add_argument("--impls", nargs="+", default=None, choices=list(MAKERS))
   parser.add_argument("--rounds", type=int, default=20, help="timed steps per implementation")
   parser.add_argument("--warmup", type=int, default=3)
@@ -354,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.quick:
     configs, impls, rounds, warmup = QUICK_CONFIGS, ["jaxrnn_fused", "jaxrnn_autodiff"], 3, 1
   else:
-    configs = {name: CONFIGS[name] for name in args.configs}
+    configs = {name: {**CONFIGS, **SPLIT_CONFIGS}[name] for name in args.configs}
     impls = args.impls or list(IMPLS)
     rounds, warmup = args.rounds, args.warmup
   payload = {"machine": {**machine_info(), "torch_threads": torch_threads()}, "rounds": rounds,

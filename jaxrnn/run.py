@@ -320,12 +320,16 @@ def largest_divisor(size: int, limit: int) -> int:
   return next(d for d in range(max(1, min(limit, size)), 0, -1) if size % d == 0)
 
 
-MIN_SPLIT_WORK = 2**20
+MIN_SPLIT_WORK = 2**18
 """Multiply-adds of ``W_hh h_{t-1}`` per time step and device below which a split does not pay.
 
-Measured on a 2-core Xeon (benchmarks/README.md): at ``(B, H) = (32, 128)``
-(262k per device on 2) the split step ran at 0.81x the one-device step; at
-``(64, 256)`` (2.1M) and ``(32, 512)`` (4.2M) at 1.85x and 1.83x.
+Measured on a 2-core Xeon, one training step on 2 devices against 1
+(``benchmarks/train_step.py --configs split_8k ...``,
+``results/split_threshold.json``): at ``(B/2) H^2`` = 8k and 33k per device
+the split ran at 0.83x and 0.80x; at 66k 1.03x; at 131k (B = 16, H = 128)
+1.08x; at 262k (B = 32, H = 128) 1.26x. At 131k the demo (B = 64, H = 64)
+ran its step at 1.00x but its whole command slower split (1500 steps in
+5.5-5.7 s against 4.8-4.9 s), so it stays on one device.
 """
 
 
