@@ -260,7 +260,9 @@ def fit(params: RNNParams, optimizer: optax.GradientTransformation,
       :func:`jaxrnn.parallel.make_parallel_train_step` for the same specs;
       default ``make_train_step(optimizer, model=..., loss=..., compute=..., mesh=mesh)``.
     mesh: a ``jax.sharding.Mesh`` or device count to split each batch over
-      (ignored when ``train_step`` is given); ``None``: one device.
+      (ignored when ``train_step`` is given); ``None``: one device. A batch
+      on one device is split before each step; a jittable ``batches`` wrapped
+      in :func:`jaxrnn.parallel.placed_batches` is born split instead.
 
   Returns:
     :class:`FitResult` with ``history["loss"]``, ``["grad_norm"]`` and
