@@ -487,10 +487,10 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
           f"{' bidirectional' if config.bidirectional else ''} of H={config.hidden_size}, "
           f"{config.activation}/{config.init}, {config.optimizer} lr={config.learning_rate}, "
           f"{counts[0]} device(s){job}" + (f", run dir {run_dir}" if run_dir else ""), flush=True)
+  batches = task.batches if train_mesh is None else placed_batches(task.batches,
+                                                                   as_mesh(train_mesh))
   began = time.perf_counter()
   try:
-    batches = task.batches if train_mesh is None else placed_batches(task.batches,
-                                                                     as_mesh(train_mesh))
     result = fit(params, optimizer, batches, config.steps - start, model=model, loss=loss,
                  compute=compute, key=run_keys(config)[2] if config.dropout else None,
                  opt_state=opt_state, start_step=start, progress=progress and primary,
@@ -502,8 +502,8 @@ def _train(config: Config, run_dir: Path | None, resume: bool, progress: bool, t
     if jax.process_count() == 1:
       raise
     raise JobFailed(f"training stopped: another process of this job failed "
-                          f"({checkpoint.reason(error)}); {where_saved()}: start every process "
-                          "again with jaxrnn resume") from None
+                    f"({checkpoint.reason(error)}); {where_saved()}: start every process "
+                    "again with jaxrnn resume") from None
   except OSError as error:
     raise RunError(f"could not write {metrics_path}: {checkpoint.reason(error)}; "
                    f"{where_saved()}") from None
