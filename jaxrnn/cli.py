@@ -21,6 +21,7 @@ commands that need them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -36,8 +37,8 @@ from jaxrnn import checkpoint
 from jaxrnn.diagnostics import gradient_flow
 from jaxrnn.inference import generate
 from jaxrnn.init import init_params
-from jaxrnn.run import (JobFailed, RunError, TrainingStopped, fresh_model, load_task,
-                        require_extras, restore_state, run_config, train_run)
+from jaxrnn.run import (JobFailed, RunError, TrainingStopped, fresh_model, is_primary, load_task,
+                        locked, require_extras, restore_state, run_config, train_run)
 from jaxrnn.spec import ACTIVATION_NAMES, GRADIENTS, SCHEMES, ModelSpec
 from jaxrnn.tasks import TASKS, Config, resolve_config
 from jaxrnn.train import OPTIMIZERS
@@ -118,7 +119,11 @@ RESUME_OVERRIDES = ("steps", "learning_rate", "clip_norm")
 
 def cmd_resume(args: argparse.Namespace) -> None:
   run_dir = Path(args.run_dir)
-  config, _ = run_config(run_dir)
+  # Read under the run's lock: a train still running there deletes old checkpoints as it goes.
+  reading = (locked(run_dir) if is_primary() and (run_dir / "checkpoints").is_dir()
+             else contextlib.nullcontext())
+  with reading:
+    config, _ = run_config(run_dir)
   overrides = {name: [getattr(config, name), getattr(args, name)] for name in RESUME_OVERRIDES
                if getattr(args, name) is not None and getattr(args, name) != getattr(config, name)}
   config = config._replace(**{name: new for name, (_, new) in overrides.items()})

@@ -190,7 +190,11 @@ def run_config(run_dir: Path) -> tuple[Config, int]:
   if not (run_dir / "checkpoints").is_dir():
     raise RunError(f"{run_dir} is not a run directory (no checkpoints/ in it)")
   require_extras("orbax.checkpoint")
-  checkpoints = checkpoint.manager(run_dir / "checkpoints")
+  try:
+    checkpoints = checkpoint.manager(run_dir / "checkpoints")
+  except FileNotFoundError as error:  # a running train deleted a checkpoint while orbax listed it
+    raise RunError(f"{run_dir} changed while being read ({checkpoint.reason(error)}); is a run "
+                   "writing to it? Try again") from None
   try:
     for step in checkpoint.newest_first(checkpoints):
       try:

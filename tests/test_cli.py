@@ -265,6 +265,21 @@ def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, capsys):
   assert run.run_config(run_dir)[1] == last + 3
 
 
+def test_a_checkpoint_deleted_while_it_is_listed_gives_one_line(tmp_path, monkeypatch, capsys):
+  """A train running in the directory deletes old checkpoints; a reader listing them at that
+  moment (``sample``, or ``resume`` without the lock) gets one line and exit 2, no traceback."""
+  run_dir = tmp_path / "run"
+  assert small_run(run_dir, 5) == 0
+
+  def vanished(directory, *args, **kwargs):
+    raise FileNotFoundError(2, "No such file or directory", str(directory) + "/35")
+  monkeypatch.setattr(checkpoint, "manager", vanished)
+  capsys.readouterr()
+  assert cli.main(["sample", str(run_dir)]) == 2
+  error = one_error_line(capsys)
+  assert "changed while being read (No such file or directory)" in error, error
+
+
 def test_a_damaged_checkpoint_is_set_aside_and_the_run_goes_on(tmp_path, capsys):
   run_dir = tmp_path / "run"
   assert small_run(run_dir, 15) == 0
