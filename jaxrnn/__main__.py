@@ -2,7 +2,7 @@
 
 import sys
 
-from jaxrnn.cli import main
+from jaxrnn.app.cli import main
 
 if __name__ == "__main__":
   sys.exit(main(sys.argv[1:] or ["demo"]))

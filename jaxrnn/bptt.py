@@ -11,35 +11,37 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
-from jaxrnn.data import Batch
-from jaxrnn.losses import check_problem
-from jaxrnn.params import CellParams, RNNParams
+from jaxrnn.cell import output_activation, output_logits, time_order
+from jaxrnn.losses import Problem, prepare
+from jaxrnn.pytrees import Batch, CellParams, RNNParams
 from jaxrnn.recurrence import backward_hidden, previous_states
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
 from jaxrnn.unroll import forward
 
-PLAIN = ComputeSpec(gradient="autodiff")
+PLAIN = ComputeSpec(gradient="autodiff", recurrence="scan")
 
 
-def output_delta(z: jax.Array, targets: jax.Array, loss: str,
-                 output_activation: str) -> jax.Array:
+def output_delta(z: jax.Array, targets: jax.Array, model: ModelSpec, loss: LossSpec) -> jax.Array:
   """``dL_t/dz_t`` for ``z_t = W_hy h_t + b_y``, unweighted; ``[T, B, O]``.
 
   * cross-entropy (``identity`` or ``softmax`` output): ``softmax(z_t) - onehot(target_t)``.
   * squared error, ``g = dL_t/dy_t = 2 (y_t - target_t)``, times ``out_act'``:
     identity ``g``; sigmoid ``g y (1 - y)``; tanh ``g (1 - y^2)``;
     softmax ``y * (g - <g, y>)`` (the softmax Jacobian ``diag(y) - y y^T``).
+
+  A class index outside ``[0, O)`` gives NaN, as in :func:`jaxrnn.losses.step_losses`.
   """
-  if loss == "cross_entropy":
-    return jax.nn.softmax(z, axis=-1) - jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype)
-  y = OUTPUT_ACTIVATIONS[output_activation](z)
+  if loss.loss == "cross_entropy":
+    valid = (targets >= 0) & (targets < z.shape[-1])                    # [T, B]
+    delta = jax.nn.softmax(z, axis=-1) - jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype)
+    return jnp.where(valid[..., None], delta, jnp.nan)
+  y = output_activation(model, z)
   g = 2 * (y - targets)
-  if output_activation == "sigmoid":
+  if model.output_activation == "sigmoid":
     return g * y * (1 - y)
-  if output_activation == "tanh":
+  if model.output_activation == "tanh":
     return g * (1 - y * y)
-  if output_activation == "softmax":
+  if model.output_activation == "softmax":
     return y * (g - jnp.sum(g * y, axis=-1, keepdims=True))
   return g
 
@@ -77,15 +79,20 @@ def bptt(params: RNNParams, batch: Batch, h0: jax.Array | None = None, *,
     ``(grads, dh0)``: ``grads`` an :class:`jaxrnn.RNNParams` of ``dL/dparams``,
     ``dh0 = dL/dh_0`` ``[L*D, B, H]``.
   """
-  problem = check_problem(params, batch, h0, None, model, loss, PLAIN)
+  problem = prepare(params, batch, h0, None, model, loss, PLAIN)
+  return hand_gradients(params, batch, problem, model, loss)
+
+
+def hand_gradients(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
+                   loss: LossSpec) -> tuple[RNNParams, jax.Array]:
+  """:func:`bptt` on checked inputs (no dropout); the steps are numbered as there."""
   trace = forward(params, batch.xs, problem.h0, problem.mask, model, PLAIN)
   z = output_logits(params, trace.top)                                      # z_t  [T, B, O]
-  act = model.activation
   num_dirs, hidden = len(params.layers[0]), problem.h0.shape[-1]
   live = jnp.ones(batch.xs.shape[:2], z.dtype) if problem.mask is None else problem.mask
 
-  dz = problem.weights[..., None] * output_delta(z, batch.targets, loss.loss,
-                                                 model.output_activation)   # 1  [T, B, O]
+  w = problem.weights[..., None]                                            # w_t  [T, B, 1]
+  dz = jnp.where(w != 0, w * output_delta(z, batch.targets, model, loss), 0)  # 1  [T, B, O]
   dW_hy = jnp.einsum("tbo,tbh->oh", dz, trace.top)                         # 2
   db_y = jnp.sum(dz, axis=(0, 1))
   g = dz @ params.W_hy                                                      # 3  [T, B, D*H]
@@ -95,13 +102,13 @@ def bptt(params: RNNParams, batch: Batch, h0: jax.Array | None = None, *,
     dx = 0
     cells = []
     for d, cell in enumerate(params.layers[l]):
-      flip = (lambda a: jnp.flip(a, 0)) if d == 1 else (lambda a: a)       # processing order
       h0_ld = problem.h0[l * num_dirs + d]
-      hs, g_d = flip(trace.states[l][d]), flip(g[..., d * hidden:(d + 1) * hidden])
-      mask = None if problem.mask is None else flip(problem.mask)
-      delta, dh0[l * num_dirs + d] = backward_hidden(cell.W_hh, hs, h0_ld, g_d, mask, act)  # 4
+      hs = time_order(trace.states[l][d], d == 1)                          # processing order
+      g_d = time_order(g[..., d * hidden:(d + 1) * hidden], d == 1)
+      mask = None if problem.mask is None else time_order(problem.mask, d == 1)
+      delta, dh0[l * num_dirs + d] = backward_hidden(cell.W_hh, hs, g_d, mask, model, PLAIN)  # 4
       dW_hh = jnp.einsum("tbh,tbk->hk", delta, previous_states(h0_ld, hs))  # 5
-      delta = flip(delta)                                                   # time order
+      delta = time_order(delta, d == 1)                                     # time order
       dW_xh = jnp.einsum("tbh,tbi->hi", delta, trace.inputs[l])
       db_h = jnp.sum(delta, axis=(0, 1))
       cells.append(CellParams(W_xh=dW_xh, W_hh=dW_hh, b_h=db_h))

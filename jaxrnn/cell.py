@@ -1,7 +1,10 @@
-"""The Elman RNN cell: one step of the recurrence, as a pure function.
+"""The Elman RNN cell: one step of the recurrence and the read-out, as pure functions.
 
 ``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)`` and ``y_t = out_act(W_hy h_t + b_y)``.
-All leading dimensions of ``x_t`` and ``h`` are batch dimensions.
+Every path of the library (``lax.scan``, the Pallas kernels, training,
+evaluation, inference, generation, the diagnostics) computes a step with
+:func:`step` and a read-out with :func:`readout`. All leading dimensions are
+batch dimensions.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import checks
-from jaxrnn.params import CellParams, RNNParams
-from jaxrnn.spec import ModelSpec
+from jaxrnn.pytrees import RNNParams
+from jaxrnn.spec import ModelSpec, check_specs
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
@@ -28,21 +31,37 @@ OUTPUT_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def activation_derivative(activation: str, h: jax.Array) -> jax.Array:
+def activation_derivative(model: ModelSpec, h: jax.Array) -> jax.Array:
   """``act'(z)`` written in terms of the output ``h = act(z)``.
 
   ``tanh' = 1 - h**2`` and ``relu' = [h > 0]``, so the backward pass needs only
   the stored hidden states, never the pre-activations.
   """
-  if activation == "tanh":
+  if model.activation == "tanh":
     return 1 - h * h
   return (h > 0).astype(h.dtype)
 
 
-def hidden_step(cell: CellParams, h_prev: jax.Array, x_t: jax.Array,
-                activation: str = "tanh") -> jax.Array:
-  """``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)``; ``[..., H], [..., I] -> [..., H]``."""
-  return ACTIVATIONS[activation](x_t @ cell.W_xh.T + h_prev @ cell.W_hh.T + cell.b_h)
+def step(model: ModelSpec, a_t: jax.Array, h_prev: jax.Array, W_hh_T: jax.Array,
+         live: jax.Array | None = None, dot: Callable = jnp.matmul) -> jax.Array:
+  """``h_t = act(a_t + W_hh h_{t-1})`` with ``a_t = W_xh x_t + b_h``; ``[..., H]``.
+
+  Args:
+    model: its ``activation``.
+    a_t: the input's share, ``[..., H]``.
+    h_prev: ``h_{t-1}``, ``[..., H]``.
+    W_hh_T: ``W_hh^T``, ``[H, H]``.
+    live: ``None``, or ``[..., 1]`` booleans: where false the state is frozen,
+      ``h_t = h_{t-1}`` (a step past the sequence's end).
+    dot: the matmul (the Pallas kernels pass their own ``jnp.dot``).
+  """
+  h = ACTIVATIONS[model.activation](a_t + dot(h_prev, W_hh_T))
+  return h if live is None else jnp.where(live, h, h_prev)
+
+
+def output_activation(model: ModelSpec, z: jax.Array) -> jax.Array:
+  """``y_t = out_act(z_t)``, ``out_act`` from :data:`OUTPUT_ACTIVATIONS`; ``[..., O]``."""
+  return OUTPUT_ACTIVATIONS[model.output_activation](z)
 
 
 def output_logits(params: RNNParams, h: jax.Array) -> jax.Array:
@@ -50,11 +69,28 @@ def output_logits(params: RNNParams, h: jax.Array) -> jax.Array:
   return h @ params.W_hy.T + params.b_y
 
 
-def stack_step(params: RNNParams, h: jax.Array, x_t: jax.Array,
-               activation: str) -> tuple[jax.Array, jax.Array]:
-  """One step through every layer of a unidirectional stack, unchecked.
+def readout(params: RNNParams, h: jax.Array, model: ModelSpec,
+            live: jax.Array | None = None) -> jax.Array:
+  """``y_t = out_act(W_hy h_t + b_y)``, zero past a sequence's end; ``[..., D*H] -> [..., O]``.
 
-  ``h^l_t = act(W_xh^l h^{l-1}_t + W_hh^l h^l_{t-1} + b_h^l)`` with ``h^{-1}_t = x_t``.
+  ``live``: ``None``, or the ``[...]`` mask of live steps (1 live, 0 past the
+  end, NaN for a sequence whose length was out of range, which makes its
+  ``y`` NaN rather than a plausible number).
+  """
+  y = output_activation(model, output_logits(params, h))
+  return y if live is None else jnp.where(live[..., None] > 0, y, 0 * live[..., None])
+
+
+def time_order(x: jax.Array, reverse: bool) -> jax.Array:
+  """``x [T, ...]`` in the order a direction reads time: reversed for the backward direction."""
+  return jnp.flip(x, 0) if reverse else x
+
+
+def stack_step(params: RNNParams, h: jax.Array, x_t: jax.Array, model: ModelSpec,
+               live: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """One time step through every layer of a unidirectional stack, unchecked.
+
+  ``h^l_t = act(W_xh^l h^{l-1}_t + b_h^l + W_hh^l h^l_{t-1})`` with ``h^{-1}_t = x_t``.
 
   Returns:
     ``(h_t [L, ..., H], h^{L-1}_t [..., H])``: every layer's new state and the top one.
@@ -62,7 +98,7 @@ def stack_step(params: RNNParams, h: jax.Array, x_t: jax.Array,
   states = []
   x = x_t
   for l, (cell,) in enumerate(params.layers):
-    x = hidden_step(cell, h[l], x, activation)
+    x = step(model, x @ cell.W_xh.T + cell.b_h, h[l], cell.W_hh.T, live)
     states.append(x)
   return jnp.stack(states), x
 
@@ -93,9 +129,11 @@ def rnn_cell(params: RNNParams, h_prev: jax.Array, x_t: jax.Array,
     >>> xs = jnp.ones((4, 7, 3))                                  # [T, B, I]
     >>> h_T, ys = jax.lax.scan(functools.partial(jaxrnn.rnn_cell, params),
     ...                        jnp.zeros((1, 7, 5)), xs)           # ys [T, B, O]
+    >>> ys.shape
+    (4, 7, 2)
   """
   shape = checks.check_params(params)
-  checks.check_model(model)
+  check_specs(shape, model)
   checks.check_unidirectional(shape, "rnn_cell", "a bidirectional model reads the whole "
                               "sequence (use jaxrnn.unroll)")
   checks.check_size("x_t", x_t, -1, shape.input_size, "the input size I of the params")
@@ -105,5 +143,5 @@ def rnn_cell(params: RNNParams, h_prev: jax.Array, x_t: jax.Array,
   if jnp.shape(x_t)[:-1] != jnp.shape(h_prev)[1:-1]:
     raise ValueError(f"x_t batch shape {jnp.shape(x_t)[:-1]} does not match h_prev batch "
                      f"shape {jnp.shape(h_prev)[1:-1]}")
-  h_t, top = stack_step(params, h_prev, x_t, model.activation)
-  return h_t, OUTPUT_ACTIVATIONS[model.output_activation](output_logits(params, top))
+  h_t, top = stack_step(params, h_prev, x_t, model)
+  return h_t, readout(params, top, model)

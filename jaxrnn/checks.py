@@ -10,6 +10,7 @@ broadcast or clamp). Shape checks use static information; value checks
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Container
 from typing import Any, NamedTuple
 
@@ -17,9 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.params import CellParams, RNNParams, Shape
-from jaxrnn.spec import (ACTIVATION_NAMES, GRADIENTS, LOSSES, OUTPUT_ACTIVATION_NAMES, PRECISIONS,
-                         RECURRENCES, REDUCTIONS, ComputeSpec, LossSpec, ModelSpec)
+from jaxrnn.pytrees import CellParams, RNNParams, Shape
 
 
 def is_concrete(*xs: Any) -> bool:
@@ -99,56 +98,25 @@ def check_finite(name: str, x: Any) -> None:
     raise ValueError(f"{name} contains NaN or inf")
 
 
-def check_model(model: Any) -> ModelSpec:
-  """Checks a :class:`ModelSpec` field by field; returns it."""
-  check_type("model", model, ModelSpec)
-  check_choice("model.activation", model.activation, ACTIVATION_NAMES)
-  check_choice("model.output_activation", model.output_activation, OUTPUT_ACTIVATION_NAMES)
-  for name in ("dropout", "input_dropout", "state_dropout"):
-    check_rate(f"model.{name}", getattr(model, name))
-  return model
-
-
-def check_loss_spec(loss: Any, model: ModelSpec) -> LossSpec:
-  """Checks a :class:`LossSpec` and that ``model``'s output activation suits its loss."""
-  check_type("loss", loss, LossSpec)
-  check_choice("loss.loss", loss.loss, LOSSES)
-  check_choice("loss.reduction", loss.reduction, REDUCTIONS)
-  if model.output_activation not in LOSSES[loss.loss]:
-    raise ValueError(f"loss {loss.loss!r} does not accept model.output_activation "
-                     f"{model.output_activation!r}; use one of {list(LOSSES[loss.loss])}")
-  return loss
-
-
 def check_unidirectional(shape: Shape, what: str, why: str) -> None:
   """Raises ``ValueError`` for a bidirectional model: ``what`` needs one direction because ``why``."""
   if shape.num_directions != 1:
     raise ValueError(f"{what} needs a unidirectional model, not a bidirectional one: {why}")
 
 
-def check_compute(compute: Any, shape: Shape | None = None) -> ComputeSpec:
-  """Checks a :class:`ComputeSpec` (and, given the model's ``shape``, that it suits the model)."""
-  check_type("compute", compute, ComputeSpec)
-  check_choice("compute.gradient", compute.gradient, GRADIENTS)
-  check_positive_int("compute.scan_unroll", compute.scan_unroll)
-  check_choice("compute.precision", compute.precision, PRECISIONS)
-  check_choice("compute.recurrence", compute.recurrence, RECURRENCES)
-  if compute.recurrence == "kernel" and compute.gradient != "fused":
-    raise ValueError(f"compute.recurrence='kernel' needs gradient='fused' (the kernels run the "
-                     f"hand-derived backward; {compute.gradient!r} differentiates lax.scan)")
-  if compute.checkpoint_every is not None:
-    check_positive_int("compute.checkpoint_every", compute.checkpoint_every)
-    if shape is not None:
-      check_unidirectional(shape, "compute.checkpoint_every", "it runs time in chunks, one after "
-                           "another, and a bidirectional model reads the whole sequence")
-  if compute.dtype is not None:
-    try:
-      dtype = jnp.dtype(compute.dtype)
-    except TypeError:
-      raise TypeError(f"compute.dtype must be a floating-point dtype, got {compute.dtype!r}") from None
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(f"compute.dtype must be a floating-point dtype, got {dtype}")
-  return compute
+def check_key(name: str, key: Any) -> None:
+  """Raises ``TypeError`` unless ``key`` is a ``jax.random`` key (typed, or legacy ``uint32[2]``)."""
+  if isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                     or (key.dtype == jnp.uint32 and key.shape == (2,))):
+    return
+  raise TypeError(f"{name} must be a jax.random key (e.g. jax.random.key(0)), got "
+                  f"{type(key).__name__}")
+
+
+def check_count(name: str, value: Any) -> None:
+  """Raises ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) ``>= 0``."""
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+    raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
 
 def check_params(params: Any) -> Shape:
@@ -280,36 +248,22 @@ def check_inputs(params: Any, xs: Any, h0: Any, lengths: Any, name: str = "xs") 
                 lengths_mask(lengths, num_steps, batch, dtype))
 
 
-def check_batch(batch: Any, shape: Shape, dtype: Any, loss: LossSpec) -> None:
-  """Checks the targets and ``target_mask`` of a :class:`jaxrnn.Batch` whose ``xs`` are checked.
+def is_deleted(x: Any) -> bool:
+  """Whether ``x`` is a ``jax.Array`` whose buffer was donated to a step (or deleted)."""
+  return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted()
 
-  Class targets outside ``[0, O)`` on a live step and NaN real targets raise
-  when the arrays are concrete.
-  """
-  num_steps, size = jnp.shape(batch.xs)[:2]
-  if batch.target_mask is not None:
-    check_mask("batch.target_mask", batch.target_mask, num_steps, size)
-  targets = batch.targets
-  check_array("batch.targets", targets)
-  if loss.loss == "cross_entropy":
-    check_rank("batch.targets", targets, 2, "[T, B] (class indices)")
-    if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-      raise TypeError(f"cross_entropy targets must be integer class indices, "
-                      f"got dtype {jnp.result_type(targets)}")
-  else:
-    check_rank("batch.targets", targets, 3, "[T, B, O]")
-    check_size("batch.targets", targets, 2, shape.output_size, "the output size O of params.W_hy")
-    check_same_dtype("batch.targets", targets, dtype, "params")
-    check_finite("batch.targets", targets)
-  check_size("batch.targets", targets, 0, num_steps, "the number of steps T of xs")
-  check_size("batch.targets", targets, 1, size, "the batch size B of xs")
-  if loss.loss == "cross_entropy" and is_concrete(targets, batch.lengths, batch.target_mask):
-    live = np.ones((num_steps, size), bool)
-    if batch.lengths is not None:
-      live &= np.arange(num_steps)[:, None] < np.asarray(batch.lengths)[None, :]
-    if batch.target_mask is not None:
-      live &= np.asarray(batch.target_mask) != 0
-    values = np.asarray(targets)
-    if np.any(live & ((values < 0) | (values >= shape.output_size))):
-      raise ValueError(f"batch.targets must be class indices in [0, {shape.output_size}) on "
-                       "every live step")
+
+def device_memory() -> int:
+  """Bytes of memory of JAX's default device: its allocator's limit, or the machine's RAM."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_memory(what: str, nbytes: int) -> None:
+  """Raises ``ValueError`` when ``what`` needs more than the default device's memory."""
+  available = device_memory()
+  if nbytes > available:
+    raise ValueError(f"{what} need about {nbytes / 2**30:.1f} GiB, more than the "
+                     f"{available / 2**30:.1f} GiB of {jax.devices()[0].platform} memory")

@@ -14,18 +14,19 @@ explodes.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxrnn import checks
-from jaxrnn.cell import activation_derivative, hidden_step
-from jaxrnn.params import CellParams, RNNParams
+from jaxrnn.cell import activation_derivative, step, time_order
+from jaxrnn.pytrees import CellParams, RNNParams
 from jaxrnn.recurrence import previous_states
-from jaxrnn.spec import ComputeSpec, ModelSpec
+from jaxrnn.spec import ComputeSpec, ModelSpec, check_specs
 from jaxrnn.unroll import forward
+
+PLAIN = ComputeSpec(gradient="autodiff", recurrence="scan")
 
 
 class GradientFlow(NamedTuple):
@@ -45,17 +46,18 @@ class GradientFlow(NamedTuple):
 
 
 def step_jacobians(cell: CellParams, hs_prev: jax.Array, xs: jax.Array,
-                   activation: str = "tanh") -> jax.Array:
-  """``J_t = dh_t/dh_{t-1}`` for ``t = 1..T`` by ``jax.jacfwd`` of the cell; ``[T, H, H]``.
+                   model: ModelSpec) -> jax.Array:
+  """``J_t = dh_t/dh_{t-1}`` for ``t = 1..T`` by ``jax.jacfwd`` of the cell's step; ``[T, H, H]``.
 
   Args:
     cell: one layer and direction, :class:`jaxrnn.CellParams`.
     hs_prev: ``[h_0, ..., h_{T-1}]`` of one sequence, ``[T, H]``.
     xs: ``[x_1, ..., x_T]``, ``[T, I]``.
-    activation: ``"tanh"`` or ``"relu"``.
+    model: its ``activation``.
   """
-  jac = jax.jacfwd(functools.partial(hidden_step, cell, activation=activation), argnums=0)
-  return jax.vmap(jac)(hs_prev, xs)
+  def hidden(h_prev, x_t):
+    return step(model, x_t @ cell.W_xh.T + cell.b_h, h_prev, cell.W_hh.T)
+  return jax.vmap(jax.jacfwd(hidden))(hs_prev, xs)
 
 
 def jacobian_norms(jacobians: jax.Array) -> jax.Array:
@@ -105,7 +107,7 @@ def gradient_flow(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
     >>> flow.norms[-1]                               # ||dh_T/dh_k|| for k = 0..T
   """
   shape = checks.check_params(params)
-  checks.check_model(model)
+  check_specs(shape, model)
   checks.check_array("xs", xs)
   checks.check_rank("xs", xs, 2, "[T, I]")
   checks.check_xs("xs", xs[:, None], shape, params.W_hy.dtype)
@@ -118,15 +120,16 @@ def gradient_flow(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
                              ("direction", direction, shape.num_directions)):
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
       raise ValueError(f"{name} must be an int in [0, {count}), got {value!r}")
-  trace = forward(params, xs[:, None], h0, None, model, ComputeSpec(gradient="autodiff"))
-  order = (lambda a: jnp.flip(a, 0)) if direction == 1 else (lambda a: a)
-  inputs = order(trace.inputs[layer][:, 0])                             # [T, I_l]
-  hs = order(trace.states[layer][direction])                            # [T, 1, H]
+  if xs.shape[0] < 1:
+    raise ValueError("xs must hold at least one step (T >= 1)")
+  trace = forward(params, xs[:, None], h0, None, model, PLAIN)
+  inputs = time_order(trace.inputs[layer][:, 0], direction == 1)         # [T, I_l]
+  hs = time_order(trace.states[layer][direction], direction == 1)        # [T, 1, H]
   cell = params.layers[layer][direction]
   h0_ld = h0[layer * shape.num_directions + direction]                  # [1, H]
   jacobians = step_jacobians(cell, previous_states(h0_ld, hs)[:, 0], inputs,
-                             model.activation)                          # [T, H, H]
-  act_slope = jnp.max(jnp.abs(activation_derivative(model.activation, hs)))
+                             model)                                     # [T, H, H]
+  act_slope = jnp.max(jnp.abs(activation_derivative(model, hs)))
   w_norm = jnp.linalg.norm(cell.W_hh, ord=2)
   steps = jnp.arange(xs.shape[0] + 1)
   gap = steps[:, None] - steps[None, :]                                 # t - k

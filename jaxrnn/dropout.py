@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.params import Shape
+from jaxrnn.pytrees import Shape
 from jaxrnn.spec import ModelSpec
 
 

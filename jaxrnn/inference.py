@@ -11,23 +11,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import checks
-from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits, stack_step
-from jaxrnn.params import RNNParams
-from jaxrnn.spec import ComputeSpec, ModelSpec
+from jaxrnn import checks, kernels
+from jaxrnn.cell import output_logits, readout, stack_step
+from jaxrnn.pytrees import RNNParams
+from jaxrnn.spec import ComputeSpec, ModelSpec, check_specs, precision_scope
 from jaxrnn.unroll import forward
 
 
 def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
-          lengths: jax.Array | None = None, *,
-          model: ModelSpec = ModelSpec()) -> tuple[jax.Array, jax.Array]:
+          lengths: jax.Array | None = None, *, model: ModelSpec = ModelSpec(),
+          compute: ComputeSpec = ComputeSpec()) -> tuple[jax.Array, jax.Array]:
   """Forward-only run: ``(final [L*D, B, H], ys [T, B, O])``, equal to :func:`jaxrnn.unroll`'s.
 
   A unidirectional model runs all its layers one time step at a time and keeps
   no hidden states beyond the ``[L, B, H]`` current ones (memory ``O(L B H)``
   besides ``ys``). A bidirectional model cannot (its reverse direction starts
-  at the end), so it keeps one layer's ``[T, B, 2H]`` outputs at a time.
-  Meant for evaluation and serving, not for ``jax.grad``; no dropout.
+  at the end), and neither can the Pallas kernels (``compute.recurrence``),
+  so these run layer by layer, keeping one layer's ``[T, B, D*H]`` outputs
+  at a time. Meant for evaluation and serving, not for ``jax.grad``; no dropout.
 
   Args:
     params: :class:`jaxrnn.RNNParams`.
@@ -36,34 +37,39 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
     lengths: ``[B]`` sequence lengths, or ``None``; past a sequence's end the
       state holds and ``ys`` is zero.
     model: :class:`jaxrnn.ModelSpec`.
+    compute: the recurrence and precision (as training's).
 
   Returns:
     ``(final [L*D, B, H], ys [T, B, O])``.
+
+  Example:
+    >>> final, ys = jaxrnn.infer(params, xs)
+    >>> final.shape, ys.shape
+    ((1, 4, 5), (6, 4, 2))
   """
   shape, h0, mask = checks.check_inputs(params, xs, h0, lengths)
-  checks.check_model(model)
+  check_specs(shape, model, None, compute)
+  if shape.num_directions == 2 or kernels.use_kernel(compute, params.W_hy.dtype,
+                                                     shape.hidden_size):
+    trace = forward(params, xs, h0, mask, model, compute)
+    with precision_scope(compute):
+      return trace.final, readout(params, trace.top, model, mask)
   num_steps, batch = jnp.shape(xs)[:2]
-  dtype = params.W_hy.dtype
-  out_act = OUTPUT_ACTIVATIONS[model.output_activation]
-  live = jnp.ones((num_steps, batch), dtype) if mask is None else mask  # [T, B]
-  if shape.num_directions == 2:
-    trace = forward(params, xs, h0, mask, model, ComputeSpec(gradient="autodiff"))
-    ys = jnp.where(live[..., None] > 0, out_act(output_logits(params, trace.top)),
-                   0 * live[..., None])                                  # 0, NaN for a bad length
-    return trace.final, ys
+  live = jnp.ones((num_steps, batch), xs.dtype) if mask is None else mask  # [T, B]
 
-  def step(h, inputs):
+  def body(h, inputs):
     x_t, m_t = inputs                                                    # [B, I], [B]
-    keep = m_t[:, None] > 0
-    h_new, top = stack_step(params, h, x_t, model.activation)            # [L, B, H], [B, H]
-    y = jnp.where(keep, out_act(output_logits(params, top)), 0 * m_t[:, None])  # [B, O]
-    return jnp.where(keep, h_new, h), y
+    h, top = stack_step(params, h, x_t, model, m_t[:, None] > 0)         # [L, B, H], [B, H]
+    return h, readout(params, top, model, m_t)                           # [B, O]
 
-  return jax.lax.scan(step, h0, (xs, live))
+  with precision_scope(compute):
+    final, ys = jax.lax.scan(body, h0, (xs, live), unroll=compute.scan_unroll)
+  return final + 0 * live.sum(0)[None, :, None], ys                      # NaN for a bad length
 
 
 def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
-             temperature: float = 1.0, *, model: ModelSpec = ModelSpec()) -> jax.Array:
+             temperature: float = 1.0, *, model: ModelSpec = ModelSpec(),
+             compute: ComputeSpec = ComputeSpec()) -> jax.Array:
   """Samples ``length`` symbols after ``prompt`` from a next-symbol model (e.g. a character LM).
 
   The model reads one-hot symbols (``I = O``, the vocabulary size) and its
@@ -80,15 +86,21 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
     temperature: a finite number ``> 0``; below 1 sharpens, above 1 flattens.
     model: :class:`jaxrnn.ModelSpec` (its output activation is not used:
       sampling reads the logits).
+    compute: its precision and ``scan_unroll``.
 
   Returns:
-    ``[length]`` sampled symbols.
+    ``[length]`` sampled symbols; all ``-1`` (never a symbol) if the prompt
+    holds a symbol outside ``[0, O)``, which only ``jit`` can hide from the
+    check.
 
   Example:
-    >>> codes = jaxrnn.generate(params, jax.random.key(0), jnp.array([3, 1, 4]), 100)
+    >>> lm = jaxrnn.init_params(jax.random.key(0), 6, 8, 6)
+    >>> jaxrnn.generate(lm, jax.random.key(0), jnp.array([3, 1, 4]), 5).shape
+    (5,)
   """
   shape = checks.check_params(params)
-  checks.check_model(model)
+  check_specs(shape, model, None, compute)
+  checks.check_key("key", key)
   checks.check_unidirectional(shape, "generate", "it would read text that is not written "
                               "yet")
   if shape.input_size != shape.output_size:
@@ -104,23 +116,23 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
     values = jax.device_get(prompt)
     if values.min() < 0 or values.max() >= shape.output_size:
       raise ValueError(f"prompt symbols must lie in [0, {shape.output_size})")
-  if not isinstance(length, int) or isinstance(length, bool) or length < 0:
-    raise ValueError(f"length must be an int >= 0, got {length!r}")
+  checks.check_count("length", length)
   checks.check_positive_number("temperature", temperature)
   dtype = params.W_hy.dtype
   one_hot = lambda s: jax.nn.one_hot(s, shape.input_size, dtype=dtype)
 
   def read(h, symbol):
-    h, top = stack_step(params, h, one_hot(symbol), model.activation)
+    h, top = stack_step(params, h, one_hot(symbol), model)
     return h, output_logits(params, top)
-
-  h = jnp.zeros((shape.num_layers, shape.hidden_size), dtype)
-  h, logits = jax.lax.scan(read, h, prompt)
 
   def write(carry, i):
     h, z = carry
     symbol = jax.random.categorical(jax.random.fold_in(key, i), z / temperature)
     return read(h, symbol), symbol
 
-  _, symbols = jax.lax.scan(write, (h, logits[-1]), jnp.arange(length))
-  return symbols
+  with precision_scope(compute):
+    h, logits = jax.lax.scan(read, jnp.zeros((shape.num_layers, shape.hidden_size), dtype), prompt)
+    _, symbols = jax.lax.scan(write, (h, logits[-1]), jnp.arange(length),
+                              unroll=compute.scan_unroll)
+  valid = jnp.all((prompt >= 0) & (prompt < shape.output_size))
+  return jnp.where(valid, symbols, -1)

@@ -2,7 +2,7 @@
 
 torch's layer ``k`` computes
 ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, the same recurrence as
-:mod:`jaxrnn.params` in the same (column-vector) orientation, so
+:mod:`jaxrnn.pytrees` in the same (column-vector) orientation, so
 
 * ``weight_ih_l{k}[_reverse]`` ``[H, I_k]`` is ``layers[k][d].W_xh``,
 * ``weight_hh_l{k}[_reverse]`` ``[H, H]`` is ``layers[k][d].W_hh``,
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import checks
-from jaxrnn.params import CellParams, RNNParams
+from jaxrnn.pytrees import CellParams, RNNParams
 
 _KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?")
 

@@ -27,22 +27,10 @@ Precision: the in-kernel ``dot`` takes the ``precision`` given (``"highest"``
 lowers to Triton's IEEE float32 ``dot``, ``"default"`` to TF32); bfloat16
 inputs accumulate in float32 and round the state to bfloat16 each step.
 
-What is verified, and how: on the CPU the kernels run in Pallas interpret mode
-(``interpret=True``), where they equal the ``lax.scan`` path to 1e-6 in
-float32 and 1e-12 in float64 on hypothesis-drawn sizes, masks on and off,
-both activations, one and several batch blocks (``tests/test_kernels.py``),
-and the end-to-end gradient of every model matches. On an H100 (JAX 0.11.2,
-Triton lowering) they compile and pass the same comparisons (the tests
-marked ``gpu``), and :func:`fits_on_chip` encodes what was measured there
-(``benchmarks/gpu.py``, train step, ms, kernel vs ``lax.scan``):
-
-* TF32 (``precision="default"``), ``H <= 128``: 5.7 vs 54.3 at
-  ``(T, B, H) = (4096, 16, 64)``, 0.62 vs 1.68 at ``(100, 32, 128)``, 3.3 vs
-  11.2 at ``(500, 1024, 128)``;
-* IEEE float32 (``"highest"``, no tensor cores): 9.0 vs 60.1 at ``H = 64``
-  but 9.2 vs 1.7 and 54 vs 12.7 at ``H = 128``, so ``"auto"`` stops at 64;
-* a float32 ``256 x 256`` ``W_hh`` (256 KiB) does not compile: "Shared memory
-  size limit exceeded: requested 294912, available: 232448".
+The kernels equal the ``lax.scan`` path (``tests/test_kernels.py`` runs them
+in Pallas interpret mode on the CPU; the tests marked ``gpu`` compile them);
+:func:`fits_on_chip` encodes where ``recurrence="auto"`` picks them, from the
+H100 measurements in ``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -53,24 +41,23 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from jaxrnn.cell import activation_derivative
+from jaxrnn.cell import activation_derivative, step
+from jaxrnn.spec import ComputeSpec, ModelSpec
 
 SMEM_BUDGET = 128 * 1024
 """Bytes of ``W_hh`` (padded) that ``recurrence="auto"`` keeps on chip; above it, ``lax.scan``."""
 
 IEEE_BUDGET = 64 * 64 * 4
-"""The same for a float32 ``W_hh`` at ``precision="highest"``: Triton's IEEE ``dot`` runs without
-tensor cores and lost to ``lax.scan`` at ``H = 128`` on an H100."""
+"""The same for a float32 ``W_hh`` at ``precision="highest"`` (Triton's IEEE ``dot``, no tensor
+cores)."""
 
 KERNEL_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 """The dtypes ``recurrence="auto"`` runs in the kernel on a GPU (float64 stays on ``lax.scan``)."""
 
 BLOCK_B = 16
-"""Default batch rows per program: Triton's smallest ``dot`` block; smaller blocks (more programs
-in flight) measured faster than larger ones."""
+"""Default batch rows per program: Triton's smallest ``dot`` block."""
 
-PRECISIONS = {None: None, "highest": jax.lax.Precision.HIGHEST,
-              "default": jax.lax.Precision.DEFAULT}
+LAX_PRECISION = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
 
 def padded_hidden(hidden: int) -> int:
@@ -78,7 +65,7 @@ def padded_hidden(hidden: int) -> int:
   return max(16, 1 << max(hidden - 1, 0).bit_length())
 
 
-def fits_on_chip(dtype, hidden: int, precision: str | None = "default") -> bool:
+def fits_on_chip(dtype, hidden: int, precision: str = "default") -> bool:
   """Whether ``recurrence="auto"`` may use the kernel for this dtype, ``H`` and precision on a
   GPU (:data:`SMEM_BUDGET`, :data:`IEEE_BUDGET`)."""
   dtype = jnp.dtype(dtype)
@@ -87,22 +74,16 @@ def fits_on_chip(dtype, hidden: int, precision: str | None = "default") -> bool:
   return dtype in KERNEL_DTYPES and padded_hidden(hidden) ** 2 * dtype.itemsize <= budget
 
 
-def use_kernel(recurrence: str, dtype, hidden: int, precision: str | None = "default") -> bool:
-  """``ComputeSpec.recurrence`` resolved: ``"kernel"`` always, ``"scan"`` never, ``"auto"`` on a
+def use_kernel(compute: ComputeSpec, dtype, hidden: int) -> bool:
+  """``compute.recurrence`` resolved: ``"kernel"`` always, ``"scan"`` never, ``"auto"`` on a
   GPU when :func:`fits_on_chip`."""
-  if recurrence == "kernel":
-    return True
-  if recurrence == "auto":
-    return jax.default_backend() == "gpu" and fits_on_chip(dtype, hidden, precision)
-  return False
+  if compute.recurrence == "auto":
+    return jax.default_backend() == "gpu" and fits_on_chip(dtype, hidden, compute.precision)
+  return compute.recurrence == "kernel"
 
 
 def _accumulator(dtype) -> jnp.dtype:
   return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
-
-
-def _activate(activation: str, z: jax.Array) -> jax.Array:
-  return jnp.tanh(z) if activation == "tanh" else jnp.maximum(z, 0)
 
 
 def _check_block(block_b: int) -> None:
@@ -119,27 +100,25 @@ def _interpret(interpret: bool | None) -> bool:
   return jax.default_backend() != "gpu" if interpret is None else interpret
 
 
-def _forward_body(activation: str, precision, masked: bool, *refs) -> None:
+def _forward_body(model: ModelSpec, precision, masked: bool, *refs) -> None:
   if masked:
     pre_ref, w_ref, h0_ref, m_ref, hs_ref = refs
   else:
     (pre_ref, w_ref, h0_ref, hs_ref), m_ref = refs, None
   w_t = w_ref[...]                                                       # W_hh^T, on chip
   acc = _accumulator(w_t.dtype)
+  dot = functools.partial(jnp.dot, precision=precision, preferred_element_type=acc)
 
-  def step(t, h):
-    z = pre_ref[t].astype(acc) + jnp.dot(h, w_t, precision=precision,
-                                         preferred_element_type=acc)
-    h_new = _activate(activation, z).astype(h.dtype)
-    if m_ref is not None:
-      h_new = jnp.where(m_ref[t][:, None] > 0, h_new, h)
+  def body(t, h):
+    live = None if m_ref is None else m_ref[t][:, None] > 0
+    h_new = step(model, pre_ref[t].astype(acc), h, w_t, live, dot).astype(h.dtype)
     hs_ref[t] = h_new
     return h_new
 
-  jax.lax.fori_loop(0, pre_ref.shape[0], step, h0_ref[...])
+  jax.lax.fori_loop(0, pre_ref.shape[0], body, h0_ref[...])
 
 
-def _backward_body(activation: str, precision, masked: bool, *refs) -> None:
+def _backward_body(model: ModelSpec, precision, masked: bool, *refs) -> None:
   if masked:
     w_ref, hs_ref, g_ref, m_ref, delta_ref, dh0_ref = refs
   else:
@@ -148,10 +127,10 @@ def _backward_body(activation: str, precision, masked: bool, *refs) -> None:
   acc = _accumulator(w.dtype)
   num_steps = hs_ref.shape[0]
 
-  def step(i, c):
+  def body(i, c):
     t = num_steps - 1 - i
     e = g_ref[t] + c                                                     # dL/dh_t
-    delta = e * activation_derivative(activation, hs_ref[t])
+    delta = e * activation_derivative(model, hs_ref[t])
     if m_ref is not None:
       live = m_ref[t][:, None] > 0
       delta = jnp.where(live, delta, 0)
@@ -161,12 +140,12 @@ def _backward_body(activation: str, precision, masked: bool, *refs) -> None:
     delta_ref[t] = delta
     return c
 
-  dh0_ref[...] = jax.lax.fori_loop(0, num_steps, step, jnp.zeros(dh0_ref.shape, dh0_ref.dtype))
+  dh0_ref[...] = jax.lax.fori_loop(0, num_steps, body, jnp.zeros(dh0_ref.shape, dh0_ref.dtype))
 
 
 def forward_kernel(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
-                   activation: str, block_b: int = BLOCK_B, interpret: bool | None = None,
-                   precision: str | None = None) -> jax.Array:
+                   model: ModelSpec, compute: ComputeSpec, block_b: int = BLOCK_B,
+                   interpret: bool | None = None) -> jax.Array:
   """:func:`jaxrnn.recurrence.scan_hidden` as one persistent Pallas kernel.
 
   Args:
@@ -174,10 +153,10 @@ def forward_kernel(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Arr
     W_hh: ``[H, H]``.
     h0: ``[B, H]``.
     mask: ``[T, B]`` of 0/1, or ``None``.
-    activation: ``"tanh"`` or ``"relu"``.
+    model: its ``activation``.
+    compute: its ``precision`` (of the in-kernel ``dot``).
     block_b: batch rows per program (a power of two; ``>= 16`` on a GPU).
     interpret: Pallas interpret mode; ``None``: on every backend but a GPU.
-    precision: ``"highest"``, ``"default"`` or ``None`` (JAX's current default).
 
   Returns:
     ``hs = [h_1, ..., h_T]``, ``[T, B, H]``.
@@ -196,7 +175,7 @@ def forward_kernel(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Arr
     args.append(_pad(mask.astype(pre.dtype), (num_steps, rows)))
     specs.append(pl.BlockSpec((num_steps, block_b), lambda i: (0, i)))
   hs = pl.pallas_call(
-      functools.partial(_forward_body, activation, PRECISIONS[precision], mask is not None),
+      functools.partial(_forward_body, model, LAX_PRECISION[compute.precision], mask is not None),
       out_shape=jax.ShapeDtypeStruct((num_steps, rows, width), pre.dtype),
       grid=(rows // block_b,), in_specs=specs,
       out_specs=pl.BlockSpec((num_steps, block_b, width), lambda i: (0, i, 0)),
@@ -204,18 +183,16 @@ def forward_kernel(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Arr
   return hs[:, :batch, :hidden]
 
 
-def backward_kernel(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
-                    mask: jax.Array | None, activation: str, block_b: int = BLOCK_B,
-                    interpret: bool | None = None,
-                    precision: str | None = None) -> tuple[jax.Array, jax.Array]:
+def backward_kernel(W_hh: jax.Array, hs: jax.Array, g: jax.Array, mask: jax.Array | None,
+                    model: ModelSpec, compute: ComputeSpec, block_b: int = BLOCK_B,
+                    interpret: bool | None = None) -> tuple[jax.Array, jax.Array]:
   """:func:`jaxrnn.recurrence.backward_hidden` as one persistent Pallas kernel.
 
   Args:
     W_hh: ``[H, H]``.
     hs: the forward states ``h_1..h_T``, ``[T, B, H]``.
-    h0: ``[B, H]`` (sets the shape and dtype of ``dL/dh_0``).
     g: ``dL_t/dh_t``, ``[T, B, H]``.
-    mask, activation, block_b, interpret, precision: as :func:`forward_kernel`'s.
+    mask, model, compute, block_b, interpret: as :func:`forward_kernel`'s.
 
   Returns:
     ``(delta [T, B, H], dL/dh_0 [B, H])``.
@@ -223,7 +200,7 @@ def backward_kernel(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
   _check_block(block_b)
   num_steps, batch, hidden = hs.shape
   if num_steps == 0 or batch == 0:
-    return jnp.zeros(hs.shape, hs.dtype), jnp.zeros_like(h0)
+    return jnp.zeros(hs.shape, hs.dtype), jnp.zeros(hs.shape[1:], hs.dtype)
   width, rows = padded_hidden(hidden), -(-batch // block_b) * block_b
   seq = pl.BlockSpec((num_steps, block_b, width), lambda i: (0, i, 0))
   args = [_pad(W_hh, (width, width)), _pad(hs, (num_steps, rows, width)),
@@ -233,9 +210,10 @@ def backward_kernel(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
     args.append(_pad(mask.astype(hs.dtype), (num_steps, rows)))
     specs.append(pl.BlockSpec((num_steps, block_b), lambda i: (0, i)))
   delta, dh0 = pl.pallas_call(
-      functools.partial(_backward_body, activation, PRECISIONS[precision], mask is not None),
+      functools.partial(_backward_body, model, LAX_PRECISION[compute.precision],
+                        mask is not None),
       out_shape=(jax.ShapeDtypeStruct((num_steps, rows, width), hs.dtype),
-                 jax.ShapeDtypeStruct((rows, width), h0.dtype)),
+                 jax.ShapeDtypeStruct((rows, width), hs.dtype)),
       grid=(rows // block_b,), in_specs=specs,
       out_specs=(seq, pl.BlockSpec((block_b, width), lambda i: (i, 0))),
       interpret=_interpret(interpret), name="jaxrnn_backward")(*args)

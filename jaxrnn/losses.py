@@ -10,34 +10,36 @@
 ``w_t`` is 0 past a sequence's length and outside an optional ``target_mask``
 (tasks with a target at some steps only); ``reduction="sum"`` is the seed's
 ``L = sum_t L_t`` (summed over the batch too), ``"mean"`` divides by the number
-of live ``(t, b)`` steps.
+of live ``(t, b)`` steps. Under ``jit``, where values cannot be checked, a
+class outside ``[0, O)``, a length outside ``[0, T]`` or a ``target_mask``
+entry other than 0 or 1 makes the loss NaN, never a plausible number.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrnn import checks
-from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
-from jaxrnn.data import Batch
+from jaxrnn.cell import output_activation, output_logits
 from jaxrnn.dropout import DropoutMasks, draw_masks
-from jaxrnn.params import RNNParams
-from jaxrnn.recurrence import precision_scope
-from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
+from jaxrnn.pytrees import Batch, RNNParams, Shape
+from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec, check_specs, precision_scope
 from jaxrnn.unroll import forward
 
 
 class Problem(NamedTuple):
-  """A checked batch, ready for the forward body.
+  """A checked batch's per-row extras, ready for the loss body; split along ``B`` with it.
 
   Attributes:
     h0: ``[L*D, B, H]``.
     mask: ``[T, B]`` from ``lengths``, or ``None``.
-    weights: ``w_t`` of each ``L_t`` in ``L``, ``[T, B]``.
-    masks: dropout masks, or ``None``.
+    weights: ``w_t`` of each ``L_t`` in ``L``, ``[T, B]`` (``"mean"`` already divided in).
+    masks: dropout masks of the whole batch, or ``None``.
   """
   h0: jax.Array
   mask: jax.Array | None
@@ -45,64 +47,98 @@ class Problem(NamedTuple):
   masks: DropoutMasks | None
 
 
+def check_targets(batch: Batch, shape: Shape, dtype: Any, loss: LossSpec) -> None:
+  """Checks the targets and ``target_mask`` of a :class:`jaxrnn.Batch` whose ``xs`` are checked.
+
+  Class targets outside ``[0, O)`` on a live step and NaN real targets raise
+  when the arrays are concrete.
+  """
+  num_steps, size = jnp.shape(batch.xs)[:2]
+  if batch.target_mask is not None:
+    checks.check_mask("batch.target_mask", batch.target_mask, num_steps, size)
+  targets = batch.targets
+  checks.check_array("batch.targets", targets)
+  if loss.loss == "cross_entropy":
+    checks.check_rank("batch.targets", targets, 2, "[T, B] (class indices)")
+    if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
+      raise TypeError(f"cross_entropy targets must be integer class indices, "
+                      f"got dtype {jnp.result_type(targets)}")
+  else:
+    checks.check_rank("batch.targets", targets, 3, "[T, B, O]")
+    checks.check_size("batch.targets", targets, 2, shape.output_size,
+                      "the output size O of params.W_hy")
+    checks.check_same_dtype("batch.targets", targets, dtype, "params")
+    checks.check_finite("batch.targets", targets)
+  checks.check_size("batch.targets", targets, 0, num_steps, "the number of steps T of xs")
+  checks.check_size("batch.targets", targets, 1, size, "the batch size B of xs")
+  if loss.loss == "cross_entropy" and checks.is_concrete(targets, batch.lengths,
+                                                         batch.target_mask):
+    live = np.ones((num_steps, size), bool)
+    if batch.lengths is not None:
+      live &= np.arange(num_steps)[:, None] < np.asarray(batch.lengths)[None, :]
+    if batch.target_mask is not None:
+      live &= np.asarray(batch.target_mask) != 0
+    values = np.asarray(targets)
+    if np.any(live & ((values < 0) | (values >= shape.output_size))):
+      raise ValueError(f"batch.targets must be class indices in [0, {shape.output_size}) on "
+                       "every live step")
+
+
 def loss_weights(mask: jax.Array | None, target_mask: jax.Array | None, shape: tuple[int, int],
-                 reduction: str, dtype: jnp.dtype) -> jax.Array:
+                 loss: LossSpec, dtype: jnp.dtype) -> jax.Array:
   """``w_t``: the length mask times ``target_mask``, over their count for ``"mean"``; ``[T, B]``.
 
-  An all-zero mask gives zero weights, not NaN.
+  An all-zero mask gives zero weights, not NaN; a ``target_mask`` entry other
+  than 0 or 1 (possible only under ``jit``) gives NaN.
   """
-  weights = jnp.ones(shape, dtype)
-  for m in (mask, target_mask):
-    if m is not None:
-      weights = weights * jnp.asarray(m, dtype)
-  if reduction == "mean":
+  weights = jnp.ones(shape, dtype) if mask is None else mask.astype(dtype)
+  if target_mask is not None:
+    target_mask = jnp.asarray(target_mask, dtype)
+    valid = (target_mask == 0) | (target_mask == 1)
+    weights = weights * jnp.where(valid, target_mask, jnp.nan)
+  if loss.reduction == "mean":
     weights = weights / jnp.maximum(weights.sum(), 1)
   return weights
 
 
-def check_problem(params: RNNParams, batch: Batch, h0: jax.Array | None, key: jax.Array | None,
-                  model: ModelSpec, loss: LossSpec, compute: ComputeSpec) -> Problem:
-  """Validates every argument of :func:`sequence_loss` (and :func:`jaxrnn.bptt`, :func:`jaxrnn.evaluate`).
-
-  Raises:
-    ValueError, TypeError: naming the argument (see :mod:`jaxrnn.checks`).
-  """
+def prepare(params: RNNParams, batch: Batch, h0: jax.Array | None, key: jax.Array | None,
+            model: ModelSpec, loss: LossSpec, compute: ComputeSpec) -> Problem:
+  """Checks every argument of a loss (``ValueError``/``TypeError`` naming it) and builds its
+  :class:`Problem`: ``h0``, the length mask, the loss weights and the dropout masks."""
   checks.check_type("batch", batch, Batch)
   shape, h0, mask = checks.check_inputs(params, batch.xs, h0, batch.lengths, "batch.xs")
-  checks.check_model(model)
-  checks.check_loss_spec(loss, model)
-  checks.check_compute(compute, shape)
+  check_specs(shape, model, loss, compute)
+  if key is not None:
+    checks.check_key("key", key)
   dtype = params.W_hy.dtype
-  checks.check_batch(batch, shape, dtype, loss)
+  check_targets(batch, shape, dtype, loss)
   num_steps, size = jnp.shape(batch.xs)[:2]
-  weights = loss_weights(mask, batch.target_mask, (num_steps, size), loss.reduction, dtype)
+  weights = loss_weights(mask, batch.target_mask, (num_steps, size), loss, dtype)
   masks = draw_masks(key, model, shape, num_steps, size, compute.dtype or dtype)
   return Problem(h0, mask, weights, masks)
 
 
-def step_losses(z: jax.Array, targets: jax.Array, loss: str,
-                output_activation: str) -> jax.Array:
+def step_losses(z: jax.Array, targets: jax.Array, model: ModelSpec, loss: LossSpec) -> jax.Array:
   """``L_t(y_t, target_t)`` for every step and sequence, from ``z_t = W_hy x^L_t + b_y``.
 
   Args:
     z: output pre-activations, ``[T, B, O]``.
     targets: ``[T, B]`` class indices (cross-entropy) or ``[T, B, O]`` values.
-    loss: ``"cross_entropy"`` or ``"squared_error"``.
-    output_activation: the ``out_act`` with ``y_t = out_act(z_t)``.
+    model: its ``out_act``, with ``y_t = out_act(z_t)``.
+    loss: its ``loss``.
 
   Returns:
-    ``[T, B]`` losses, unweighted. A class index outside ``[0, O)`` (only
-    possible on a zero-weight step, or under ``jit``) gives ``NaN``, never a
-    plausible number.
+    ``[T, B]`` losses, unweighted. A class index outside ``[0, O)`` gives
+    ``NaN``, never a plausible number.
   """
-  if loss == "cross_entropy":
+  if loss.loss == "cross_entropy":
     num_out = z.shape[-1]
     valid = (targets >= 0) & (targets < num_out)
     classes = jnp.clip(targets, 0, num_out - 1)[..., None]             # [T, B, 1]
     log_probs = jax.nn.log_softmax(z, axis=-1)                          # [T, B, O]
     picked = -jnp.take_along_axis(log_probs, classes, axis=-1)[..., 0]
     return jnp.where(valid, picked, jnp.nan)
-  y = OUTPUT_ACTIVATIONS[output_activation](z)
+  y = output_activation(model, z)
   return jnp.sum((y - targets) ** 2, axis=-1)
 
 
@@ -115,18 +151,15 @@ def logits(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
            compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
   """``(z [T, B, O], final [L*D, B, H])``: the forward body and the read-out on checked inputs."""
   trace = forward(params, batch.xs, problem.h0, problem.mask, model, compute, problem.masks)
-  with precision_scope(compute.precision):
+  with precision_scope(compute):
     return output_logits(params, trace.top), trace.final
 
 
-def pad_steps(x: jax.Array, num_steps: int) -> jax.Array:
-  """Zero-pads the leading (time) axis of ``x`` to ``num_steps``; ``[T, ...] -> [num_steps, ...]``."""
-  return jnp.pad(x, [(0, num_steps - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
-
-
 def to_chunks(x: jax.Array, chunk_size: int) -> jax.Array:
-  """``[T, ...] -> [T / chunk_size, chunk_size, ...]``."""
-  return x.reshape((x.shape[0] // chunk_size, chunk_size) + x.shape[1:])
+  """``[T, ...] -> [ceil(T / k), k, ...]``, the time axis zero-padded to a multiple of ``k``."""
+  padded = -(-x.shape[0] // chunk_size) * chunk_size
+  x = jnp.pad(x, [(0, padded - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+  return x.reshape((padded // chunk_size, chunk_size) + x.shape[1:])
 
 
 def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
@@ -139,33 +172,39 @@ def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: Model
   states and the backward pass recomputes ``k`` steps at a time (memory
   ``~T/k + k``, one extra forward pass of compute). ``T`` is padded to a
   multiple of ``k`` with frozen, zero-weight steps, which change nothing.
-  Dropout masks are drawn for the whole sequence first, so the numbers equal
-  the unchunked loss's.
+  The dropout masks are the whole sequence's, so the numbers equal the
+  unchunked loss's.
   """
   chunk_size = compute.checkpoint_every
   num_steps, size = batch.xs.shape[:2]
-  padded = -(-num_steps // chunk_size) * chunk_size
   mask = problem.mask
-  if mask is None and padded != num_steps:
+  if mask is None and num_steps % chunk_size:
     mask = jnp.ones((num_steps, size), batch.xs.dtype)
   masks = problem.masks
   between = None if masks is None else masks.between
   sequences = (batch.xs, batch.targets, problem.weights, mask, between)
-  chunks = jax.tree.map(lambda x: to_chunks(pad_steps(x, padded), chunk_size), sequences)
-  inner = compute._replace(checkpoint_every=None)
+  chunks = jax.tree.map(lambda x: to_chunks(x, chunk_size), sequences)
+  inner = dataclasses.replace(compute, checkpoint_every=None)
 
   @jax.checkpoint
   def chunk_loss(h, chunk):
     xs_c, targets_c, weights_c, mask_c, between_c = chunk                # [k, B, ...]
     masks_c = None if masks is None else masks._replace(between=between_c)
-    trace = forward(params, xs_c, h, mask_c, model, inner, masks_c)
-    with precision_scope(compute.precision):
-      z = output_logits(params, trace.top)                               # [k, B, O]
-    losses = step_losses(z, targets_c, loss.loss, model.output_activation)
-    return trace.final, weighted_sum(weights_c, losses)
+    part = Problem(h, mask_c, weights_c, masks_c)
+    z, final = logits(params, Batch(xs_c), part, model, inner)          # [k, B, O]
+    return final, weighted_sum(weights_c, step_losses(z, targets_c, model, loss))
 
   final, losses = jax.lax.scan(chunk_loss, problem.h0, chunks)          # [T / k]
   return jnp.sum(losses), final
+
+
+def loss_body(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
+              loss: LossSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
+  """``(L, final)`` on checked inputs: the one loss body of every path (split, chunked, TBPTT)."""
+  if compute.checkpoint_every is not None:
+    return chunked_loss(params, batch, problem, model, loss, compute)
+  z, final = logits(params, batch, problem, model, compute)              # [T, B, O]
+  return weighted_sum(problem.weights, step_losses(z, batch.targets, model, loss)), final
 
 
 def sequence_loss(params: RNNParams, batch: Batch, h0: jax.Array | None = None, *,
@@ -194,10 +233,8 @@ def sequence_loss(params: RNNParams, batch: Batch, h0: jax.Array | None = None, 
 
   Example:
     >>> grads, final = jax.grad(jaxrnn.sequence_loss, has_aux=True)(params, batch)
+    >>> grads.W_hy.shape
+    (2, 5)
   """
-  problem = check_problem(params, batch, h0, key, model, loss, compute)
-  if compute.checkpoint_every is not None:
-    return chunked_loss(params, batch, problem, model, loss, compute)
-  z, final = logits(params, batch, problem, model, compute)              # [T, B, O]
-  losses = step_losses(z, batch.targets, loss.loss, model.output_activation)
-  return weighted_sum(problem.weights, losses), final
+  problem = prepare(params, batch, h0, key, model, loss, compute)
+  return loss_body(params, batch, problem, model, loss, compute)

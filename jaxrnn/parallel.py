@@ -14,8 +14,9 @@ JAX's backend starts (right after ``import jax``, before any computation)::
 (or ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` before ``import
 jax``). The library itself never does this; the ``jaxrnn`` command does
 (``--devices``). With one device everything still works (and equals the
-unsplit step). The train step, :func:`jaxrnn.fit`, evaluation and truncated
-BPTT take ``mesh=`` (a mesh or a device count) and route through here.
+unsplit step). The train and eval steps, :func:`jaxrnn.loss_and_grad`,
+:func:`jaxrnn.evaluate` and truncated BPTT take ``mesh=`` (a mesh or a device
+count) and wrap their own body with :func:`split`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxrnn import checks
-from jaxrnn.data import Batch
-from jaxrnn.losses import check_problem
-from jaxrnn.params import RNNParams
-from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
-from jaxrnn.train import Metrics, Step, compile_step, evaluation_sums, loss_and_grad, metrics_of
+from jaxrnn.losses import Problem
+from jaxrnn.pytrees import Batch, RNNParams
 
 AXIS = "batch"
 
@@ -76,7 +74,7 @@ def put(x: Any, sharding: NamedSharding) -> Any:
   hold: its rows of a batch, its copy of replicated parameters.
   """
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.sharding == sharding:
-    return x                     # already there: skips device_put's ~25 us per array and call
+    return x                                     # already there: skips device_put's cost
   if jax.process_count() == 1 or isinstance(x, jax.core.Tracer):
     return jax.device_put(x, sharding)
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -97,9 +95,8 @@ def placed_batches(batches: Callable[[int], Batch], mesh: Mesh) -> Callable[[int
   """``step -> batch`` computed straight into its split over ``mesh``; ``batches`` must be jittable.
 
   Each device computes only its own sequences, so no step first builds the
-  whole batch on one device and then copies it out (that copy took ~1 ms of
-  a ~40 ms medium step on 2 cores). JAX's partitionable random numbers make
-  the values those of the unsplit call (tested).
+  whole batch on one device and then copies it out. JAX's partitionable
+  random numbers make the values those of the unsplit call.
   """
   shape = jax.eval_shape(batches, 0)
   check_divisible(shape.xs.shape[1], mesh)
@@ -130,119 +127,49 @@ def place_step_arguments(mesh: Mesh) -> Callable[..., tuple[Any, ...]]:
       None if key is None else replicate(key, mesh))
 
 
-STATE = P(None, AXIS)
-"""How a carried state ``[L, B, H]`` is split: along ``B``."""
-
-LocalGrad = Callable[[RNNParams, Batch, Any, LossSpec, Any], tuple[jax.Array, RNNParams, Any]]
+ROWS = P(None, AXIS)
+"""How a ``[T, B, ...]`` or ``[L*D, B, H]`` array is split: along ``B``, its axis 1."""
 
 
-def split_value_and_grad(local_grad: LocalGrad, params: RNNParams, batch: Batch,
-                         mesh: Mesh | int | None, h: jax.Array | None = None, *,
-                         model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
-                         compute: ComputeSpec = ComputeSpec(),
-                         key: jax.Array | None = None) -> tuple[jax.Array, RNNParams, Any]:
-  """Runs ``local_grad(params, shard, h_shard, loss_sum, key) -> (value, grads, h_out)`` per device.
-
-  The one implementation of the batch split: every device gets ``B / n``
-  sequences (and its ``[L, B / n, H]`` slice of ``h``), computes the *summed*
-  loss ``sum_{t, b in shard} w_t L_t`` and its gradient, and one ``psum``
-  adds them; for ``reduction="mean"`` both are then divided by the live-step
-  count of the whole batch, so the result is the unsplit one. ``h_out``
-  stays split along ``B``. Dropout draws each shard's masks from
-  ``fold_in(key, device index)``.
-
-  Raises:
-    ValueError: ``B`` not divisible by the number of devices in ``mesh``.
-  """
-  mesh = as_mesh(mesh)
-  local_loss = loss._replace(reduction="sum")
-  weights = check_problem(params, batch, h, None, model, local_loss, compute).weights  # [T, B]
-  scale = jnp.maximum(weights.sum(), 1) if loss.reduction == "mean" else 1
-  specs, batch = shard_batch(batch, mesh)
-
-  def local(params, batch, h, key):
-    if key is not None:
-      key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
-    value, grads, h_out = local_grad(params, batch, h, local_loss, key)
-    return jax.lax.psum((value, grads), AXIS), h_out
-
-  (value, grads), h_out = jax.shard_map(
-      local, mesh=mesh, in_specs=(P(), specs, STATE, P()), out_specs=((P(), P()), STATE),
-      check_vma=False)(params, batch, h, key)
-  return value / scale, jax.tree.map(lambda g: g / scale, grads), h_out
+def problem_specs(problem: Problem) -> Problem:
+  """How each array of a :class:`jaxrnn.losses.Problem` is split: along its ``B`` axis; the
+  state-dropout masks (``[H]``, shared by the whole batch) are replicated."""
+  masks = problem.masks
+  if masks is not None:
+    masks = masks._replace(
+        between=None if masks.between is None else tuple(ROWS for _ in masks.between),
+        inputs=None if masks.inputs is None else jax.tree.map(lambda _: P(AXIS), masks.inputs),
+        state=None if masks.state is None else jax.tree.map(lambda _: P(), masks.state))
+  return Problem(ROWS, None if problem.mask is None else ROWS, ROWS, masks)
 
 
-def parallel_loss_and_grad(params: RNNParams, batch: Batch, mesh: Mesh | int | None, *,
-                           model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
-                           compute: ComputeSpec = ComputeSpec(),
-                           key: jax.Array | None = None) -> tuple[jax.Array, RNNParams]:
-  """:func:`jaxrnn.loss_and_grad` with the batch split over ``mesh``; the same numbers.
-
-  ``mesh``: a :class:`jax.sharding.Mesh` with axis ``"batch"``, a device
-  count, or ``None`` for all devices. See :func:`split_value_and_grad`.
-
-  Raises:
-    ValueError: ``B`` not divisible by the number of devices in ``mesh``.
-  """
-  def local(params, batch, _, loss, key):
-    return (*loss_and_grad(params, batch, model=model, loss=loss, compute=compute, key=key), None)
-
-  value, grads, _ = split_value_and_grad(local, params, batch, mesh, model=model, loss=loss,
-                                         compute=compute, key=key)
-  return value, grads
+Body = Callable[[RNNParams, Batch, Problem], tuple[Any, jax.Array]]
 
 
-def make_parallel_train_step(optimizer: optax.GradientTransformation, *,
-                             model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
-                             compute: ComputeSpec = ComputeSpec(),
-                             mesh: Mesh | int | None = None, donate: bool = True) -> Step:
-  """:func:`jaxrnn.make_train_step` with the batch split over ``mesh`` (all devices if ``None``).
+def split(body: Body, mesh: Mesh | int | None) -> Body:
+  """``body`` with the batch split over the devices of ``mesh``: the data-parallel transformation.
 
-  Same signature, metrics and numbers as the unsplit step (up to float
-  rounding); ``B`` must be divisible by the number of devices. ``mesh`` may
-  also be a device count.
-
-  Example (two CPU cores)::
-
-    jax.config.update("jax_num_cpu_devices", 2)    # right after import jax
-    step = jaxrnn.make_train_step(jaxrnn.make_optimizer("adam", 1e-3), mesh=2)
-    params, opt_state, metrics = step(params, opt_state, batch)
-  """
-  checks.check_model(model)
-  checks.check_loss_spec(loss, model)
-  checks.check_compute(compute)
-  mesh = as_mesh(mesh)
-  value_and_grad = lambda params, batch, key: parallel_loss_and_grad(
-      params, batch, mesh, model=model, loss=loss, compute=compute, key=key)
-  return compile_step(optimizer, value_and_grad, donate, place_step_arguments(mesh))
-
-
-def parallel_evaluate(params: RNNParams, batch: Batch, mesh: Mesh | int | None, *,
-                      model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec()) -> Metrics:
-  """:func:`jaxrnn.evaluate` with the batch split over ``mesh``; the same numbers.
-
-  Each device sums its loss, live-step count and hits (or squared errors);
-  one ``psum`` adds them and :func:`jaxrnn.train.metrics_of` divides, so
-  ``accuracy``/``mse`` and a ``"mean"`` loss are the whole batch's.
+  ``body(params, batch, problem) -> (sums, rows)`` runs on each device with
+  its ``B / n`` sequences (its rows of ``batch`` and of ``problem``: ``h0``,
+  masks, loss weights, dropout masks, all drawn for the whole batch first, so
+  a row gets the same numbers wherever it runs); one ``psum`` adds the
+  ``sums`` (a loss and its gradient, evaluation counts), which therefore
+  equal the unsplit ones to float rounding; ``rows`` (the final states
+  ``[L*D, B, H]``) stay split along ``B``.
 
   Raises:
     ValueError: ``B`` not divisible by the number of devices in ``mesh``.
   """
   mesh = as_mesh(mesh)
-  specs, batch = shard_batch(batch, mesh)
-  local = lambda params, batch: jax.lax.psum(
-      evaluation_sums(params, batch, model=model, loss=loss), AXIS)
-  sums = jax.shard_map(local, mesh=mesh, in_specs=(P(), specs), out_specs=P(),
-                       check_vma=False)(params, batch)
-  return metrics_of(sums, loss)
 
+  def local(params, batch, problem):
+    sums, rows = body(params, batch, problem)
+    return jax.lax.psum(sums, AXIS), rows
 
-def make_parallel_eval_step(*, model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
-                            mesh: Mesh | int | None = None
-                            ) -> Callable[[RNNParams, Batch], Metrics]:
-  """``jax.jit`` of :func:`parallel_evaluate` for fixed specs and mesh: ``(params, batch) -> metrics``."""
-  checks.check_model(model)
-  checks.check_loss_spec(loss, model)
-  mesh = as_mesh(mesh)
-  compiled = jax.jit(functools.partial(parallel_evaluate, mesh=mesh, model=model, loss=loss))
-  return lambda params, batch: compiled(replicate(params, mesh), shard_batch(batch, mesh)[1])
+  def split_body(params, batch, problem):
+    check_divisible(jnp.shape(batch.xs)[1], mesh)
+    specs = (P(), batch_specs(batch), problem_specs(problem))
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(), ROWS),
+                         check_vma=False)(params, batch, problem)
+
+  return split_body

@@ -1,58 +1,45 @@
-"""The hidden-state chain ``h_t = act(a_t + W_hh h_{t-1})``, forward, with masks.
+"""The hidden-state chain ``h_t = act(a_t + W_hh h_{t-1})`` of one layer, forward and backward.
 
-``a_t = W_xh x_t + b_h`` does not depend on ``h``, so it is computed for all
-``t`` at once (one ``[T*B, I] x [I, H]`` matmul, :func:`input_projection`) and
-only the truly sequential part runs inside ``lax.scan``.
+``a_t = W_xh x_t + b_h`` does not depend on ``h``: ``W_xh x_t`` is one
+``[T*B, I] x [I, H]`` matmul for all steps, and only the truly sequential part
+runs step by step, in ``lax.scan`` or in the persistent Pallas kernels of
+:mod:`jaxrnn.kernels` (``ComputeSpec.recurrence`` picks, in
+:func:`chain_forward` and :func:`chain_backward`).
 
 Variable-length sequences carry a mask ``m_t`` (1 inside the sequence, 0
 after its end); a masked step freezes the state:
 ``h_t = m_t act(a_t + W_hh h_{t-1}) + (1 - m_t) h_{t-1}``.
 
-:func:`fused_layer` (the training path) runs a layer and its hand-derived
-backward, the chain either with ``lax.scan`` or with the persistent Pallas
-kernels of :mod:`jaxrnn.kernels`, chosen in one place (:func:`chain_forward`,
-:func:`chain_backward`) by ``ComputeSpec.recurrence`` and the platform.
-``precision`` (``"highest"``, ``"default"`` or ``None`` for JAX's current
-default) applies to every matmul here, the backward pass included.
+:func:`fused_layer` (the training path) is a layer whose gradient is the
+hand-derived backward recursion. Every matmul here runs at
+``ComputeSpec.precision``, the backward pass included.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxrnn import kernels
-from jaxrnn.cell import ACTIVATIONS, activation_derivative
-
-
-def precision_scope(precision: str | None):
-  """``jax.default_matmul_precision(precision)`` for the code traced inside; no-op for ``None``."""
-  return contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision)
-
-
-def input_projection(W_xh: jax.Array, b_h: jax.Array, xs: jax.Array) -> jax.Array:
-  """``a_t = W_xh x_t + b_h`` for every step at once; ``[T, B, I] -> [T, B, H]``."""
-  return xs @ W_xh.T + b_h
+from jaxrnn.cell import activation_derivative, step
+from jaxrnn.pytrees import CellParams
+from jaxrnn.spec import ComputeSpec, ModelSpec, precision_scope
 
 
 def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
-                activation: str, scan_unroll: int = 1, precision: str | None = None,
-                bias: jax.Array | None = None) -> jax.Array:
+                model: ModelSpec, compute: ComputeSpec, bias: jax.Array | None = None) -> jax.Array:
   """Runs ``h_t = act(a_t + W_hh h_{t-1})`` for ``t = 1..T`` with ``lax.scan``.
 
   Args:
-    pre: ``a_t = W_xh x_t + b_h`` for all steps, ``[T, B, H]`` (without
-      ``b_h`` when ``bias`` is given).
+    pre: ``a_t`` for all steps, ``[T, B, H]`` (without ``b_h`` when ``bias`` is given).
     W_hh: ``[H, H]``.
     h0: ``[B, H]``.
     mask: ``[T, B]`` of 0/1, or ``None`` (every step live). A masked step keeps
       ``h_t = h_{t-1}``.
-    activation: a key of :data:`jaxrnn.cell.ACTIVATIONS`.
-    scan_unroll: ``unroll`` argument of ``lax.scan`` (steps per loop iteration).
-    precision: of ``h @ W_hh^T``; ``None``: JAX's current default.
+    model: its ``activation``.
+    compute: its ``scan_unroll`` and ``precision``.
     bias: ``b_h``, ``[H]``, added to ``a_t`` inside each step (in the same
       order, so the numbers are the same), which saves a pass over
       ``[T, B, H]``; ``None``: ``pre`` holds it.
@@ -60,33 +47,20 @@ def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array 
   Returns:
     ``hs = [h_1, ..., h_T]``, ``[T, B, H]``.
   """
-  with precision_scope(precision):
-    return _scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll, bias)
-
-
-def _scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll, bias):
-  act = ACTIVATIONS[activation]
   W_hh_T = W_hh.T
-  with_bias = (lambda a_t: a_t) if bias is None else (lambda a_t: a_t + bias)
 
-  if mask is None:
-    def step(h, a_t):
-      h = act(with_bias(a_t) + h @ W_hh_T)
-      return h, h
-    _, hs = jax.lax.scan(step, h0, pre, unroll=scan_unroll)
-    return hs
-
-  def masked_step(h, inputs):
-    a_t, m_t = inputs
-    h = jnp.where(m_t[:, None] > 0, act(with_bias(a_t) + h @ W_hh_T), h)
+  def body(h, inputs):
+    a_t, m_t = inputs                                                    # [B, H], [B]
+    a_t = a_t if bias is None else a_t + bias
+    h = step(model, a_t, h, W_hh_T, None if m_t is None else m_t[:, None] > 0)
     return h, h
-  _, hs = jax.lax.scan(masked_step, h0, (pre, mask), unroll=scan_unroll)
-  return hs
+
+  with precision_scope(compute):
+    return jax.lax.scan(body, h0, (pre, mask), unroll=compute.scan_unroll)[1]
 
 
-def backward_hidden(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
-                    mask: jax.Array | None, activation: str, scan_unroll: int = 1,
-                    precision: str | None = None) -> tuple[jax.Array, jax.Array]:
+def backward_hidden(W_hh: jax.Array, hs: jax.Array, g: jax.Array, mask: jax.Array | None,
+                    model: ModelSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
   """The hand-derived backward recursion of the chain, as a reverse ``lax.scan``.
 
   With ``g_t = dL_t/dh_t`` (what reaches ``h_t`` from the output at step ``t``)
@@ -103,44 +77,29 @@ def backward_hidden(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
   steps), ``delta_t = m_t e_t act'_t`` and
   ``c_{t-1} = W_hh^T delta_t + (1 - m_t) e_t``.
 
-  The scan carries only ``c_t`` (``[B, H]``); the weight gradients are left to
-  one large matmul each over the returned ``delta``.
-
   Args:
     W_hh: ``[H, H]``.
     hs: the forward states ``h_1..h_T``, ``[T, B, H]``.
-    h0: ``[B, H]`` (unused by the recursion; sets the dtype of ``dL/dh_0``).
     g: ``dL_t/dh_t``, ``[T, B, H]``.
     mask: ``[T, B]`` of 0/1, or ``None``.
-    activation: ``"tanh"`` or ``"relu"``.
-    scan_unroll: ``unroll`` argument of ``lax.scan``.
-    precision: of ``delta_t @ W_hh``; ``None``: JAX's current default.
+    model, compute: as :func:`scan_hidden`'s.
 
   Returns:
     ``(delta [T, B, H], dL/dh_0 [B, H])``.
   """
-  with precision_scope(precision):
-    return _backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll)
-
-
-def _backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll):
-  c_T = jnp.zeros_like(h0)
-
-  if mask is None:
-    def step(c, inputs):
-      g_t, h_t = inputs
-      delta_t = (g_t + c) * activation_derivative(activation, h_t)
-      return delta_t @ W_hh, delta_t
-    dh0, delta = jax.lax.scan(step, c_T, (g, hs), reverse=True, unroll=scan_unroll)
-    return delta, dh0
-
-  def masked_step(c, inputs):
+  def body(c, inputs):
     g_t, h_t, m_t = inputs
-    e_t = g_t + c
+    e_t = g_t + c                                                        # dL/dh_t
+    delta_t = e_t * activation_derivative(model, h_t)
+    if m_t is None:
+      return delta_t @ W_hh, delta_t
     live = m_t[:, None] > 0
-    delta_t = jnp.where(live, e_t * activation_derivative(activation, h_t), 0)
+    delta_t = jnp.where(live, delta_t, 0)
     return delta_t @ W_hh + jnp.where(live, 0, e_t), delta_t
-  dh0, delta = jax.lax.scan(masked_step, c_T, (g, hs, mask), reverse=True, unroll=scan_unroll)
+
+  with precision_scope(compute):
+    dh0, delta = jax.lax.scan(body, jnp.zeros(hs.shape[1:], hs.dtype), (g, hs, mask),
+                              reverse=True, unroll=compute.scan_unroll)
   return delta, dh0
 
 
@@ -150,28 +109,22 @@ def previous_states(h0: jax.Array, hs: jax.Array) -> jax.Array:
 
 
 def chain_forward(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
-                  activation: str, scan_unroll: int = 1, precision: str | None = None,
-                  recurrence: str = "auto", bias: jax.Array | None = None) -> jax.Array:
-  """:func:`scan_hidden`, or :func:`jaxrnn.kernels.forward_kernel` where ``recurrence`` picks it.
-
-  ``recurrence``: ``"scan"``, ``"kernel"`` or ``"auto"`` (the kernel on a GPU
-  when ``W_hh`` fits on chip, :func:`jaxrnn.kernels.use_kernel`). ``bias``:
-  as :func:`scan_hidden` (the kernel path adds it to ``pre`` first).
-  """
-  if kernels.use_kernel(recurrence, pre.dtype, W_hh.shape[0], precision):
+                  model: ModelSpec, compute: ComputeSpec,
+                  bias: jax.Array | None = None) -> jax.Array:
+  """:func:`scan_hidden`, or :func:`jaxrnn.kernels.forward_kernel` where ``compute.recurrence``
+  picks it (:func:`jaxrnn.kernels.use_kernel`; the kernel path adds ``bias`` to ``pre`` first)."""
+  if kernels.use_kernel(compute, pre.dtype, W_hh.shape[0]):
     pre = pre if bias is None else pre + bias
-    return kernels.forward_kernel(pre, W_hh, h0, mask, activation, precision=precision)
-  return scan_hidden(pre, W_hh, h0, mask, activation, scan_unroll, precision, bias)
+    return kernels.forward_kernel(pre, W_hh, h0, mask, model, compute)
+  return scan_hidden(pre, W_hh, h0, mask, model, compute, bias)
 
 
-def chain_backward(W_hh: jax.Array, hs: jax.Array, h0: jax.Array, g: jax.Array,
-                   mask: jax.Array | None, activation: str, scan_unroll: int = 1,
-                   precision: str | None = None,
-                   recurrence: str = "auto") -> tuple[jax.Array, jax.Array]:
+def chain_backward(W_hh: jax.Array, hs: jax.Array, g: jax.Array, mask: jax.Array | None,
+                   model: ModelSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
   """:func:`backward_hidden`, or :func:`jaxrnn.kernels.backward_kernel` (as :func:`chain_forward`)."""
-  if kernels.use_kernel(recurrence, hs.dtype, W_hh.shape[0], precision):
-    return kernels.backward_kernel(W_hh, hs, h0, g, mask, activation, precision=precision)
-  return backward_hidden(W_hh, hs, h0, g, mask, activation, scan_unroll, precision)
+  if kernels.use_kernel(compute, hs.dtype, W_hh.shape[0]):
+    return kernels.backward_kernel(W_hh, hs, g, mask, model, compute)
+  return backward_hidden(W_hh, hs, g, mask, model, compute)
 
 
 def weight_gradients(delta: jax.Array, xs: jax.Array, hs: jax.Array,
@@ -182,12 +135,9 @@ def weight_gradients(delta: jax.Array, xs: jax.Array, hs: jax.Array,
   ``dW_hh = sum_t delta_t h_{t-1}^T`` (``h_{t-1}`` from
   :func:`previous_states`), each summed over every step and sequence at once.
   Both products contract over the ``T*B`` rows, so both read ``delta^T``
-  (``[H, T*B]``): it is laid out once, behind an optimisation barrier, and
-  shared. Without the barrier XLA's CPU backend runs the first as a
-  transposed-operand dot and transposes ``delta`` again for the second (and
-  copies two slices of ``[T*B, H]`` for the shifted product): the medium
-  benchmark's per-device loss and gradient took 36.0 ms against 32.8 ms
-  with the shared layout (one core, ``benchmarks/README.md``).
+  (``[H, T*B]``), laid out once behind an optimisation barrier (without it
+  XLA's CPU backend runs the first as a slower transposed-operand dot and
+  transposes ``delta`` again for the second).
 
   Args:
     delta: ``[T, B, H]``.
@@ -205,52 +155,45 @@ def weight_gradients(delta: jax.Array, xs: jax.Array, hs: jax.Array,
   return dW_xh, delta.sum((0, 1)), dW_hh
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def fused_layer(xs: jax.Array, W_xh: jax.Array, b_h: jax.Array, W_hh: jax.Array, h0: jax.Array,
-                mask: jax.Array | None, activation: str, scan_unroll: int = 1,
-                precision: str | None = None, recurrence: str = "auto") -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def fused_layer(xs: jax.Array, cell: CellParams, h0: jax.Array, mask: jax.Array | None,
+                model: ModelSpec, compute: ComputeSpec) -> jax.Array:
   """One layer's ``h_t = act(W_xh x_t + b_h + W_hh h_{t-1})`` whose gradient is the hand-derived BPTT.
 
   The forward pass is ``W_xh x_t`` for all steps at once, then
-  :func:`chain_forward` with ``b_h`` added inside each step (``lax.scan`` or
-  a persistent Pallas kernel, by ``recurrence``), and saves
-  only ``hs`` (no per-step intermediates). The backward pass runs the
-  ``delta`` recursion (:func:`chain_backward`), then forms the weight
-  gradients with one matmul each (:func:`weight_gradients`) and
-  ``dL/dx_t = W_xh^T delta_t`` (what a lower layer receives), all at
-  ``precision`` (the backward is traced during differentiation, outside any
-  caller's precision scope, so it sets its own).
+  :func:`chain_forward` with ``b_h`` added inside each step, and saves only
+  ``hs`` (no per-step intermediates). The backward pass runs the ``delta``
+  recursion (:func:`chain_backward`), then forms the weight gradients with
+  one matmul each (:func:`weight_gradients`) and ``dL/dx_t = W_xh^T delta_t``
+  (what a lower layer receives).
 
   Args:
     xs: the layer's inputs, ``[T, B, I]``.
-    W_xh: ``[H, I]``; b_h: ``[H]``; W_hh: ``[H, H]``; h0: ``[B, H]``.
-    mask, activation, scan_unroll, precision: as :func:`scan_hidden`.
-    recurrence: ``"auto"``, ``"scan"`` or ``"kernel"`` (:func:`chain_forward`).
+    cell: :class:`jaxrnn.CellParams` ``(W_xh [H, I], W_hh [H, H], b_h [H])``.
+    h0: ``[B, H]``.
+    mask, model, compute: as :func:`scan_hidden`'s.
 
   Returns:
     ``hs = [h_1, ..., h_T]``, ``[T, B, H]``.
   """
-  return _fused_fwd(xs, W_xh, b_h, W_hh, h0, mask, activation, scan_unroll, precision,
-                    recurrence)[0]
+  return _fused_fwd(xs, cell, h0, mask, model, compute)[0]
 
 
-def _fused_fwd(xs, W_xh, b_h, W_hh, h0, mask, activation, scan_unroll, precision, recurrence):
-  with precision_scope(precision):
-    projected = xs @ W_xh.T                                              # [T, B, H]
-  hs = chain_forward(projected, W_hh, h0, mask, activation, scan_unroll, precision, recurrence,
-                     b_h)
-  return hs, (xs, W_xh, W_hh, hs, h0, mask)
+def _fused_fwd(xs, cell, h0, mask, model, compute):
+  with precision_scope(compute):
+    projected = xs @ cell.W_xh.T                                         # [T, B, H]
+  hs = chain_forward(projected, cell.W_hh, h0, mask, model, compute, cell.b_h)
+  return hs, (xs, cell, hs, h0, mask)
 
 
-def _fused_bwd(activation, scan_unroll, precision, recurrence, residuals, g):
-  xs, W_xh, W_hh, hs, h0, mask = residuals
-  delta, dh0 = chain_backward(W_hh, hs, h0, g, mask, activation, scan_unroll, precision,
-                              recurrence)                                 # [T, B, H], [B, H]
-  with precision_scope(precision):
+def _fused_bwd(model, compute, residuals, g):
+  xs, cell, hs, h0, mask = residuals
+  delta, dh0 = chain_backward(cell.W_hh, hs, g, mask, model, compute)     # [T, B, H], [B, H]
+  with precision_scope(compute):
     dW_xh, db_h, dW_hh = weight_gradients(delta, xs, hs, h0)
-    dxs = delta @ W_xh                                                   # [T, B, I]
+    dxs = delta @ cell.W_xh                                              # [T, B, I]
   dmask = None if mask is None else jnp.zeros_like(mask)
-  return dxs, dW_xh, db_h, dW_hh, dh0, dmask
+  return dxs, CellParams(dW_xh, dW_hh, db_h), dh0.astype(h0.dtype), dmask
 
 
 fused_layer.defvjp(_fused_fwd, _fused_bwd)

@@ -15,18 +15,19 @@ It needs a state that runs forward in time, so a unidirectional model.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrnn import checks
-from jaxrnn.data import Batch
-from jaxrnn.losses import sequence_loss
-from jaxrnn.parallel import as_mesh, split_value_and_grad
-from jaxrnn.params import RNNParams, Shape
-from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
+from jaxrnn import checks, parallel
+from jaxrnn.losses import prepare
+from jaxrnn.pytrees import Batch, RNNParams, Shape
+from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec, check_specs
+from jaxrnn.train import check_bptt, value_and_grad
 
 
 class TBPTTResult(NamedTuple):
@@ -42,6 +43,9 @@ class TBPTTResult(NamedTuple):
   opt_state: Any
   h: jax.Array
   losses: jax.Array
+
+
+TBPTTStep = Callable[..., tuple[RNNParams, Any, jax.Array, jax.Array]]
 
 
 def tbptt_chunks(xs: jax.Array, chunk_length: int) -> jax.Array:
@@ -65,75 +69,74 @@ def check_stateful(params: RNNParams) -> Shape:
   return shape
 
 
-def tbptt_grad(params: RNNParams, h: jax.Array, chunk: Batch, *, model: ModelSpec = ModelSpec(),
-               loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
-               key: jax.Array | None = None,
-               mesh: Any = None) -> tuple[jax.Array, RNNParams, jax.Array]:
-  """One chunk of truncated BPTT: the loss, its gradient, and the states to carry on.
+def make_tbptt_step(optimizer: optax.GradientTransformation, *, model: ModelSpec = ModelSpec(),
+                    loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
+                    mesh: Any = None) -> TBPTTStep:
+  """One chunk of truncated BPTT and its update:
+  ``(params, opt_state, h, chunk, key=None) -> (params, opt_state, h_next, L^{(c)})``.
+
+  The chunk's loss starts from ``h`` (the states the previous chunk ended
+  in, ``[L, B, H]``), and its gradient stops there. Pure and traceable: jit
+  it, or run it inside :func:`tbptt_epoch`'s ``lax.scan``.
 
   Args:
-    params: a unidirectional :class:`jaxrnn.RNNParams`.
-    h: the states the previous chunk ended in, ``[L, B, H]``; the gradient
-      stops at them.
-    chunk: the chunk's :class:`jaxrnn.Batch` (``xs [k, B, I]``, ``targets``).
-    model, loss, compute, key: as :func:`jaxrnn.sequence_loss`'s.
+    optimizer: any ``optax.GradientTransformation``.
+    model, loss, compute: the static specs (as :func:`jaxrnn.sequence_loss`'s).
     mesh: ``None``, or a ``jax.sharding.Mesh`` / device count: the ``B``
       streams (and ``h``) split over its devices, one ``psum`` of the loss and
-      gradient (:func:`jaxrnn.parallel.split_value_and_grad`); ``h_next``
-      stays split along ``B``. The same numbers to float rounding.
-
-  Returns:
-    ``(L^{(c)}, g^{(c)}, h_next [L, B, H])``.
+      gradient (:func:`jaxrnn.parallel.split`); ``h_next`` stays split along
+      ``B``. The same numbers to float rounding.
   """
-  check_stateful(params)
-  if mesh is not None:
-    local = lambda params, chunk, h, loss, key: tbptt_grad(
-        params, h, chunk, model=model, loss=loss, compute=compute, key=key)
-    return split_value_and_grad(local, params, chunk, mesh, h, model=model, loss=loss,
-                                compute=compute, key=key)
-  (value, h_next), grads = jax.value_and_grad(sequence_loss, has_aux=True)(
-      params, chunk, jax.lax.stop_gradient(h), model=model, loss=loss, compute=compute, key=key)
-  return value, grads, h_next
+  check_specs(None, model, loss, compute)
+  body = functools.partial(value_and_grad, model=model, loss=loss, compute=compute)
+  body = body if mesh is None else parallel.split(body, mesh)
+
+  def tbptt_step(params, opt_state, h, chunk, key=None):
+    check_stateful(params)
+    check_bptt(compute, key)
+    problem = prepare(params, chunk, jax.lax.stop_gradient(h), key, model, loss, compute)
+    (value, grads), h_next = body(params, chunk, problem)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, h_next, value
+
+  return tbptt_step
 
 
-def tbptt_epoch(params: RNNParams, opt_state: Any, optimizer: optax.GradientTransformation,
-                stream: Batch, chunk_length: int, h0: jax.Array | None = None, *,
-                model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
-                compute: ComputeSpec = ComputeSpec(),
-                key: jax.Array | None = None, mesh: Any = None) -> TBPTTResult:
+def tbptt_epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, stream: Batch,
+                chunk_length: int, h0: jax.Array | None = None, *,
+                key: jax.Array | None = None) -> TBPTTResult:
   """One pass over a stream with truncated BPTT: one optimizer update per chunk.
 
   A ``lax.scan`` over the chunks carries ``(params, opt_state, h)``; it is
-  pure, so ``jax.jit`` it with the static arguments bound, e.g.
-  ``jax.jit(functools.partial(tbptt_epoch, optimizer=opt, chunk_length=25))``.
+  pure, so ``jax.jit`` it with ``step`` and ``chunk_length`` static.
 
   Args:
+    step: from :func:`make_tbptt_step`.
     params: a unidirectional :class:`jaxrnn.RNNParams` of any depth.
-    opt_state: ``optimizer.init(params)`` or the state of the previous epoch.
-    optimizer: any ``optax.GradientTransformation``.
+    opt_state: the optimizer's state for ``params``.
     stream: ``xs [T, B, I]`` (``B`` parallel streams) and ``targets``
       ``[T, B]`` or ``[T, B, O]``; no ``lengths`` or ``target_mask``.
     chunk_length: ``k``, which must divide ``T``.
     h0: the states to start from, ``[L, B, H]`` (e.g. the last epoch's ``h``); zeros if ``None``.
-    model, loss, compute: the static specs.
     key: a ``jax.random`` key for dropout: chunk ``c`` uses ``fold_in(key, c)``.
-    mesh: ``None``, or a ``jax.sharding.Mesh`` / device count to split the
-      ``B`` streams over (``B`` divisible by it; see :func:`tbptt_grad`).
 
   Returns:
     :class:`TBPTTResult` ``(params, opt_state, h, losses [T / k])``.
 
   Example:
-    >>> opt = optax.adam(1e-2)
-    >>> params, opt_state, h, losses = jaxrnn.tbptt_epoch(
-    ...     params, opt.init(params), opt, jaxrnn.Batch(xs, targets), chunk_length=25)
+    >>> optimizer = optax.adam(1e-2)
+    >>> step = jaxrnn.make_tbptt_step(optimizer)
+    >>> result = jaxrnn.tbptt_epoch(step, params, optimizer.init(params), batch, chunk_length=2)
+    >>> result.losses.shape
+    (2,)
   """
   shape = check_stateful(params)
   checks.check_type("stream", stream, Batch)
   if stream.lengths is not None or stream.target_mask is not None:
     raise ValueError("stream must be a jaxrnn.Batch of xs and targets only (no lengths or "
                      "target_mask: a stream has no end)")
-  mesh = None if mesh is None else as_mesh(mesh)
+  if key is not None:
+    checks.check_key("key", key)
   chunks = jax.tree.map(lambda a: tbptt_chunks(a, chunk_length), stream)  # [N, k, B, ...]
   num_chunks = chunks.xs.shape[0]
   if h0 is None:
@@ -142,13 +145,11 @@ def tbptt_epoch(params: RNNParams, opt_state: Any, optimizer: optax.GradientTran
   keys = None if key is None else jax.vmap(lambda c: jax.random.fold_in(key, c))(
       jnp.arange(num_chunks))
 
-  def step(carry, inputs):
+  def body(carry, inputs):
     params, opt_state, h = carry
     chunk, key_c = inputs
-    value, grads, h = tbptt_grad(params, h, chunk, model=model, loss=loss, compute=compute,
-                                 key=key_c, mesh=mesh)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state, h), value
+    params, opt_state, h, value = step(params, opt_state, h, chunk, key_c)
+    return (params, opt_state, h), value
 
-  (params, opt_state, h), losses = jax.lax.scan(step, (params, opt_state, h0), (chunks, keys))
+  (params, opt_state, h), losses = jax.lax.scan(body, (params, opt_state, h0), (chunks, keys))
   return TBPTTResult(params=params, opt_state=opt_state, h=h, losses=losses)

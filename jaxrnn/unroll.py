@@ -9,7 +9,9 @@ the top one the read-out ``y_t = out_act(W_hy x^L_t + b_y)``.
 **Steps past a sequence's end** (``t >= lengths[b]``): every layer's output
 and ``y_t`` are zero (as torch's packed sequences), the state stops at the
 sequence's last live step, and the final state is that state; the reverse
-direction starts at each sequence's own last step.
+direction starts at each sequence's own last step. Under ``jit``, where a
+length cannot be checked, a length outside ``[0, T]`` makes that sequence's
+``hs``, ``ys`` and final state NaN, never a plausible number.
 
 Time is the leading axis (``[T, B, ...]``); compile time does not depend on
 ``T``.
@@ -23,11 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import checks
-from jaxrnn.cell import OUTPUT_ACTIVATIONS, output_logits
+from jaxrnn.cell import readout, time_order
 from jaxrnn.dropout import DropoutMasks, draw_masks
-from jaxrnn.params import CellParams, RNNParams
-from jaxrnn.recurrence import fused_layer, input_projection, precision_scope, scan_hidden
-from jaxrnn.spec import ComputeSpec, ModelSpec
+from jaxrnn.pytrees import CellParams, RNNParams
+from jaxrnn.recurrence import fused_layer, scan_hidden
+from jaxrnn.spec import ComputeSpec, ModelSpec, check_specs, precision_scope
 
 
 class Outputs(NamedTuple):
@@ -61,27 +63,22 @@ class Trace(NamedTuple):
 
 
 def layer_states(cell: CellParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
-                 activation: str, reverse: bool, compute: ComputeSpec) -> jax.Array:
+                 reverse: bool, model: ModelSpec, compute: ComputeSpec) -> jax.Array:
   """One cell over a sequence: ``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)``; ``[T, B, H]``.
 
   ``reverse`` runs from ``t = T`` down to 1. ``compute.gradient == "fused"``
   differentiates through the hand-derived BPTT
-  (:func:`jaxrnn.recurrence.fused_layer`; ``lax.scan`` or the Pallas kernels
-  by ``compute.recurrence``), otherwise through ``lax.scan``. Every matmul
-  runs at ``compute.precision``.
+  (:func:`jaxrnn.recurrence.fused_layer`), otherwise through ``lax.scan``.
   """
-  if reverse:
-    xs = jnp.flip(xs, 0)
-    mask = None if mask is None else jnp.flip(mask, 0)
+  xs = time_order(xs, reverse)
+  mask = None if mask is None else time_order(mask, reverse)
   if compute.gradient == "fused":
-    hs = fused_layer(xs, cell.W_xh, cell.b_h, cell.W_hh, h0, mask, activation,
-                     compute.scan_unroll, compute.precision, compute.recurrence)  # [T, B, H]
+    hs = fused_layer(xs, cell, h0, mask, model, compute)                  # [T, B, H]
   else:
-    with precision_scope(compute.precision):
-      pre = input_projection(cell.W_xh, cell.b_h, xs)                    # [T, B, H]
-    hs = scan_hidden(pre, cell.W_hh, h0, mask, activation, compute.scan_unroll,
-                     compute.precision)
-  return jnp.flip(hs, 0) if reverse else hs
+    with precision_scope(compute):
+      projected = xs @ cell.W_xh.T                                       # [T, B, H]
+    hs = scan_hidden(projected, cell.W_hh, h0, mask, model, compute, cell.b_h)
+  return time_order(hs, reverse)
 
 
 def forward(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
@@ -114,17 +111,20 @@ def forward(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | N
       x_d = x if masks is None or masks.inputs is None else x * masks.inputs[l][d]
       if masks is not None and masks.state is not None:
         cell = cell._replace(W_hh=cell.W_hh * masks.state[l][d])        # W_hh diag(m)
-      hs = layer_states(cell, x_d, h0[l * num_dirs + d], mask, model.activation, d == 1,
+      hs = layer_states(cell, x_d, h0[l * num_dirs + d], mask, d == 1, model,
                         compute)                                         # [T, B, H]
       cells.append(hs)
       finals.append(h0[l * num_dirs + d] if not len(hs) else hs[0] if d == 1 else hs[-1])
     states.append(tuple(cells))
     x = jnp.concatenate(cells, axis=-1) if num_dirs == 2 else cells[0]  # [T, B, D*H]
     if mask is not None:
-      x = jnp.where(mask[..., None] > 0, x, 0)
+      x = jnp.where(mask[..., None] > 0, x, 0 * mask[..., None])         # 0, NaN for a bad length
     if masks is not None and masks.between is not None and l < len(params.layers) - 1:
       x = x * masks.between[l]
-  return Trace(tuple(inputs), tuple(states), x.astype(dtype), jnp.stack(finals).astype(dtype))
+  final = jnp.stack(finals)                                              # [L*D, B, H]
+  if mask is not None:
+    final = final + 0 * mask.sum(0)[None, :, None]                      # NaN for a bad length
+  return Trace(tuple(inputs), tuple(states), x.astype(dtype), final.astype(dtype))
 
 
 def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
@@ -157,15 +157,14 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
     ((4, 7, 5), (4, 7, 2), (1, 7, 5))
   """
   shape, h0, mask = checks.check_inputs(params, xs, h0, lengths)
-  checks.check_model(model)
-  checks.check_compute(compute)
+  check_specs(shape, model, None, compute)
+  if key is not None:
+    checks.check_key("key", key)
   num_steps, batch = jnp.shape(xs)[:2]
   masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or params.W_hy.dtype)
   trace = forward(params, xs, h0, mask, model, compute, masks)
-  with precision_scope(compute.precision):
-    ys = OUTPUT_ACTIVATIONS[model.output_activation](output_logits(params, trace.top))
-  if mask is not None:
-    ys = jnp.where(mask[..., None] > 0, ys, 0 * mask[..., None])        # 0, NaN for a bad length
+  with precision_scope(compute):
+    ys = readout(params, trace.top, model, mask)                         # [T, B, O]
   return Outputs(trace.top, ys, trace.final)
 
 

@@ -1,6 +1,6 @@
-"""The command-line tasks: a run's :class:`Config` and, per task, its data, metric and baseline.
+"""The command-line tasks: per task, its data, metric and baseline.
 
-:func:`build_task` turns a :class:`Config` into a :class:`Task`: a training
+:func:`build_task` turns a :class:`jaxrnn.app.config.Config` into a :class:`Task`: a training
 batch for every step (``step -> Batch``, drawn with
 ``jax.random.fold_in(key, step)``, so a run resumed at step ``k`` sees exactly
 the batches an uninterrupted run would), a held-out test batch, and the
@@ -18,62 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn import data
-from jaxrnn.data import Batch
+from jaxrnn.app import data
+from jaxrnn.app.config import Config
+from jaxrnn.pytrees import Batch
 
 COPY_SYMBOLS = 8
 TEST_SEQUENCES = 1000
 TEXT_TEST_CHUNK = 256
 TEXT_TEST_CHUNKS = 128
-
-
-class Config(NamedTuple):
-  """Everything that defines a run; saved, as JSON, in every checkpoint.
-
-  ``seq_len`` is the task's length: T for ``adding`` and ``sine``, the number
-  of symbols to copy for ``copy``, the training window for ``sunspots`` and
-  ``text``. ``clip_norm=0`` disables clipping. ``dropout`` is torch's
-  between-layer dropout (it needs ``num_layers >= 2``). ``vocab`` (the
-  characters of a ``text`` corpus, in code order) and ``data_fingerprint``
-  (:attr:`Task.fingerprint`) are filled in from the data when a run starts.
-  """
-  task: str = "adding"
-  steps: int = 2000
-  batch_size: int = 64
-  hidden_size: int = 64
-  num_layers: int = 1
-  bidirectional: bool = False
-  dropout: float = 0.0
-  optimizer: str = "adam"
-  learning_rate: float = 1e-3
-  clip_norm: float = 1.0
-  activation: str = "tanh"
-  init: str = "orthogonal"
-  gradient: str = "fused"
-  seed: int = 0
-  seq_len: int = 50
-  delay: int = 10
-  read: str = "rows"
-  text_file: str | None = None
-  eval_every: int = 250
-  checkpoint_every: int = 500
-  keep: int = 3
-  dtype: str = "float32"
-  vocab: str = ""
-  data_fingerprint: str = ""
-
-
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "adding": dict(steps=3000, hidden_size=64, activation="relu", init="identity",
-                   learning_rate=1e-2, seq_len=50),
-    "copy": dict(steps=3000, hidden_size=128, learning_rate=3e-3, seq_len=5, delay=10),
-    "sine": dict(steps=1000, hidden_size=32, learning_rate=3e-3, seq_len=50),
-    "digits": dict(steps=1500, hidden_size=128, learning_rate=3e-3),
-    "sunspots": dict(steps=1000, batch_size=32, hidden_size=32, learning_rate=3e-3, seq_len=40,
-                     eval_every=100),
-    "text": dict(steps=2000, batch_size=32, hidden_size=256, learning_rate=3e-3, seq_len=64,
-                 eval_every=500),
-}
 
 
 class Task(NamedTuple):
@@ -121,26 +73,6 @@ def hash_data(*arrays: Any) -> str:
 def higher_is_better(metric: str) -> bool:
   """Whether a larger value of ``metric`` is better (accuracy) or worse (errors, bits)."""
   return metric == "accuracy"
-
-
-def check_task(task: str) -> None:
-  """Raises ``ValueError`` unless ``task`` is a key of :data:`TASKS`."""
-  if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-
-
-def resolve_config(task: str, **options: Any) -> Config:
-  """The :class:`Config` of ``task``: its :data:`TASK_DEFAULTS`, overridden by non-``None`` options.
-
-  Raises:
-    ValueError: unknown task or option.
-  """
-  check_task(task)
-  unknown = set(options) - set(Config._fields)
-  if unknown:
-    raise ValueError(f"unknown options {sorted(unknown)}")
-  given = {k: v for k, v in options.items() if v is not None}
-  return Config(**{**TASK_DEFAULTS[task], **given, "task": task})
 
 
 def _per_step(sample: Callable[[jax.Array], Batch], key: jax.Array) -> Callable[[int], Batch]:
@@ -252,7 +184,6 @@ def build_task(config: Config, key: jax.Array) -> Task:
   """The :class:`Task` of ``config``, its data drawn from ``key`` (a pure function of both).
 
   Raises:
-    ValueError: unknown task, or data that cannot serve (a missing or empty text file).
+    ValueError: data that cannot serve (a missing or empty text file).
   """
-  check_task(config.task)
   return TASKS[config.task](config, key, jnp.dtype(config.dtype))

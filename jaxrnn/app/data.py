@@ -11,29 +11,12 @@ dependencies are imported only when called.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.params import default_dtype
-
-
-class Batch(NamedTuple):
-  """One batch of sequences, time-major.
-
-  Attributes:
-    xs: inputs, ``[T, B, I]``.
-    targets: ``[T, B]`` integer classes or ``[T, B, O]`` values (``None`` for a
-      forward pass).
-    lengths: ``[B]`` sequence lengths, or ``None`` (all ``T``).
-    target_mask: ``[T, B]``, 1 on the steps that have a target, or ``None`` (all).
-  """
-  xs: jax.Array
-  targets: jax.Array | None = None
-  lengths: jax.Array | None = None
-  target_mask: jax.Array | None = None
+from jaxrnn.pytrees import Batch, default_dtype
 
 
 def last_step_mask(num_steps: int, batch_size: int) -> jax.Array:

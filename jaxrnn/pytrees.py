@@ -1,4 +1,4 @@
-"""The parameter pytree of every jaxrnn model, from one layer to deep bidirectional stacks.
+"""The pytrees of jaxrnn: the parameters of every model, and a batch of sequences.
 
 Layer ``l = 0..L-1`` has one Elman RNN per direction ``d`` (0 forward in time,
 1 backward), each with the seed's three arrays; the read-out is shared:
@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 
 class CellParams(NamedTuple):
@@ -39,6 +40,22 @@ class RNNParams(NamedTuple):
   b_y: jax.Array
 
 
+class Batch(NamedTuple):
+  """One batch of sequences, time-major.
+
+  Attributes:
+    xs: inputs, ``[T, B, I]``.
+    targets: ``[T, B]`` integer classes or ``[T, B, O]`` values (``None`` for a
+      forward pass).
+    lengths: ``[B]`` sequence lengths, or ``None`` (all ``T``).
+    target_mask: ``[T, B]``, 1 on the steps that have a target, or ``None`` (all).
+  """
+  xs: jax.Array
+  targets: jax.Array | None = None
+  lengths: jax.Array | None = None
+  target_mask: jax.Array | None = None
+
+
 class Shape(NamedTuple):
   """The sizes of an :class:`RNNParams`: input ``I``, hidden ``H``, output ``O``, layers ``L``,
   directions ``D``."""
@@ -49,6 +66,6 @@ class Shape(NamedTuple):
   num_directions: int
 
 
-def default_dtype() -> jax.numpy.dtype:
+def default_dtype() -> jnp.dtype:
   """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
-  return jax.numpy.dtype(jax.numpy.result_type(float))
+  return jnp.dtype(jnp.result_type(float))

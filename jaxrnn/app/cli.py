@@ -1,4 +1,4 @@
-"""The ``jaxrnn`` command: a thin shell over :mod:`jaxrnn.run` and the functional API.
+"""The ``jaxrnn`` command: a thin shell over :mod:`jaxrnn.app.training` and the functional API.
 
 * ``jaxrnn train TASK [options]``: trains, evaluates on held-out data, prints
   the metric against the task's trivial baseline, and writes ``metrics.jsonl``,
@@ -33,49 +33,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn import checkpoint
+import jaxrnn
+from jaxrnn.app import checkpoint
+from jaxrnn.app.config import FIELDS, MAX_STEPS, TASK_DEFAULTS, Config, resolve_config
+from jaxrnn.app.plots import plot_gradients
+from jaxrnn.app.rundir import (JobFailed, RunError, TrainingStopped, is_primary, locked,
+                               require_extras, restore_state, run_config)
+from jaxrnn.app.training import fresh_model, load_task, train_run
+from jaxrnn.checks import device_memory
 from jaxrnn.diagnostics import gradient_flow
 from jaxrnn.inference import generate
 from jaxrnn.init import init_params
-from jaxrnn.run import (JobFailed, RunError, TrainingStopped, fresh_model, is_primary, load_task,
-                        locked, require_extras, restore_state, run_config, train_run)
-from jaxrnn.spec import ACTIVATION_NAMES, GRADIENTS, SCHEMES, ModelSpec
-from jaxrnn.tasks import TASKS, Config, resolve_config
+from jaxrnn.spec import ACTIVATION_NAMES, SCHEMES, InitSpec, ModelSpec
 from jaxrnn.train import OPTIMIZERS
 
 DEMO = dict(steps=1500, hidden_size=64, seq_len=50, eval_every=500)
-MAX_STEPS = 2**31 - 1
 TASK_OPTIONS = {"delay": ("copy",), "read": ("digits",), "text_file": ("text",)}
-TRAIN_OPTIONS = ("steps", "batch_size", "hidden_size", "num_layers", "bidirectional", "dropout",
-                 "optimizer", "learning_rate", "clip_norm", "activation", "init", "gradient",
-                 "seed", "seq_len", "delay", "read", "text_file", "eval_every",
-                 "checkpoint_every", "keep", "dtype")
+TRAIN_OPTIONS = tuple(f for f in FIELDS if f not in ("task", "vocab", "data_fingerprint"))
 
 
-def check_config(config: Config) -> None:
-  """Raises :class:`RunError` for option values no run can use."""
-  choices = {"optimizer": OPTIMIZERS, "activation": ACTIVATION_NAMES, "init": SCHEMES,
-             "gradient": GRADIENTS, "read": ("rows", "pixels"), "dtype": ("float32", "float64")}
-  for name, allowed in choices.items():
-    if getattr(config, name) not in allowed:
-      raise RunError(f"unknown {name} {getattr(config, name)!r}; choose from {', '.join(allowed)}")
-  for name in ("steps", "batch_size", "hidden_size", "num_layers", "seq_len", "delay",
-               "eval_every", "checkpoint_every", "keep"):
-    if getattr(config, name) < 1:
-      flag = "layers" if name == "num_layers" else name.replace("_", "-")
-      raise RunError(f"--{flag} must be at least 1")
-  if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
-    raise RunError("--lr must be a finite number > 0")
-  if not (math.isfinite(config.clip_norm) and config.clip_norm >= 0):
-    raise RunError("--clip-norm must be a finite number >= 0 (0 disables clipping)")
-  if not 0 <= config.dropout < 1:
-    raise RunError("--dropout must lie in [0, 1)")
-  if config.dropout and config.num_layers < 2:
-    raise RunError("--dropout acts between layers: it needs --layers 2 or more")
-  if config.dropout and config.gradient == "bptt":
-    raise RunError("--gradient bptt is the plain hand-derived oracle: it takes no --dropout")
-  if config.steps > MAX_STEPS:
-    raise RunError(f"--steps must be at most {MAX_STEPS}")
+def configured(task: str, **options) -> Config:
+  """:func:`resolve_config`, its ``ValueError`` as a :class:`RunError`."""
+  try:
+    return resolve_config(task, **options)
+  except ValueError as error:
+    raise RunError(str(error)) from None
+
+
+def check_seed(seed: int) -> None:
+  """Raises :class:`RunError` unless ``seed`` is a valid ``jax.random`` seed."""
+  if not 0 <= seed < 2**32:
+    raise RunError(f"--seed must be a whole number from 0 to {2**32 - 1}")
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -95,18 +83,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     if options[name] is not None and args.task not in tasks:
       raise RunError(f"--{name.replace('_', '-')} is for the {' and '.join(tasks)} task, "
                      f"not {args.task}")
-  try:
-    config = resolve_config(args.task, **options)
-  except ValueError as error:
-    raise RunError(str(error)) from None
-  check_config(config)
+  config = configured(args.task, **options)
   if args.epochs is not None:
+    if args.steps is not None:
+      raise RunError("give --steps or --epochs, not both")
     if not (math.isfinite(args.epochs) and args.epochs > 0):
       raise RunError("--epochs must be a finite number > 0")
     task = load_task(config)
     if task.train_size is None:
       raise RunError(f"{args.task} draws fresh data every step; use --steps, not --epochs")
-    config = config._replace(steps=math.ceil(args.epochs * task.train_size / config.batch_size))
+    steps = math.ceil(args.epochs * task.train_size / config.batch_size)
+    if steps > MAX_STEPS:
+      raise RunError(f"--epochs {args.epochs:g} makes {steps} steps, more than {MAX_STEPS}")
+    config = config.replace(steps=steps)
   else:
     task = None
   run_dir = Path(args.run_dir or f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -126,8 +115,10 @@ def cmd_resume(args: argparse.Namespace) -> None:
     config, _ = run_config(run_dir)
   overrides = {name: [getattr(config, name), getattr(args, name)] for name in RESUME_OVERRIDES
                if getattr(args, name) is not None and getattr(args, name) != getattr(config, name)}
-  config = config._replace(**{name: new for name, (_, new) in overrides.items()})
-  check_config(config)
+  try:
+    config = config.replace(**{name: new for name, (_, new) in overrides.items()})
+  except ValueError as error:
+    raise RunError(str(error)) from None
   train_run(config, run_dir, resume=True, progress=not args.no_progress,
             overrides={k: v for k, v in overrides.items() if k != "steps"}, devices=args.devices)
 
@@ -135,7 +126,7 @@ def cmd_resume(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
   print("jaxrnn demo: an Elman RNN learns the adding problem (T=50): add the two marked\n"
         "values of a 50-step sequence, which needs memory. Predicting 1.0 scores MSE ~0.167.")
-  train_run(resolve_config("adding", **DEMO, seed=args.seed), None, progress=not args.no_progress,
+  train_run(configured("adding", **DEMO, seed=args.seed), None, progress=not args.no_progress,
             devices=args.devices)
 
 
@@ -146,8 +137,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     raise RunError(f"{run_dir} is a {config.task!r} run; sample needs a text run")
   if not (math.isfinite(args.temperature) and args.temperature > 0):
     raise RunError("--temperature must be a finite number > 0")
-  if args.length < 0:
-    raise RunError("--length must be at least 0")
+  if not 0 <= args.length <= 10**7:
+    raise RunError("--length must be from 0 to 10000000")
+  check_seed(args.seed)
   missing = sorted(set(args.prompt) - set(config.vocab))
   if missing or not args.prompt:
     raise RunError(f"the prompt must be non-empty, from the run's vocabulary (not {''.join(missing)!r})")
@@ -166,41 +158,41 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_gradients(args: argparse.Namespace) -> None:
   require_extras("matplotlib")
-  from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   if args.steps < 1 or args.hidden_size < 1 or not all(
       math.isfinite(r) and r > 0 for r in args.radii):
     raise RunError("--steps, --hidden-size and every radius must be positive")
+  check_seed(args.seed)
+  needed = 16 * (args.steps + 1) * args.hidden_size ** 2    # the Jacobians and their products
+  if needed > device_memory() // 2:
+    raise RunError(f"--steps {args.steps} and --hidden-size {args.hidden_size} need about "
+                   f"{needed / 2**30:.1f} GiB; lower them")
   out = Path(args.out)
   if out.suffix.lower() not in (".png", ".pdf", ".svg"):
     raise RunError("--out must end in .png, .pdf or .svg")
+  if out.is_dir():
+    raise RunError(f"--out: {out} is a directory")
   if not out.parent.is_dir():
     raise RunError(f"--out: {out.parent} is not a directory")
   k_params, k_xs = jax.random.split(jax.random.key(args.seed))
   xs = jax.random.normal(k_xs, (args.steps, 4), jnp.float32)              # [T, I]
-  fig = Figure(figsize=(11, 4.2))
-  axes = fig.subplots(1, len(ACTIVATION_NAMES), sharey=True)
-  gap = np.arange(args.steps + 1)                                         # T - k
   flow_of = jax.jit(gradient_flow, static_argnames="model")
   print(f"{'activation':>10} {'radius':>7} {'||act_prime||':>13} "
         f"{'||dh_T/dh_0||':>14} {'bound':>10}")
-  for ax, activation in zip(axes, ACTIVATION_NAMES):
-    colors = colormaps["viridis"](np.linspace(0, 0.9, len(args.radii)))
-    for color, radius in zip(colors, args.radii):
-      params = init_params(k_params, 4, args.hidden_size, 1, "orthogonal", jnp.float32,
-                           gain=radius)
+  curves = {}
+  for activation in ACTIVATION_NAMES:
+    curves[activation] = []
+    for radius in args.radii:
+      params = init_params(k_params, 4, args.hidden_size, 1, dtype=jnp.float32,
+                           init=InitSpec("orthogonal", radius))
       flow = flow_of(params, xs, model=ModelSpec(activation))
       norms, bound = np.asarray(flow.norms[-1, ::-1]), np.asarray(flow.bound[-1, ::-1])
-      ax.plot(gap, norms, color=color, label=f"radius {radius:g}")
-      ax.plot(gap, bound, color=color, ls="--", lw=1)
+      curves[activation].append((radius, norms, bound))
       print(f"{activation:>10} {radius:>7g} {float(flow.act_slope):>13.3f} "
             f"{norms[-1]:>14.3e} {bound[-1]:>10.3e}")
-    ax.set(yscale="log", xlabel="T - k", title=f"{activation}: solid ||dh_T/dh_k||, "
-           "dashed (||W_hh|| ||act'||)^(T-k)")
-  axes[0].set_ylabel("norm")
-  axes[0].legend()
-  fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  try:
+    plot_gradients(curves, out)
+  except OSError as error:
+    raise RunError(f"could not write {out}: {checkpoint.reason(error)}") from None
   print(f"wrote {out}")
 
 
@@ -277,9 +269,10 @@ def use_every_core() -> None:
 def build_parser() -> argparse.ArgumentParser:
   """The ``jaxrnn`` argument parser, one sub-parser per command."""
   parser = argparse.ArgumentParser(prog="jaxrnn", description="Train and inspect Elman RNNs.")
+  parser.add_argument("--version", action="version", version=f"jaxrnn {jaxrnn.__version__}")
   commands = parser.add_subparsers(dest="command", required=True)
   train = commands.add_parser("train", help="train a task into a run directory")
-  train.add_argument("task", metavar="TASK", help=f"one of: {', '.join(TASKS)}")
+  train.add_argument("task", metavar="TASK", help=f"one of: {', '.join(TASK_DEFAULTS)}")
   train.add_argument("--steps", type=int, help="training steps (task default)")
   train.add_argument("--epochs", type=float, help="instead of --steps: passes over the training "
                      "set (digits, sunspots, text)")
@@ -302,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--read", help="digits: rows (8 steps x 8) or pixels (64 steps x 1)")
   train.add_argument("--text-file", help="text: the corpus (default: Python's pydoc topics)")
   train.add_argument("--eval-every", type=int, help="steps between test evaluations")
-  train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+  train.add_argument("--save-every", type=int, help="steps between checkpoints")
   train.add_argument("--keep", type=int, help="checkpoints to keep")
   train.add_argument("--dtype", help="float32 (default) or float64")
   train.add_argument("--run-dir", help="default: runs/TASK-DATE-TIME")

@@ -1,0 +1,157 @@
+"""A run's :class:`Config`: every option that defines it, checked when it is built.
+
+A config is saved, as JSON, in every checkpoint, and read back on resume; a
+value that no run can use (a bad name, a count below 1, a string where a
+number belongs, from a damaged file too) fails when the config is built, with
+a ``ValueError`` that names the command-line option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from jaxrnn.spec import ACTIVATION_NAMES, GRADIENTS, SCHEMES
+from jaxrnn.train import OPTIMIZERS
+
+MAX_STEPS = 2**31 - 1
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adding": dict(steps=3000, hidden_size=64, activation="relu", init="identity",
+                   learning_rate=1e-2, seq_len=50),
+    "copy": dict(steps=3000, hidden_size=128, learning_rate=3e-3, seq_len=5, delay=10),
+    "sine": dict(steps=1000, hidden_size=32, learning_rate=3e-3, seq_len=50),
+    "digits": dict(steps=1500, hidden_size=128, learning_rate=3e-3),
+    "sunspots": dict(steps=1000, batch_size=32, hidden_size=32, learning_rate=3e-3, seq_len=40,
+                     eval_every=100),
+    "text": dict(steps=2000, batch_size=32, hidden_size=256, learning_rate=3e-3, seq_len=64,
+                 eval_every=500),
+}
+"""Each task's defaults, over :class:`Config`'s own."""
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": tuple(TASK_DEFAULTS), "optimizer": tuple(OPTIMIZERS), "activation": ACTIVATION_NAMES,
+    "init": SCHEMES, "gradient": GRADIENTS, "read": ("rows", "pixels"),
+    "dtype": ("float32", "float64"),
+}
+COUNTS = ("steps", "batch_size", "hidden_size", "num_layers", "seq_len", "delay", "eval_every",
+          "save_every", "keep")
+RENAMED = {"checkpoint_every": "save_every"}
+"""Fields renamed since 0.2.0: old name -> new name (a 0.2.0 run directory still resumes)."""
+
+
+def flag(name: str) -> str:
+  """The command-line option of config field ``name``."""
+  return {"num_layers": "--layers", "learning_rate": "--lr"}.get(name, "--" + name.replace("_", "-"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that defines a run.
+
+  ``seq_len`` is the task's length: T for ``adding`` and ``sine``, the number
+  of symbols to copy for ``copy``, the training window for ``sunspots`` and
+  ``text``. ``clip_norm=0`` disables clipping. ``dropout`` is torch's
+  between-layer dropout (it needs ``num_layers >= 2``). ``save_every`` is the
+  number of steps between checkpoints. ``vocab`` (the characters of a
+  ``text`` corpus, in code order) and ``data_fingerprint`` (a hash of data
+  read from files) are filled in from the data when a run starts.
+
+  Raises:
+    ValueError: a value no run can use; the message names its option.
+  """
+  task: str = "adding"
+  steps: int = 2000
+  batch_size: int = 64
+  hidden_size: int = 64
+  num_layers: int = 1
+  bidirectional: bool = False
+  dropout: float = 0.0
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  clip_norm: float = 1.0
+  activation: str = "tanh"
+  init: str = "orthogonal"
+  gradient: str = "fused"
+  seed: int = 0
+  seq_len: int = 50
+  delay: int = 10
+  read: str = "rows"
+  text_file: str | None = None
+  eval_every: int = 250
+  save_every: int = 500
+  keep: int = 3
+  dtype: str = "float32"
+  vocab: str = ""
+  data_fingerprint: str = ""
+
+  def __post_init__(self):
+    for name, allowed in CHOICES.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"unknown {flag(name)[2:]} {getattr(self, name)!r}; choose from "
+                         f"{', '.join(allowed)}")
+    for name in COUNTS:
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_STEPS:
+        raise ValueError(f"{flag(name)} must be a whole number from 1 to {MAX_STEPS}, got "
+                         f"{value!r}")
+    if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+      raise ValueError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {self.seed!r}")
+    for name, ok, rule in (("learning_rate", lambda v: v > 0, "> 0"),
+                           ("clip_norm", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+                           ("dropout", lambda v: 0 <= v < 1, "in [0, 1)")):
+      value = getattr(self, name)
+      if (not isinstance(value, (int, float)) or isinstance(value, bool)
+          or not math.isfinite(value) or not ok(value)):
+        raise ValueError(f"{flag(name)} must be a finite number {rule}, got {value!r}")
+    if not isinstance(self.bidirectional, bool):
+      raise ValueError(f"--bidirectional must be true or false, got {self.bidirectional!r}")
+    for name in ("text_file", "vocab", "data_fingerprint"):
+      value = getattr(self, name)
+      if not isinstance(value, str) and (value is not None or name != "text_file"):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    if self.dropout and self.num_layers < 2:
+      raise ValueError("--dropout acts between layers: it needs --layers 2 or more")
+    if self.dropout and self.gradient == "bptt":
+      raise ValueError("--gradient bptt is the plain hand-derived oracle: it takes no --dropout")
+
+  def replace(self, **changes: Any) -> Config:
+    """This config with ``changes`` (checked again)."""
+    return dataclasses.replace(self, **changes)
+
+  def asdict(self) -> dict[str, Any]:
+    """The fields as a JSON-ready dict."""
+    return dataclasses.asdict(self)
+
+
+FIELDS = tuple(field.name for field in dataclasses.fields(Config))
+
+
+def resolve_config(task: str, **options: Any) -> Config:
+  """The :class:`Config` of ``task``: its :data:`TASK_DEFAULTS`, overridden by non-``None`` options.
+
+  Raises:
+    ValueError: unknown task or option, or a value no run can use.
+  """
+  if task not in TASK_DEFAULTS:
+    raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASK_DEFAULTS)}")
+  unknown = set(options) - set(FIELDS)
+  if unknown:
+    raise ValueError(f"unknown options {sorted(unknown)}")
+  given = {k: v for k, v in options.items() if v is not None}
+  return Config(**{**TASK_DEFAULTS[task], **given, "task": task})
+
+
+def from_saved(saved: Any) -> Config:
+  """The :class:`Config` a checkpoint saved (fields renamed since 0.2.0 renamed back).
+
+  Raises:
+    ValueError: not a config of this version's fields, or a value no run can use.
+  """
+  if not isinstance(saved, dict):
+    raise ValueError("the saved config is not a JSON object")
+  saved = {RENAMED.get(k, k): v for k, v in saved.items()}
+  if set(saved) != set(FIELDS):
+    raise ValueError("the saved config was written by another version of jaxrnn (its fields "
+                     f"differ: {sorted(set(saved) ^ set(FIELDS))})")
+  return Config(**saved)

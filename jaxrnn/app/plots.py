@@ -1,0 +1,64 @@
+"""The pictures of the command line: a run's loss curves, and the vanishing/exploding gradients.
+
+matplotlib (the ``tasks`` extra) is imported only when a picture is drawn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxrnn.app.tasks import Task, higher_is_better
+
+
+def log_scale(values: Any) -> str:
+  """``"log"`` when every value is positive, ``"linear"`` otherwise (a zero loss, say)."""
+  values = np.asarray(values, float)
+  return "log" if values.size and np.all(values > 0) else "linear"
+
+
+def plot_run(records: list[dict[str, Any]], task: Task, path: Path) -> None:
+  """Saves the training loss and the test metric (against the baseline) per step as a PNG."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=(10, 3.8))
+  ax_loss, ax_test = fig.subplots(1, 2)
+  test = [r for r in records if "test" in r]
+  records = [r for r in records if "loss" in r]
+  steps, loss = np.array([r["step"] for r in records]), np.array([r["loss"] for r in records])
+  width = max(1, len(loss) // 50)
+  smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
+  ax_loss.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.8)
+  ax_loss.plot(steps[width - 1:], smooth, color="tab:blue", label=f"mean of {width} steps")
+  ax_loss.legend()
+  ax_loss.set(xlabel="step", ylabel="training loss", yscale=log_scale(loss), title="training loss")
+  ax_test.plot([r["step"] for r in test], [r["test"] for r in test], "o-", label="model")
+  ax_test.axhline(task.baseline, color="gray", ls="--", label=f"baseline ({task.baseline_name})")
+  ax_test.set(xlabel="step", ylabel=f"test {task.metric}", title=f"held-out {task.metric}")
+  if not higher_is_better(task.metric):
+    ax_test.set_yscale(log_scale([r["test"] for r in test] + [task.baseline]))
+  ax_test.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def plot_gradients(curves: dict[str, list[tuple[float, Any, Any]]], path: Path) -> None:
+  """Saves ``||dh_T/dh_k||`` (solid) and its bound (dashed) against ``T - k``, one panel per
+  activation; ``curves[activation]`` holds ``(radius, norms [T+1], bound [T+1])`` per radius."""
+  from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=(11, 4.2))
+  axes = fig.subplots(1, len(curves), sharey=True)
+  for ax, (activation, rows) in zip(axes, curves.items()):
+    colors = colormaps["viridis"](np.linspace(0, 0.9, len(rows)))
+    for color, (radius, norms, bound) in zip(colors, rows):
+      gap = np.arange(len(norms))                                        # T - k
+      ax.plot(gap, norms, color=color, label=f"radius {radius:g}")
+      ax.plot(gap, bound, color=color, ls="--", lw=1)
+    ax.set(yscale=log_scale([r[1] for r in rows]), xlabel="T - k",
+           title=f"{activation}: solid ||dh_T/dh_k||, dashed (||W_hh|| ||act'||)^(T-k)")
+  axes[0].set_ylabel("norm")
+  axes[0].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)

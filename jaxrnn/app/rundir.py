@@ -1,0 +1,189 @@
+"""A run directory: its lock, its metrics file, its checkpoints, and the errors a run reports.
+
+``RUN_DIR/lock`` (an OS lock, released when the process ends, however it
+ends) gives one process at a time the directory; ``metrics.jsonl`` holds one
+JSON record per step (a torn last line is dropped); ``checkpoints/`` holds
+orbax checkpoints with the run's config beside each (a damaged newest one is
+set aside for the newest one that restores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.app import checkpoint
+from jaxrnn.app.config import RENAMED, Config, from_saved
+from jaxrnn.parallel import batch_mesh, replicate
+
+
+class RunError(Exception):
+  """A run that cannot start or go on for a reason the user can fix: one line, exit status 2."""
+
+
+class TrainingStopped(Exception):
+  """A non-finite loss, gradient or update: one line, exit status 1."""
+
+
+class JobFailed(TrainingStopped):
+  """Another process of a multi-process job died (its collectives fail): one line, exit status 1."""
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files and prints (process 0 of a job; any lone one)."""
+  return jax.process_index() == 0
+
+
+def require_extras(*modules: str) -> None:
+  """Imports ``modules`` now, or fails with a one-line hint to install the ``tasks`` extra."""
+  for name in modules:
+    try:
+      importlib.import_module(name)
+    except ImportError:
+      raise RunError(f"this command needs {name.split('.')[0]}: "
+                     "pip install 'jaxrnn[tasks]'") from None
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+  """Holds an exclusive OS lock on ``run_dir/lock`` (creating ``run_dir``) for the block.
+
+  Raises:
+    RunError: another process holds it (the message names its pid), or
+      ``run_dir`` cannot be created.
+  """
+  try:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / "lock", "a+", encoding="utf-8")
+  except OSError as error:
+    raise RunError(f"cannot use {run_dir} as a run directory: {checkpoint.reason(error)}") from None
+  with handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "unknown"
+      raise RunError(f"{run_dir} is in use by process {holder} (a train or resume); wait for it "
+                     "to finish or use another --run-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    yield
+
+
+def read_metrics(path: Path, up_to: int) -> list[dict[str, Any]]:
+  """The records of ``metrics.jsonl`` with ``step <= up_to``; none when there is no file.
+
+  A torn last line (a process killed while writing it) is dropped.
+
+  Raises:
+    RunError: the file cannot be read (e.g. it is a directory).
+  """
+  if not path.exists():
+    return []
+  try:
+    lines = path.read_text(errors="replace").splitlines()
+  except OSError as error:
+    raise RunError(f"cannot read {path}: {checkpoint.reason(error)}") from None
+  records = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= up_to:
+      records.append(record)
+  return records
+
+
+def checkpoint_state(params: Any, opt_state: Any, seed: int, step: int) -> dict[str, Any]:
+  """What a checkpoint holds besides the config: params, optimizer state, RNG key, step
+  (in a job of several processes, replicated over all its devices: orbax writes it once)."""
+  state = {"params": params, "opt_state": opt_state,
+           "key": jax.random.key_data(jax.random.key(seed)), "step": jnp.asarray(step, jnp.int32)}
+  return replicate(state, batch_mesh()) if jax.process_count() > 1 else state
+
+
+def restore_state(checkpoints: Any, step: int, config: Config, params: Any, optimizer: Any,
+                  run_dir: Path) -> dict[str, Any]:
+  """The state of checkpoint ``step``, checked against the shapes ``config`` implies."""
+  like = checkpoint_state(params, optimizer.init(params), config.seed, 0)
+  try:
+    state = checkpoint.restore(checkpoints, step, like)
+  except ValueError as error:
+    if "shape" not in str(error).lower():
+      raise
+    raise RunError(f"checkpoint {step} in {run_dir} does not fit its config: "
+                   f"{checkpoint.reason(error)}") from None
+  return state
+
+
+def run_config(run_dir: Path) -> tuple[Config, int]:
+  """The config of the newest checkpoint in ``run_dir`` whose config reads, and that step."""
+  if not (run_dir / "checkpoints").is_dir():
+    raise RunError(f"{run_dir} is not a run directory (no checkpoints/ in it)")
+  require_extras("orbax.checkpoint")
+  try:
+    checkpoints = checkpoint.manager(run_dir / "checkpoints")
+  except FileNotFoundError as error:  # a running train deleted a checkpoint while orbax listed it
+    raise RunError(f"{run_dir} changed while being read ({checkpoint.reason(error)}); is a run "
+                   "writing to it? Try again") from None
+  try:
+    for step in checkpoint.newest_first(checkpoints):
+      try:
+        with checkpoint.quiet():
+          saved = checkpoint.saved_config(checkpoints, step)
+      except Exception:  # a damaged file: restore_newest sets it aside and says so
+        continue
+      try:
+        return from_saved(saved), step
+      except ValueError as error:
+        raise RunError(f"the checkpoint config in {run_dir} does not serve: {error}") from None
+  finally:
+    checkpoints.close()
+  raise RunError(f"{run_dir} holds no complete checkpoint")
+
+
+def restore_newest(checkpoints: Any, config: Config, params: Any, optimizer: Any,
+                   run_dir: Path) -> dict[str, Any]:
+  """The state of the newest checkpoint whose config and state both restore cleanly.
+
+  A damaged checkpoint is moved to ``RUN_DIR/damaged/STEP`` (nothing is
+  deleted) and named in one line on stderr; the run goes on from the next older one.
+  """
+  for step in checkpoint.newest_first(checkpoints):
+    try:
+      with checkpoint.quiet():
+        checkpoint.saved_config(checkpoints, step)
+        return restore_state(checkpoints, step, config, params, optimizer, run_dir)
+    except RunError:
+      raise
+    except Exception as error:  # a damaged file: orbax, tensorstore, JSON and OS errors alike
+      if is_primary():
+        kept = checkpoint.set_aside(checkpoints, step, run_dir / "damaged")
+        print(f"jaxrnn: checkpoint {step} in {run_dir} does not restore "
+              f"({checkpoint.reason(error)}); moved it to {kept}, going on from an older one",
+              file=sys.stderr)
+  raise RunError(f"no checkpoint in {run_dir} restores; start again with jaxrnn train")
+
+
+def existing_run_message(run_dir: Path, config: Config, saved: dict[str, Any]) -> str:
+  """Why ``train`` refuses ``run_dir``: it already holds this run, or one of another config."""
+  saved = {RENAMED.get(k, k): v for k, v in saved.items()}
+  diff = [f"{k} {saved.get(k)!r} there, {v!r} here" for k, v in config.asdict().items()
+          if saved.get(k) != v]
+  if not diff:
+    return f"{run_dir} already holds this run; continue it with: jaxrnn resume {run_dir}"
+  return (f"{run_dir} holds a checkpoint from a different config ({'; '.join(diff)}); "
+          "use another --run-dir")

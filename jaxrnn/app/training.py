@@ -1,0 +1,340 @@
+"""A training run of the command line: open (fresh or resumed), the loop, finish.
+
+A run is a :class:`jaxrnn.app.config.Config` trained into a run directory
+(:mod:`jaxrnn.app.rundir`): ``metrics.jsonl``, ``checkpoints/`` and at the
+end ``summary.json`` and ``loss.png``. Everything a run computes is a pure
+function of its config: the data key, the parameter key and the dropout key
+all come from ``config.seed``, so a resumed run is bit-identical to an
+uninterrupted one. Nothing non-finite is ever saved; a run refuses to resume
+on data that changed; a finished run whose summary or plot is missing gets
+them back from ``resume``.
+
+A run may be one job of several processes (``jax.distributed``): every
+process computes the same data, feeds its own rows of each batch to its
+devices and takes part in each orbax save and restore; process 0 alone holds
+the lock, writes ``metrics.jsonl``, the summary and the plot, and prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrnn.app import checkpoint
+from jaxrnn.app.config import Config
+from jaxrnn.app.plots import plot_run
+from jaxrnn.app.rundir import (JobFailed, RunError, TrainingStopped, checkpoint_state, is_primary,
+                               locked, read_metrics, require_extras, restore_newest,
+                               existing_run_message)
+from jaxrnn.app.tasks import TEST_SEQUENCES, Task, build_task, higher_is_better
+from jaxrnn.checks import device_memory
+from jaxrnn.init import init_params
+from jaxrnn.parallel import as_mesh, local_copy, placed_batches
+from jaxrnn.pytrees import RNNParams
+from jaxrnn.spec import ComputeSpec, InitSpec, LossSpec, ModelSpec
+from jaxrnn.train import fit, make_eval_step, make_optimizer, make_train_step
+
+MIN_SPLIT_WORK = 2**18
+"""Multiply-adds of ``W_hh h_{t-1}`` per time step and device below which a split does not pay
+(measured: ``docs/scaling.md``)."""
+
+
+def run_keys(config: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(data_key, init_key, dropout_key)`` of a run, all from ``config.seed``."""
+  data_key, init_key = jax.random.split(jax.random.key(config.seed))
+  return data_key, init_key, jax.random.fold_in(init_key, 1)
+
+
+def specs(config: Config, task: Task) -> tuple[ModelSpec, LossSpec, ComputeSpec]:
+  """The model, loss and compute specs of a run (losses averaged over live steps)."""
+  return (ModelSpec(config.activation, dropout=config.dropout), LossSpec(task.loss, "mean"),
+          ComputeSpec(gradient=config.gradient))
+
+
+def fresh_model(config: Config, input_size: int,
+                output_size: int) -> tuple[RNNParams, optax.GradientTransformation]:
+  """``(params, optimizer)`` at the start of a run of ``config`` (params drawn from its seed).
+
+  The optimizer always clips (``clip_norm=0``: by ``inf``, i.e. not at all),
+  so its state has the same structure whatever ``--clip-norm`` a resume sets.
+  """
+  params = init_params(run_keys(config)[1], input_size, config.hidden_size, output_size,
+                       num_layers=config.num_layers, bidirectional=config.bidirectional,
+                       init=InitSpec(config.init), dtype=jnp.dtype(config.dtype))
+  return params, make_optimizer(config.optimizer, config.learning_rate,
+                                config.clip_norm or float("inf"))
+
+
+def check_memory(config: Config) -> None:
+  """Raises :class:`RunError` when the data, params, optimizer state and activations of
+  ``config`` clearly exceed this machine's memory (an estimate from the config alone, before
+  any data is made)."""
+  hidden, dirs, layers = config.hidden_size, 1 + config.bidirectional, config.num_layers
+  width, io = dirs * hidden, 16                                          # I + O, roughly
+  num_params = layers * dirs * hidden * (width + hidden + 1) + io * (width + 1)
+  steps = {"copy": 2 * config.seq_len + config.delay, "digits": 64}.get(config.task,
+                                                                         config.seq_len)
+  sequences = config.batch_size if config.task == "text" else max(config.batch_size,
+                                                                  TEST_SEQUENCES)
+  needed = (4 * num_params + steps * sequences * (3 * width * layers + io)) * (
+      jnp.dtype(config.dtype).itemsize)
+  available = device_memory()
+  if needed > available:
+    raise RunError(f"this run needs about {needed / 2**30:.1f} GiB (data, parameters, optimizer "
+                   f"state, activations), more than the {available / 2**30:.1f} GiB of this "
+                   "machine: lower --hidden-size, --layers, --batch-size or --seq-len")
+
+
+def load_task(config: Config) -> Task:
+  """:func:`build_task` with the run's data key; bad data is a :class:`RunError`."""
+  if config.dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+  check_memory(config)
+  try:
+    task = build_task(config, run_keys(config)[0])
+  except ImportError as error:
+    raise RunError(f"task {config.task} needs {error.name}: pip install 'jaxrnn[tasks]'") from None
+  except ValueError as error:
+    raise RunError(str(error)) from None
+  if config.bidirectional and task.predicts_next:
+    raise RunError(f"task {config.task} predicts the next input, which a bidirectional model "
+                   "reads: drop --bidirectional")
+  return task
+
+
+def largest_divisor(size: int, limit: int) -> int:
+  """The largest ``d <= limit`` that divides ``size`` (1 at least)."""
+  return next(d for d in range(max(1, min(limit, size)), 0, -1) if size % d == 0)
+
+
+def device_counts(requested: int | None, config: Config, test_size: int) -> tuple[int, int]:
+  """``(train, test)``: the devices the training batch and the test batch are split over.
+
+  In a job of several processes every device of the job is used (``requested``
+  may only repeat their count, and it must divide the batch size) and the test
+  batch is scored by each process alone. Otherwise ``requested`` must exist.
+  ``None`` (the default) splits over every device JAX has (which the command
+  line makes every CPU core) when each device's share of the recurrence,
+  ``(B/n) L D H^2`` multiply-adds per step, is at least
+  :data:`MIN_SPLIT_WORK`, and uses one device otherwise. The training batch
+  uses the largest count ``<= requested`` that divides the batch size (with
+  a one-line note on stderr when an explicit request gets fewer), the test
+  batch the largest that divides its size too.
+  """
+  available = jax.device_count()
+  batch_size = config.batch_size
+  if jax.process_count() > 1:
+    job = f"the {available} devices of this {jax.process_count()}-process job"
+    if requested not in (None, available):
+      raise RunError(f"--devices {requested}: a job of several processes uses all {job}")
+    if batch_size % available:
+      raise RunError(f"batch size {batch_size} does not split over {job}; "
+                     f"use a multiple of {available}")
+    return available, 1
+  if requested is None:
+    work = (config.num_layers * (1 + config.bidirectional) * config.hidden_size ** 2
+            * batch_size // largest_divisor(batch_size, available))
+    return (1, 1) if work < MIN_SPLIT_WORK else device_counts(available, config, test_size)
+  if requested < 1:
+    raise RunError("--devices must be at least 1")
+  if requested > available:
+    raise RunError(f"--devices {requested}, but this machine has {available} device(s) "
+                   f"({jax.default_backend()}); use --devices {available} or fewer")
+  train = largest_divisor(batch_size, requested)
+  if train < requested:
+    print(f"jaxrnn: batch size {batch_size} does not split over {requested} devices; "
+          f"training on {train}", file=sys.stderr)
+  return train, largest_divisor(test_size, train)
+
+
+class Opened(NamedTuple):
+  """A run ready for its loop: the state to start from, and where it is written."""
+  params: RNNParams
+  opt_state: Any
+  start: int
+  checkpoints: Any
+  records: list[dict[str, Any]]
+
+
+def open_run(config: Config, task: Task, run_dir: Path | None, resume: bool,
+             overrides: dict[str, Any] | None) -> Opened:
+  """A fresh model, or the newest good checkpoint of ``run_dir`` with its metrics so far.
+
+  Raises:
+    RunError: ``run_dir`` already holds a run (for a fresh one), or nothing to resume.
+  """
+  params, optimizer = fresh_model(config, task.input_size, task.output_size)
+  opened = Opened(params, optimizer.init(params), 0, None, [])
+  if run_dir is None:
+    return opened
+  checkpoints = checkpoint.manager(run_dir / "checkpoints", config.keep)
+  with contextlib.ExitStack() as on_error:
+    on_error.callback(checkpoints.close)
+    if resume:
+      state = restore_newest(checkpoints, config, params, optimizer, run_dir)
+      opened = Opened(state["params"], state["opt_state"], int(state["step"]), checkpoints, [])
+    elif (last := checkpoint.latest_step(checkpoints)) is not None:
+      raise RunError(existing_run_message(run_dir, config,
+                                          checkpoint.saved_config(checkpoints, last)))
+    on_error.pop_all()
+  records = read_metrics(run_dir / "metrics.jsonl", opened.start) if resume else []
+  if overrides:
+    records.append({"step": opened.start, "resumed_with": overrides})
+  return opened._replace(checkpoints=checkpoints, records=records)
+
+
+def print_table(config: Config, task: Task, score: float, steps: int, seconds: float) -> None:
+  """Prints the final metric next to the trivial baseline."""
+  better = score > task.baseline if higher_is_better(task.metric) else score < task.baseline
+  print(f"\n{config.task}: {steps} steps in {seconds:.1f} s")
+  print(f"  {'':32} {'test ' + task.metric:>14}")
+  print(f"  {'model':32} {score:>14.4f}")
+  print(f"  {'baseline (' + task.baseline_name + ')':32} {task.baseline:>14.4f}")
+  change = (f"{(score - task.baseline) / task.baseline:>+14.1%}" if task.baseline
+            else f"{score - task.baseline:>+14.4f}")
+  print(f"  {'model vs baseline':32} {change}  "
+        f"({'beats' if better else 'does not beat'} the baseline)")
+
+
+def finish(config: Config, task: Task, score: float, records: list[dict[str, Any]],
+           run_dir: Path | None, steps_run: int, seconds: float) -> dict[str, Any]:
+  """Prints the final test ``score`` against the baseline and writes ``summary.json`` and
+  ``loss.png`` (on the primary process only); returns the summary."""
+  summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
+             "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
+  if not is_primary():
+    return summary
+  print_table(config, task, score, steps_run, seconds)
+  if run_dir is not None:
+    try:
+      plot_run(records, task, run_dir / "loss.png")
+      (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    except OSError as error:
+      raise RunError(f"could not write the summary and plot into {run_dir}: "
+                     f"{checkpoint.reason(error)}; the checkpoints are complete, so "
+                     f"'jaxrnn resume {run_dir}' writes them later") from None
+    print(f"wrote {run_dir}/metrics.jsonl, loss.png, summary.json, checkpoints/")
+  return summary
+
+
+def train_run(config: Config, run_dir: Path | None, resume: bool = False,
+              progress: bool = True, task: Task | None = None,
+              overrides: dict[str, Any] | None = None,
+              devices: int | None = None) -> dict[str, Any]:
+  """Trains ``config`` (from the newest good checkpoint in ``run_dir`` when ``resume``).
+
+  Without a ``run_dir`` nothing is written (the demo). Otherwise the run holds
+  the directory's lock throughout; every step's metrics go to
+  ``metrics.jsonl``, the test metric every ``eval_every`` steps, a checkpoint
+  every ``save_every`` steps and at the end, then ``summary.json`` and
+  ``loss.png``. ``task`` is ``load_task(config)`` when ``None``.
+  ``overrides`` (``resume`` only: the config fields the user changed) are
+  recorded in ``metrics.jsonl``. ``devices``: how many devices to split each
+  batch over (:func:`device_counts`). It is not part of the config: a run
+  resumed on another device count goes on, equal to float rounding.
+
+  Returns:
+    The summary.
+  """
+  task = load_task(config) if task is None else task
+  counts = device_counts(devices, config, int(task.test.xs.shape[1]))
+  if resume and config.data_fingerprint != task.fingerprint:
+    raise RunError(f"the data of {config.task} changed since this run started (fingerprint "
+                   f"{config.data_fingerprint or 'none'}, now {task.fingerprint or 'none'}); "
+                   "resume on the same data or start a new run")
+  config = config.replace(vocab=task.vocab, data_fingerprint=task.fingerprint)
+  if run_dir is None:
+    return train_loop(config, task, None, open_run(config, task, None, False, None), counts,
+                      progress)
+  require_extras("orbax.checkpoint", "matplotlib")
+  with locked(run_dir) if is_primary() else contextlib.nullcontext():
+    opened = open_run(config, task, run_dir, resume, overrides)
+    return train_loop(config, task, run_dir, opened, counts, progress)
+
+
+def train_loop(config: Config, task: Task, run_dir: Path | None, opened: Opened,
+               counts: tuple[int, int], progress: bool) -> dict[str, Any]:
+  """Runs the steps left from ``opened.start`` to ``config.steps``, recording and saving as it
+  goes, then :func:`finish`."""
+  model, loss, compute = specs(config, task)
+  train_mesh, eval_mesh = (None if n == 1 else as_mesh(n) for n in counts)
+  eval_step = make_eval_step(model=model, loss=loss, compute=compute, mesh=eval_mesh)
+  score = lambda params: task.score({k: float(v) for k, v in
+                                     eval_step(local_copy(params), task.test).items()})
+  checkpoints, records, start = opened.checkpoints, opened.records, opened.start
+  metrics_path = None if run_dir is None or not is_primary() else run_dir / "metrics.jsonl"
+  if start >= config.steps:
+    checkpoints.close()
+    if (run_dir / "summary.json").exists() and (run_dir / "loss.png").exists():
+      raise RunError(f"{run_dir} is complete at step {start}; pass --steps to train longer")
+    if is_primary():
+      print(f"{run_dir} is complete at step {start}; writing its missing summary and plot")
+    return finish(config, task, score(opened.params), records, run_dir, 0, 0.0)
+  saved = [start if run_dir is not None and start else None]
+  where_saved = lambda: ("no checkpoint was written" if saved[0] is None else
+                         f"the last good checkpoint, after {saved[0]} steps, is in {run_dir}")
+
+  def record(step: int, params, opt_state, values: dict[str, float]) -> None:
+    done = step + 1
+    records.append({"step": done, **values})
+    if done % config.eval_every == 0 or done == config.steps:
+      records[-1]["test"] = score(params)
+    if log is not None:
+      log.write(json.dumps(records[-1]) + "\n")
+    if checkpoints is not None and (done % config.save_every == 0 or done == config.steps):
+      if log is not None:
+        log.flush()
+      try:
+        checkpoint.save(checkpoints, done, checkpoint_state(params, opt_state, config.seed, done),
+                        config.asdict())
+      except ValueError as error:
+        raise TrainingStopped(f"training stopped: {error}; {where_saved()}") from None
+      except checkpoint.CheckpointError as error:
+        raise RunError(f"{error}; {where_saved()}") from None
+      saved[0] = done
+
+  if is_primary():
+    job = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    print(f"{config.task}: {config.steps - start} steps from step {start}, batch "
+          f"{config.batch_size}, {config.num_layers} layer(s)"
+          f"{' bidirectional' if config.bidirectional else ''} of H={config.hidden_size}, "
+          f"{config.activation}/{config.init}, {config.optimizer} lr={config.learning_rate}, "
+          f"{counts[0]} device(s){job}" + (f", run dir {run_dir}" if run_dir else ""), flush=True)
+  _, optimizer = fresh_model(config, task.input_size, task.output_size)
+  step = make_train_step(optimizer, model=model, loss=loss, compute=compute, mesh=train_mesh)
+  batches = task.batches if train_mesh is None else placed_batches(task.batches, train_mesh)
+  log = None
+  began = time.perf_counter()
+  try:
+    if metrics_path is not None:
+      metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+      log = metrics_path.open("a")
+    result = fit(opened.params, opened.opt_state, step, batches, range(start, config.steps),
+                 key=run_keys(config)[2] if config.dropout else None,
+                 progress=progress and is_primary(), callback=record)
+  except FloatingPointError as error:
+    raise TrainingStopped(f"training stopped: {error}; {where_saved()}") from None
+  except jax.errors.JaxRuntimeError as error:
+    if jax.process_count() == 1:
+      raise
+    raise JobFailed(f"training stopped: another process of this job failed "
+                    f"({checkpoint.reason(error)}); {where_saved()}: start every process "
+                    "again with jaxrnn resume") from None
+  except OSError as error:
+    raise RunError(f"could not write {metrics_path}: {checkpoint.reason(error)}; "
+                   f"{where_saved()}") from None
+  finally:
+    if log is not None:
+      log.close()
+    if checkpoints is not None:
+      checkpoints.close()
+  return finish(config, task, score(result.params), records, run_dir, config.steps - start,
+                time.perf_counter() - began)
