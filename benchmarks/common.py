@@ -1,10 +1,13 @@
 """Shared helpers of the benchmarks: timing, the sgemm roofline, machine info, tables, JSON.
 
-Import this module only after ``XLA_FLAGS`` is final: it imports ``jax``.
+Import this module only after ``XLA_FLAGS`` is final: it imports ``jax``. Run on
+its own (``python benchmarks/common.py``) it prints the machine info that heads
+every result file and this machine's sgemm GFLOP/s (the roofline's ceiling).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -123,3 +126,20 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
   path = RESULTS / f"{name}.json"
   path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
   return path
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Prints :func:`machine_info` and the sgemm GFLOP/s of ``--size``; returns both."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--size", type=int, default=SGEMM_SIZE, help="n of the [n, n] sgemm")
+  parser.add_argument("--rounds", type=int, default=5, help="timed sgemms of each kind")
+  args = parser.parse_args(argv)
+  times, _ = interleaved_times(sgemm_calls(args.size), args.rounds, warmup=1)
+  info = {**machine_info(), "sgemm_size": args.size,
+          "sgemm_gflops": sgemm_gflops(times, args.size)}
+  print(json.dumps(info, indent=2, default=float))
+  return info
+
+
+if __name__ == "__main__":
+  main()

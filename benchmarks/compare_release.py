@@ -1,18 +1,26 @@
 """Benchmark 5: the default training step of this tree against the previous release, in one process.
 
 Run: ``python benchmarks/compare_release.py`` (small, medium, charlm),
-``--quick`` for a tiny smoke run, ``--prev /path/to/old/checkout`` for another
-release (default ``/work/prev``, a worktree of 0.1.0), ``--hlo`` to add the
-op counts of both compiled steps, ``--extra`` to add this tree's
-``loss_and_grad`` inside the old release's step body (its two metrics). Writes ``benchmarks/results/compare_release.json``.
+``--quick`` for a tiny smoke run, ``--hlo`` to add the op counts of both
+compiled steps, ``--extra`` to add this tree's ``loss_and_grad`` inside the
+old release's step body (its two metrics). Writes
+``benchmarks/results/compare_release.json``.
 
-The old package is copied to a temporary directory as the package
-``jaxrnn_prev``, with every ``from jaxrnn`` / ``import jaxrnn`` rewritten to
-``jaxrnn_prev``, so both versions live in one process and all of the old
-code's internal imports resolve to the old code. Both steps are the default
-fused training step of each release: one-layer tanh model, summed
-cross-entropy, ``optax.adam(1e-3)``, jit-compiled with donated buffers, on the
-same data and the same initial weights (their first losses must agree).
+The previous release is ``--previous PATH`` (a checkout, or any folder that
+holds its ``jaxrnn/`` package), or else ``--previous-rev REV`` of this
+repository's git history, exported with ``git archive`` into a temporary
+folder; by default the newest commit whose ``jaxrnn.__version__`` differs
+from this tree's (the release before this one). The old package is copied to
+a temporary directory as the package ``jaxrnn_prev``, with every
+``from jaxrnn`` / ``import jaxrnn`` rewritten to ``jaxrnn_prev``, so both
+versions live in one process and all of the old code's internal imports
+resolve to the old code. Both steps are the default fused training step of
+each release: one-layer tanh model, summed cross-entropy, ``optax.adam(1e-3)``,
+jit-compiled with donated buffers, on the same data and the same initial
+weights (their first losses must agree). Releases from 0.2.0 on take
+``RNNParams(layers, W_hy, b_y)`` and ``make_train_step(optimizer, model=,
+loss=, compute=)``; 0.1.0 took a flat ``RNNParams`` and
+``make_train_step(optimizer, LossSpec(activation=...))``: both are handled.
 Steps run interleaved (two consecutive calls per version and round, the second
 timed), and ``new / old`` is the ratio of the medians (< 1: the new code is
 faster), in wall time and in process CPU time.
@@ -21,11 +29,15 @@ faster), in wall time and in process CPU time.
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import importlib
+import io
 import re
 import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,16 +53,70 @@ from common import interleaved_times, machine_info, print_table, write_json  # n
 from train_step import CONFIGS, LEARNING_RATE, LOSS, QUICK_CONFIGS, jax_stepper, make_problem, \
     rnn_params
 
-PREV = Path("/work/prev")
+REPOSITORY = Path(__file__).resolve().parents[1]
 IMPORT = re.compile(r"^(\s*)(from|import)\s+jaxrnn\b", re.MULTILINE)
+
+
+def git(*args: str, repository: Path = REPOSITORY) -> bytes:
+  """The output of ``git args`` in ``repository``.
+
+  Raises:
+    RuntimeError: git is missing or the command failed (e.g. a shallow clone lacks the commit).
+  """
+  try:
+    done = subprocess.run(["git", "-C", str(repository), *args], capture_output=True, check=False)
+  except OSError as error:
+    raise RuntimeError(f"git is not available: {error}") from None
+  if done.returncode:
+    raise RuntimeError(f"git {' '.join(args)}: {done.stderr.decode().strip()}")
+  return done.stdout
+
+
+def version_at(rev: str, repository: Path = REPOSITORY) -> str | None:
+  """``jaxrnn.__version__`` as committed at ``rev`` (``None`` if it has none)."""
+  try:
+    source = git("show", f"{rev}:jaxrnn/__init__.py", repository=repository).decode()
+  except RuntimeError:
+    return None
+  for node in ast.parse(source).body:
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__"
+                                            for t in node.targets):
+      return ast.literal_eval(node.value)
+  return None
+
+
+def previous_release(repository: Path = REPOSITORY, current: str = jaxrnn.__version__) -> str:
+  """The newest commit of ``repository`` whose ``jaxrnn.__version__`` is not ``current``.
+
+  Raises:
+    RuntimeError: no such commit in the history this checkout has (or no git).
+  """
+  for rev in git("log", "--format=%H", "--", "jaxrnn/__init__.py",
+                 repository=repository).decode().split():
+    version = version_at(rev, repository)
+    if version is not None and version != current:
+      return rev
+  raise RuntimeError(f"no commit of a version other than {current} in the git history of "
+                     f"{repository.name} (a shallow clone?)")
+
+
+def export_revision(rev: str, destination: Path, repository: Path = REPOSITORY) -> Path:
+  """Writes the ``jaxrnn/`` package of commit ``rev`` into ``destination`` (``git archive``, so
+  the repository itself is left untouched); returns ``destination``."""
+  archive = git("archive", "--format=tar", rev, "jaxrnn", repository=repository)
+  with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+    tar.extractall(destination, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+  return destination
 
 
 def import_previous(checkout: Path, name: str = "jaxrnn_prev"):
   """Imports ``checkout/jaxrnn`` as the package ``name`` (a rewritten copy in a temp dir)."""
   if name in sys.modules:
     return sys.modules[name]
+  if not (Path(checkout) / "jaxrnn" / "__init__.py").is_file():
+    raise FileNotFoundError(f"{checkout} holds no jaxrnn package (jaxrnn/__init__.py)")
   root = Path(tempfile.mkdtemp(prefix="jaxrnn_prev_"))
-  shutil.copytree(checkout / "jaxrnn", root / name,
+  shutil.copytree(Path(checkout) / "jaxrnn", root / name,
                   ignore=shutil.ignore_patterns("__pycache__"))
   for path in (root / name).rglob("*.py"):
     text = path.read_text()
@@ -64,6 +130,21 @@ def import_previous(checkout: Path, name: str = "jaxrnn_prev"):
   return module
 
 
+def old_step(prev, weights, optimizer: optax.GradientTransformation):
+  """``(step, params)``: the previous release's default fused step and its params of ``weights``."""
+  if hasattr(prev, "CellParams"):                                  # 0.2.0 on: layered params
+    params = prev.RNNParams(layers=((prev.CellParams(*(jnp.asarray(a) for a in (
+        weights.W_xh, weights.W_hh, weights.b_h))),),), W_hy=jnp.asarray(weights.W_hy),
+                            b_y=jnp.asarray(weights.b_y))
+    step = prev.make_train_step(optimizer, model=prev.ModelSpec(),
+                                loss=prev.LossSpec(loss="cross_entropy", reduction="sum"),
+                                compute=prev.ComputeSpec())
+    return step, params
+  params = prev.RNNParams(*(jnp.asarray(a) for a in weights))  # 0.1.0: W_xh, W_hh, W_hy, b_h, b_y
+  return prev.make_train_step(optimizer, prev.LossSpec(loss="cross_entropy", activation="tanh",
+                                                       reduction="sum")), params
+
+
 def old_and_new_steps(prev, sizes: tuple[int, ...], extra: bool = False,
                       ) -> tuple[dict[str, Callable[[], float]], dict[str, Any]]:
   """Blocking steppers ``{"old": ..., "new": ...}`` on the same problem, and the raw pieces.
@@ -75,10 +156,8 @@ def old_and_new_steps(prev, sizes: tuple[int, ...], extra: bool = False,
   problem = make_problem(*sizes)
   w = problem.params
   optimizer = optax.adam(LEARNING_RATE)
-  old_params = prev.RNNParams(*(jnp.asarray(a) for a in w))       # W_xh, W_hh, W_hy, b_h, b_y
+  old, old_params = old_step(prev, w, optimizer)
   old_batch = prev.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
-  old_step = prev.make_train_step(optimizer, prev.LossSpec(loss="cross_entropy", activation="tanh",
-                                                           reduction="sum"))
   new_params = rnn_params(w)
   new_batch = jaxrnn.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
   new_step = jaxrnn.make_train_step(optimizer, model=jaxrnn.ModelSpec(), loss=LOSS,
@@ -90,11 +169,11 @@ def old_and_new_steps(prev, sizes: tuple[int, ...], extra: bool = False,
       return params, opt_state, metrics["loss"]
     return run
 
-  calls = {"old": jax_stepper(loss_only(old_step), old_params, optimizer.init(old_params),
+  calls = {"old": jax_stepper(loss_only(old), old_params, optimizer.init(old_params),
                               old_batch),
            "new": jax_stepper(loss_only(new_step), new_params, optimizer.init(new_params),
                               new_batch)}
-  pieces = {"old": (old_step, old_params, optimizer.init(old_params), old_batch),
+  pieces = {"old": (old, old_params, optimizer.init(old_params), old_batch),
             "new": (new_step, new_params, optimizer.init(new_params), new_batch)}
   if extra:
     def plain_step(params, opt_state, batch):
@@ -151,7 +230,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
   parser.add_argument("--rounds", type=int, default=20, help="timed steps per version")
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--prev", type=Path, default=PREV, help="checkout of the previous release")
+  where = parser.add_mutually_exclusive_group()
+  where.add_argument("--previous", "--prev", type=Path, default=None, metavar="PATH",
+                     help="a checkout of the previous release (a folder holding its jaxrnn/)")
+  where.add_argument("--previous-rev", default=None, metavar="REV",
+                     help="a commit of this repository to compare against (default: the newest "
+                          "commit of another jaxrnn version)")
   parser.add_argument("--hlo", action="store_true", help="also count the compiled HLO ops")
   parser.add_argument("--extra", action="store_true",
                       help="also time the new loss_and_grad in the old step body (old metrics)")
@@ -161,12 +245,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
-  prev = import_previous(args.prev)
+  if args.previous is not None:
+    source, prev = str(args.previous), import_previous(args.previous)
+  else:
+    source = args.previous_rev or previous_release()
+    prev = import_previous(export_revision(source,
+                                           Path(tempfile.mkdtemp(prefix="jaxrnn_release_"))))
   if args.quick:
     configs, rounds, warmup = QUICK_CONFIGS, 3, 1
   else:
     configs, rounds, warmup = {n: CONFIGS[n] for n in args.configs}, args.rounds, args.warmup
-  payload = {"machine": machine_info(), "prev_version": prev.__version__,
+  payload = {"machine": machine_info(), "prev_version": prev.__version__, "prev_source": source,
              "new_version": jaxrnn.__version__, "rounds": rounds, "warmup": warmup,
              "configs": {}}
   for name, sizes in configs.items():

@@ -37,8 +37,8 @@ QUICK_GENERATION_SIZES = (5, 16, 5)
 
 def numpy_params(inputs: int, hidden: int, outputs: int) -> Weights:
   """Glorot float32 weights (one layer) as NumPy arrays, shared by every implementation."""
-  return weights_of(jaxrnn.init_params(jax.random.key(0), inputs, hidden, outputs, "glorot",
-                                       jnp.float32))
+  return weights_of(jaxrnn.init_params(jax.random.key(0), inputs, hidden, outputs, init="glorot",
+                                       dtype=jnp.float32))
 
 
 def torch_modules(params: Weights):

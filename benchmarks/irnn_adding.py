@@ -6,15 +6,16 @@ for a smoke run. Writes ``benchmarks/results/irnn_adding.json`` and
 
 Models, both one layer, ``H = --hidden`` (100), a linear read-out of the last step:
 
-* ``irnn``: ReLU, ``init_params(scheme="identity")``: ``W_hh = I``,
+* ``irnn``: ReLU, ``init_params(init="identity")``: ``W_hh = I``,
   ``W_xh``, ``W_hy ~ N(0, 0.001^2)``, zero biases (the paper's IRNN);
-* ``tanh``: tanh, ``init_params(scheme=--tanh-scheme)`` (``"orthogonal"``:
+* ``tanh``: tanh, ``init_params(init=--tanh-scheme)`` (``"orthogonal"``:
   ``W_hh`` a random orthogonal matrix, ``W_xh``, ``W_hy`` Glorot-uniform).
 
-Task: :func:`jaxrnn.data.adding_problem` (two marked values in ``U(0, 1)``,
-one in each half of the sequence; the target is their sum, read at the last
-step). Predicting 1 gives MSE ``1/6 ~ 0.167``. Training: mean squared error
-at the last step, :func:`jaxrnn.fit` with the default fused gradient, a fresh
+Task: :func:`jaxrnn.app.data.adding_problem`, the ``jaxrnn`` command's data (two
+marked values in ``U(0, 1)``, one in each half of the sequence; the target is
+their sum, read at the last step). Predicting 1 gives MSE ``1/6 ~ 0.167``.
+Training: mean squared error at the last step, :func:`jaxrnn.fit` of a
+:func:`jaxrnn.make_train_step` step with the default fused gradient, a fresh
 batch per step (``fold_in(key, step)``), ``optax`` Adam (``--optimizer sgd``
 for the paper's SGD) after clipping the global gradient norm (``--clip``).
 The paper trained with SGD + clipping for up to ~10^6 steps; here the budget
@@ -38,11 +39,11 @@ import jax
 import numpy as np
 
 import jaxrnn
-from jaxrnn.data import adding_problem
+from jaxrnn.app.data import adding_problem
 from common import RESULTS, machine_info, print_table, write_json  # noqa: I001
 
 LENGTHS = (150, 200, 300, 400)
-QUICK_LENGTHS = (10, 20)
+QUICK_LENGTHS = (10,)
 MODELS = ("irnn", "tanh")
 BASELINE_MSE = 1 / 6                      # predicting E[target] = 1
 SOLVED_MSE = 0.05
@@ -50,11 +51,10 @@ SOLVED_MSE = 0.05
 
 def model_setup(name: str, hidden: int, tanh_scheme: str, key: jax.Array):
   """``(params, ModelSpec)`` of ``"irnn"`` (ReLU, identity init) or ``"tanh"``."""
+  init = jax.jit(jaxrnn.init_params, static_argnums=(1, 2, 3), static_argnames="init")
   if name == "irnn":
-    return (jaxrnn.init_params(key, 2, hidden, 1, scheme="identity"),
-            jaxrnn.ModelSpec(activation="relu"))
-  return (jaxrnn.init_params(key, 2, hidden, 1, scheme=tanh_scheme),
-          jaxrnn.ModelSpec(activation="tanh"))
+    return init(key, 2, hidden, 1, init="identity"), jaxrnn.ModelSpec(activation="relu")
+  return init(key, 2, hidden, 1, init=tanh_scheme), jaxrnn.ModelSpec(activation="tanh")
 
 
 def train_one(name: str, num_steps: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -67,7 +67,8 @@ def train_one(name: str, num_steps: int, args: argparse.Namespace) -> dict[str, 
                                     **({"momentum": 0.9} if args.optimizer == "sgd" else {}))
   make_batch = jax.jit(functools.partial(adding_problem, batch_size=args.batch,
                                          num_steps=num_steps))
-  test = adding_problem(k_test, args.test_size, num_steps)
+  test = jax.jit(adding_problem, static_argnums=(1, 2))(k_test, args.test_size, num_steps)
+  train_step = jaxrnn.make_train_step(optimizer, model=model, loss=loss)
   eval_step = jaxrnn.make_eval_step(model=model, loss=loss)
   curve = [(0, float(eval_step(params, test)["mse"]))]
 
@@ -78,8 +79,9 @@ def train_one(name: str, num_steps: int, args: argparse.Namespace) -> dict[str, 
   start = time.perf_counter()
   status = "ok"
   try:
-    result = jaxrnn.fit(params, optimizer, lambda s: make_batch(jax.random.fold_in(k_data, s)),
-                        args.steps, model=model, loss=loss, progress=False, callback=callback)
+    result = jaxrnn.fit(params, optimizer.init(params), train_step,
+                        lambda s: make_batch(jax.random.fold_in(k_data, s)), args.steps,
+                        progress=False, callback=callback)
     train_loss = result.history["loss"]
   except FloatingPointError as error:       # diverged: keep the curve so far
     status, train_loss = f"diverged: {error}", np.array([np.nan])
@@ -118,7 +120,7 @@ def plot(runs: list[dict[str, Any]], lengths: Sequence[int], path, title: str) -
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
-                      help="T = 10, 20, 30 steps, tiny model, no plot")
+                      help="T = 10, 20 training steps, H = 8, no plot")
   parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
   parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
   parser.add_argument("--steps", type=int, default=4000, help="training steps per run")
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
   lengths = args.lengths
   if args.quick:
-    lengths, args.steps, args.hidden, args.eval_every, args.test_size = QUICK_LENGTHS, 30, 16, 10, 64
+    lengths, args.steps, args.hidden, args.eval_every, args.test_size = QUICK_LENGTHS, 20, 8, 10, 64
   start = time.perf_counter()
   runs = []
   for num_steps in lengths:

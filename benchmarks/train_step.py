@@ -67,7 +67,7 @@ SPLIT_CONFIGS: dict[str, tuple[int, int, int, int, int]] = {   # (B/2) H^2 per d
     "demo": (50, 64, 2, 64, 2),          # the adding demo's sizes: 131k
     "split_131k": (100, 16, 32, 128, 32),
 }
-"""Where the split starts to pay (``jaxrnn.run.MIN_SPLIT_WORK``): ``--configs split_8k ...
+"""Where the split starts to pay (``jaxrnn.app.training.MIN_SPLIT_WORK``): ``--configs split_8k ...
 --impls jaxrnn_fused jaxrnn_all_cores``; not run by default."""
 QUICK_CONFIGS = {"tiny": (12, 4, 5, 16, 5)}
 LEARNING_RATE = 1e-3
@@ -110,9 +110,9 @@ class Problem(NamedTuple):
 
 
 def make_problem(T: int, B: int, I: int, H: int, O: int, seed: int = 0) -> Problem:
-  """Random inputs ``~N(0, 1)``, random class targets, ``init_params(scheme="glorot")`` weights."""
+  """Random inputs ``~N(0, 1)``, random class targets, ``init_params(init="glorot")`` weights."""
   rng = np.random.default_rng(seed)
-  params = jaxrnn.init_params(jax.random.key(seed), I, H, O, scheme="glorot", dtype=jnp.float32)
+  params = jaxrnn.init_params(jax.random.key(seed), I, H, O, init="glorot", dtype=jnp.float32)
   return Problem(rng.standard_normal((T, B, I), dtype=np.float32),
                  rng.integers(0, O, (T, B)).astype(np.int32), weights_of(params))
 

@@ -1,28 +1,79 @@
-"""A fast smoke run of the benchmarks at tiny sizes (train_step, compare_release, irnn_adding).
+"""A fast smoke run of every benchmark script: ``--help``, and its ``--quick`` mode on tiny sizes.
 
 Checks numbers, never wall-clock speed: both jaxrnn gradients train the same
 model to the same losses, and the FLOP count and roofline follow their formulas;
-the previous release, imported as ``jaxrnn_prev``, computes the same loss as
-this tree; a tiny adding-problem run learns and reports its curve.
+the previous release (exported from this checkout's git history, imported as
+``jaxrnn_prev``) computes the same loss as this tree; a tiny adding-problem run
+learns and reports its curve; the forward-only and generation paths agree
+with torch; the GPU script's scan and kernel rows agree with its float64 oracle.
+The scripts write their JSON into a temporary folder, not ``benchmarks/results/``.
 """
 
+import json
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 
+import common  # noqa: E402
 import train_step  # noqa: E402
 
+SCRIPTS = ("common", "compare_release", "gpu", "inference", "irnn_adding", "scaling",
+           "train_step")
 SIZES = (6, 3, 4, 8, 5)   # (T, B, I, H, O)
 
 
 @pytest.fixture(scope="module")
-def result():
-  return train_step.run_config(SIZES, ["jaxrnn_fused", "jaxrnn_autodiff"], rounds=2, warmup=1,
-                              sgemm_size=256)
+def results(tmp_path_factory):
+  """``benchmarks/results`` moved to a temporary folder for the scripts of this module."""
+  folder = tmp_path_factory.mktemp("results")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(common, "RESULTS", folder)
+    yield folder
+
+
+def written(results, name):
+  """The JSON a script wrote as ``results/<name>.json``."""
+  return json.loads((results / f"{name}.json").read_text())
+
+
+HELP = textwrap.dedent("""
+    import contextlib, io, runpy, sys
+    sys.path.insert(0, {benchmarks!r})
+    for name in {scripts!r}:
+      sys.argv = [name + ".py", "--help"]
+      out = io.StringIO()
+      try:
+        with contextlib.redirect_stdout(out):
+          runpy.run_path({benchmarks!r} + "/" + name + ".py", run_name="__main__")
+        code = "no exit"
+      except SystemExit as done:
+        code = done.code
+      print(name, code, "usage: " + name + ".py" in out.getvalue())
+""")
+
+
+def test_every_script_answers_help():
+  """``python benchmarks/X.py --help`` prints X's usage and exits 0 (run in one interpreter)."""
+  done = subprocess.run([sys.executable, "-c", HELP.format(benchmarks=str(BENCHMARKS),
+                                                           scripts=SCRIPTS)],
+                        capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.split("\n")[:-1] == [f"{name} 0 True" for name in SCRIPTS], done.stdout
+
+
+@pytest.fixture(scope="module")
+def quick_train_step(results):
+  """``train_step.py --quick``: the jaxrnn fused and autodiff steps on the tiny configuration."""
+  payload = train_step.main(["--quick"])
+  assert written(results, "train_step_quick")["configs"].keys() == {"tiny"}
+  return payload["configs"]["tiny"]
 
 
 def test_train_flops_formula():
@@ -30,22 +81,25 @@ def test_train_flops_formula():
   assert train_step.train_flops(*SIZES) == 6 * T * B * (I * H + H * H + H * O) == 14688
 
 
-def test_jaxrnn_fused_and_autodiff_agree(result):
-  fused, autodiff = result["results"]["jaxrnn_fused"], result["results"]["jaxrnn_autodiff"]
-  T, B, _, _, O = SIZES
+def test_jaxrnn_fused_and_autodiff_agree(quick_train_step):
+  fused = quick_train_step["results"]["jaxrnn_fused"]
+  autodiff = quick_train_step["results"]["jaxrnn_autodiff"]
+  T, B, _, _, O = train_step.QUICK_CONFIGS["tiny"]
   # Glorot weights, summed cross-entropy over T * B tokens: near T B log(O) at the start.
   assert 0.5 * T * B * np.log(O) < fused["first_loss"] < 2 * T * B * np.log(O)
   np.testing.assert_allclose(fused["first_loss"], autodiff["first_loss"], rtol=1e-5)
   assert fused["ratio_to_jaxrnn"] == 1.0
-  assert len(fused["times_ms"]) == 2 and all(t > 0 for t in fused["times_ms"])
+  assert len(fused["times_ms"]) == 3 and all(t > 0 for t in fused["times_ms"])
 
 
-def test_roofline_follows_from_times(result):
-  fused = result["results"]["jaxrnn_fused"]
-  expected = 100 * result["flops"] / (fused["ms"] / 1e3) / (result["sgemm_gflops"] * 1e9)
+def test_roofline_follows_from_times(quick_train_step):
+  fused = quick_train_step["results"]["jaxrnn_fused"]
+  expected = (100 * quick_train_step["flops"] / (fused["ms"] / 1e3)
+              / (quick_train_step["sgemm_gflops"] * 1e9))
   np.testing.assert_allclose(fused["roofline_pct"], expected, rtol=1e-12)
-  assert result["sgemm_gflops"] > 0.1
-  assert result["sizes"] == dict(zip("TBIHO", SIZES))
+  assert quick_train_step["sgemm_gflops"] > 0.1
+  assert quick_train_step["sizes"] == dict(zip("TBIHO", train_step.QUICK_CONFIGS["tiny"]))
+  assert quick_train_step["flops"] == train_step.train_flops(*train_step.QUICK_CONFIGS["tiny"])
 
 
 def test_numpy_seed_style_step_matches_jaxrnn_loss():
@@ -75,29 +129,80 @@ def test_weights_round_trip_through_rnn_params():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.skipif(not (Path("/work/prev") / "jaxrnn").is_dir(),
-                    reason="no checkout of the previous release at /work/prev")
-def test_compare_release_runs_old_and_new_on_the_same_problem():
-  import compare_release
-  prev = compare_release.import_previous(Path("/work/prev"))
-  assert prev.__name__ == "jaxrnn_prev" and prev.__version__ != train_step.jaxrnn.__version__
+@pytest.fixture(scope="module")
+def previous_release(tmp_path_factory):
+  """The ``jaxrnn/`` package of the release before this tree, from this checkout's history."""
+  import compare_release  # pylint: disable=import-outside-toplevel
+  try:
+    rev = compare_release.previous_release()
+    return rev, compare_release.export_revision(rev, tmp_path_factory.mktemp("previous"))
+  except RuntimeError as error:
+    pytest.skip(f"no earlier release in this checkout's git history ({error})")
+
+
+def test_compare_release_runs_old_and_new_on_the_same_problem(previous_release, results):
+  import compare_release  # pylint: disable=import-outside-toplevel
+  rev, checkout = previous_release
+  assert compare_release.version_at(rev) != train_step.jaxrnn.__version__
+  payload = compare_release.main(["--quick", "--previous", str(checkout)])
+  prev = sys.modules["jaxrnn_prev"]
+  assert prev.__version__ == payload["prev_version"] == compare_release.version_at(rev)
   assert Path(prev.sequence_loss.__code__.co_filename).parts[-2] == "jaxrnn_prev"
-  r = compare_release.run_config(prev, SIZES, rounds=2, warmup=1)
+  r = payload["configs"]["tiny"]
   # Same data, same weights, same summed cross-entropy: the two releases' losses agree.
   np.testing.assert_allclose(r["first_loss"]["old"], r["first_loss"]["new"], rtol=1e-5)
   np.testing.assert_allclose(r["ratio_new_over_old"],
                              np.median(r["times_ms"]["new"]) / np.median(r["times_ms"]["old"]),
                              rtol=1e-9)
+  assert written(results, "compare_release_quick")["new_version"] == train_step.jaxrnn.__version__
 
 
-def test_irnn_adding_tiny_run_learns_and_reports():
-  import irnn_adding
-  args = irnn_adding.parse_args(["--steps", "20", "--hidden", "8", "--eval-every", "10",
-                                 "--test-size", "64", "--lr", "0.01"])
-  run = irnn_adding.train_one("tanh", 8, args)
-  steps = [s for s, _ in run["curve"]]
-  assert steps == [0, 10, 20] and run["status"] == "ok"
-  # Adam at lr 0.01 on T = 8 gets below its own starting test MSE in 20 steps.
-  assert run["final_test_mse"] < run["curve"][0][1]
-  assert run["final_test_mse"] == run["curve"][-1][1]
-  assert run["solved"] == (run["final_test_mse"] < 0.05)
+def test_irnn_adding_quick_run_learns_and_reports(results):
+  import irnn_adding  # pylint: disable=import-outside-toplevel
+  payload = irnn_adding.main(["--quick", "--lr", "0.01"])
+  assert [(r["T"], r["model"], r["status"]) for r in payload["runs"]] == [(10, "irnn", "ok"),
+                                                                          (10, "tanh", "ok")]
+  for run in payload["runs"]:
+    assert [s for s, _ in run["curve"]] == [0, 10, 20]
+    # Adam at lr 0.01 on T = 10 gets below its own starting test MSE in 20 steps.
+    assert run["final_test_mse"] < run["curve"][0][1], run
+    assert run["final_test_mse"] == run["curve"][-1][1]
+    assert run["solved"] == (run["final_test_mse"] < 0.05)
+  assert written(results, "irnn_adding_quick")["budget"] == {
+      "steps": 20, "batch": 32, "hidden": 8, "lr": 0.01, "optimizer": "adam", "clip": 1.0,
+      "tanh_scheme": "orthogonal", "eval_every": 10, "test_size": 64, "seed": 0}
+
+
+def test_scaling_quick_run_reports_every_method(results):
+  import scaling  # pylint: disable=import-outside-toplevel
+  payload = scaling.main(["--quick"])
+  (row,) = payload["rows"]
+  assert row["T"] == 10 and set(row["methods"]) == set(scaling.METHODS)
+  for method in row["methods"].values():
+    assert method["step_ms"] > 0 and method["temp_mb"] >= 0 and method["total_mb"] > 0
+  B, I, H, _ = scaling.SIZES
+  assert row["hs_plus_inputs_mb"] == 4 * 10 * B * (H + I + 1) / 1e6
+  assert written(results, "scaling_quick")["rows"] == json.loads(json.dumps(payload["rows"]))
+
+
+def test_inference_quick_run_agrees_with_torch(results):
+  pytest.importorskip("torch")
+  import inference  # pylint: disable=import-outside-toplevel
+  payload = inference.main(["--quick"])
+  assert payload["max_abs_logit_diff_vs_torch"] < 1e-4 and payload["same_tokens_as_torch"]
+  assert set(payload["throughput"]) == {"jaxrnn_unroll", "jaxrnn_infer", "torch"}
+  assert set(payload["generation"]) == {"jaxrnn_loop", "jaxrnn_scan", "torch_loop"}
+  assert written(results, "inference_quick")["tokens"] == 10
+
+
+def test_gpu_script_quick_rows_agree_with_the_float64_oracle(results):
+  """The GPU script anywhere: off a GPU its kernel rows run the Pallas kernels interpreted."""
+  import gpu  # pylint: disable=import-outside-toplevel
+  payload = gpu.main(["--quick", "--configs", "tiny", "--impls", "jaxrnn_scan_highest",
+                      "jaxrnn_kernel_highest", "--rounds", "1"])
+  rows = payload["configs"]["tiny"]["results"]
+  assert set(rows) == {"jaxrnn_scan_highest", "jaxrnn_kernel_highest"}, rows
+  for row in rows.values():
+    assert "error" not in row and row["forward_error"] < 1e-5 and row["train_ms"] > 0, row
+  assert written(results, "gpu_quick")["configs"]["tiny"]["sizes"] == list(
+      gpu.QUICK_CONFIGS["tiny"])

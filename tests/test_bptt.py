@@ -1,30 +1,26 @@
-"""The hand-derived BPTT (jaxrnn.bptt) equals jax.grad through the fused and the plain
-lax.scan paths on hypothesis-drawn problems, and all equal central finite differences (float64)."""
+"""The hand-derived BPTT (jaxrnn.bptt) equals the NumPy reference's BPTT and jax.grad through the
+fused and the plain lax.scan paths on hypothesis-drawn problems (float64, 1e-10), and all equal
+the reference's central finite differences; a class it cannot check under jit makes it NaN."""
 
+import functools
+
+import chex
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxrnn
+import reference
 from conftest import MODELS, random_problem
 
 OUTPUTS = [(loss, out) for loss, outs in jaxrnn.spec.LOSSES.items() for out in outs]
 STATIC = ("model", "loss")
-
-
-def relative_difference(a, b):
-  """max over leaves of ``max |a - b| / max |b|`` (``max |a - b|`` where ``b`` is all zero)."""
-  worst = 0.0
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    assert x.shape == y.shape and x.dtype == y.dtype
-    scale = float(jnp.max(jnp.abs(y), initial=0))
-    diff = float(jnp.max(jnp.abs(x - y), initial=0))
-    worst = max(worst, diff / scale if scale > 0 else diff)
-  return worst
+TIGHT = dict(rtol=1e-10, atol=1e-12, strict=True)
+"""Two exact gradients in float64: equal up to rounding."""
 
 
 def grad_of_loss(params, batch, h0, model, loss, gradient):
@@ -35,12 +31,20 @@ def grad_of_loss(params, batch, h0, model, loss, gradient):
                   has_aux=True)(params, h0)[0]
 
 
-@jax.jit(static_argnames=STATIC)
+@functools.partial(jax.jit, static_argnames=STATIC)
 def three_gradients(params, batch, h0, model, loss):
   """The hand BPTT, jax.grad through the fused custom_vjp and through lax.scan: one program."""
   return (jaxrnn.bptt(params, batch, h0, model=model, loss=loss),
           grad_of_loss(params, batch, h0, model, loss, "fused"),
           grad_of_loss(params, batch, h0, model, loss, "autodiff"))
+
+
+def reference_bptt(prob, model, loss, batch=None):
+  """``(grads, dh0)`` of the NumPy reference's hand BPTT."""
+  batch = prob.batch if batch is None else batch
+  return reference.bptt(reference.as_numpy(prob.params), batch.xs, batch.targets, prob.h0,
+                        batch.lengths, batch.target_mask, model.activation,
+                        model.output_activation, loss.loss, loss.reduction)
 
 
 @st.composite
@@ -60,60 +64,37 @@ def problems(draw):
 @settings(max_examples=15, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=problems())
-def test_hand_bptt_equals_fused_and_autodiff_gradients(case):
+def test_hand_bptt_equals_reference_fused_and_autodiff_gradients(case):
   prob, model, loss = case
   hand, fused, autodiff = three_gradients(prob.params, prob.batch, prob.h0, model, loss)
-  assert relative_difference(hand, autodiff) <= 1e-10
-  assert relative_difference(fused, autodiff) <= 1e-10
-  assert relative_difference(hand, fused) <= 1e-10
-  grads, dh0 = hand
-  assert jax.tree.structure(grads) == jax.tree.structure(prob.params)
-  assert all(g.shape == p.shape for g, p in zip(jax.tree.leaves(grads),
-                                                jax.tree.leaves(prob.params)))
-  assert dh0.shape == prob.h0.shape
+  chex.assert_trees_all_equal_shapes_and_dtypes(hand, (prob.params, prob.h0))
+  chex.assert_trees_all_close(hand, reference_bptt(prob, model, loss), **TIGHT)
+  chex.assert_trees_all_close(hand, autodiff, **TIGHT)
+  chex.assert_trees_all_close(fused, autodiff, **TIGHT)
+  chex.assert_trees_all_close(hand, fused, **TIGHT)
 
 
 FD_PROBLEM = dict(num_steps=3, batch=3, sizes=(2, 2, 3), num_layers=2, bidirectional=True,
                   masked=True)
 
 
-@jax.jit(static_argnames=("model", "loss", "unravel"))
-def hand_and_central_differences(flat, batch, model, loss, unravel, eps=1e-6):
-  """``(bptt gradient, central differences)`` of ``L(params, h0)`` at ``flat``, both flat."""
-  params, h0 = unravel(flat)
-  hand = jax.flatten_util.ravel_pytree(jaxrnn.bptt(params, batch, h0, model=model, loss=loss))[0]
-
-  def loss_at(vector):
-    params, h0 = unravel(vector)
-    return jaxrnn.sequence_loss(params, batch, h0, model=model, loss=loss)[0]
-
-  loss_at = jax.vmap(loss_at)
-  basis = jnp.eye(flat.size, dtype=flat.dtype)
-  return hand, (loss_at(flat + eps * basis) - loss_at(flat - eps * basis)) / (2 * eps)
-
-
-class Unravel:
-  """A hashable wrapper of ``ravel_pytree``'s unravel (a static argument of the jit above)."""
-
-  def __init__(self, tree):
-    self.flat, self.fn = jax.flatten_util.ravel_pytree(tree)
-
-  def __call__(self, vector):
-    return self.fn(vector)
-
-
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("loss,output_activation", OUTPUTS)
-def test_hand_bptt_equals_central_differences(activation, loss, output_activation):
-  """A 2-layer bidirectional model with lengths and a target mask: every parameter and h0."""
+def test_gradients_equal_central_differences(activation, loss, output_activation):
+  """A 2-layer bidirectional model with lengths and a target mask: every parameter and h0, the
+  hand BPTT and jax.grad against the reference loss's central differences."""
   prob = random_problem(7, loss=loss, **FD_PROBLEM)
   batch = prob.batch._replace(lengths=jnp.array([3, 1, 2]))      # every sequence contributes
   model = jaxrnn.ModelSpec(activation=activation, output_activation=output_activation)
-  unravel = Unravel((prob.params, prob.h0))
-  hand, numeric = hand_and_central_differences(unravel.flat, batch, model,
-                                               jaxrnn.LossSpec(loss, "mean"), unravel)
-  np.testing.assert_allclose(np.asarray(hand), np.asarray(numeric), rtol=1e-6, atol=1e-8)
-  assert np.max(np.abs(np.asarray(numeric))) > 1e-2
+  spec = jaxrnn.LossSpec(loss, "mean")
+  f = lambda tree: reference.loss(tree[0], batch.xs, batch.targets, tree[1], batch.lengths,
+                                  batch.target_mask, activation, output_activation, loss,
+                                  "mean")[0]
+  numeric = reference.numerical_grad(f, (reference.as_numpy(prob.params), prob.h0))
+  assert max(np.max(np.abs(leaf)) for leaf in jax.tree.leaves(numeric)) > 1e-2
+  hand, fused, autodiff = three_gradients(prob.params, batch, prob.h0, model, spec)
+  for grads in (hand, fused, autodiff):
+    chex.assert_trees_all_close(grads, numeric, rtol=1e-6, atol=1e-8, strict=True)
 
 
 hand_bptt = jax.jit(jaxrnn.bptt, static_argnames=STATIC)
@@ -128,18 +109,46 @@ def test_gradient_of_a_finished_sequence_is_zero(num_layers, bidirectional):
   model, spec = jaxrnn.ModelSpec(), jaxrnn.LossSpec()
   hand = hand_bptt(prob.params, batch, prob.h0, model=model, loss=spec)
   dh0 = hand[1]
-  assert float(jnp.max(jnp.abs(dh0[:, 1]))) == 0.0
+  chex.assert_trees_all_equal(dh0[:, 1], jnp.zeros_like(dh0[:, 1]))
   assert float(jnp.max(jnp.abs(dh0[:, 0]))) > 1e-4
   changed = batch._replace(xs=batch.xs.at[:, 1].set(7.0))
-  assert relative_difference(hand_bptt(prob.params, changed, prob.h0, model=model, loss=spec),
-                             hand) == 0.0
+  chex.assert_trees_all_equal(hand_bptt(prob.params, changed, prob.h0, model=model, loss=spec),
+                              hand)
 
 
-def test_bptt_under_jit_matches_eager_and_defaults():
-  prob = random_problem(11, 3, 2, sizes=(2, 2, 2), masked=True)
-  jitted = jax.jit(jaxrnn.bptt)(prob.params, prob.batch)
-  eager = jaxrnn.bptt(prob.params, prob.batch)                   # h0 = zeros, default specs
-  assert relative_difference(jitted, eager) <= 1e-12
+class TestBpttVariants(chex.TestCase):
+  """jaxrnn.bptt jitted and not (chex variants)."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_bptt_matches_the_reference_with_default_arguments(self):
+    prob = random_problem(11, 3, 2, sizes=(2, 2, 2), masked=True)
+    got = self.variant(jaxrnn.bptt)(prob.params, prob.batch)        # h0 = zeros, default specs
+    want = reference.bptt(reference.as_numpy(prob.params), prob.batch.xs, prob.batch.targets,
+                          None, prob.batch.lengths, prob.batch.target_mask)
+    chex.assert_trees_all_close(got, want, **TIGHT)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*MODELS)
+  def test_a_class_outside_0_O_raises_eagerly_and_makes_the_gradients_nan_under_jit(
+      self, num_layers, bidirectional):
+    prob = random_problem(13, 4, 3, num_layers=num_layers, bidirectional=bidirectional)
+    model, spec = jaxrnn.ModelSpec(), jaxrnn.LossSpec()
+    run = self.variant(functools.partial(jaxrnn.bptt, model=model, loss=spec))
+    for bad in (2, 7, -1):                                          # O = 2
+      batch = prob.batch._replace(targets=prob.batch.targets.at[2, 1].set(bad))
+      if self.variant.type == chex.ChexVariantType.WITHOUT_JIT:
+        with pytest.raises(ValueError, match="batch.targets"):
+          run(prob.params, batch, prob.h0)
+        continue
+      grads, dh0 = run(prob.params, batch, prob.h0)
+      for leaf in jax.tree.leaves(grads):
+        assert np.all(np.isnan(leaf)), bad
+      assert np.all(np.isnan(dh0[:, 1])), bad              # that sequence's dL/dh0
+      rest = np.array([0, 2])
+      others = prob.batch._replace(xs=prob.batch.xs[:, rest], targets=prob.batch.targets[:, rest])
+      chex.assert_trees_all_close(dh0[:, rest],
+                                  reference_bptt(prob._replace(h0=prob.h0[:, rest]), model, spec,
+                                                 others)[1], **TIGHT)
 
 
 def test_bptt_bad_arguments():
@@ -150,5 +159,7 @@ def test_bptt_bad_arguments():
     jaxrnn.bptt(prob.params, prob.batch, prob.h0[:, :1])
   with pytest.raises(TypeError, match="batch.targets"):
     jaxrnn.bptt(prob.params, prob.batch._replace(targets=None))
+  with pytest.raises(TypeError, match="loss"):
+    jaxrnn.bptt(prob.params, prob.batch, loss="cross_entropy")
   with pytest.raises(ValueError, match="model.activation"):
-    jaxrnn.bptt(prob.params, prob.batch, model=jaxrnn.ModelSpec(activation="gelu"))
+    jaxrnn.ModelSpec(activation="gelu")

@@ -1,4 +1,5 @@
-"""Checkpoints: round trip, keep-last-N, and saves killed half-way leave the previous one loadable."""
+"""Checkpoints of the command line (:mod:`jaxrnn.app.checkpoint`): round trip, keep-last-N, and
+saves killed half-way leave the previous one loadable."""
 
 import os
 import signal
@@ -7,15 +8,16 @@ import sys
 import textwrap
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 pytest.importorskip("orbax.checkpoint")
 
 import jaxrnn
-from jaxrnn import checkpoint
+from jaxrnn.app import checkpoint
+from jaxrnn.app.config import from_saved, resolve_config
 from conftest import random_params
 
 
@@ -30,9 +32,9 @@ def state_of(step: int) -> dict:
 
 
 def assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  """Same tree structure, and every leaf equal in shape, dtype and value."""
+  chex.assert_trees_all_equal_structs(a, b)
+  chex.assert_trees_all_equal(a, b, strict=True)
 
 
 def test_round_trip_keeps_structure_values_and_config(tmp_path):
@@ -54,7 +56,16 @@ def test_round_trip_keeps_structure_values_and_config(tmp_path):
   assert_trees_equal(restored, state)
   assert isinstance(restored["params"], jaxrnn.RNNParams)
   assert isinstance(restored["params"].layers[1][1], jaxrnn.CellParams)
-  assert all(x.dtype == y.dtype for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(state)))
+  chex.assert_trees_all_equal_dtypes(restored, state)
+
+
+def test_a_run_config_comes_back_equal(tmp_path):
+  """The command's :class:`Config`, saved as JSON beside the state, reads back equal."""
+  config = resolve_config("text", hidden_size=8, text_file="corpus.txt", vocab="\n ab\u00e9",
+                          data_fingerprint="0123abcd")
+  checkpoints = checkpoint.manager(tmp_path)
+  checkpoint.save(checkpoints, 3, state_of(3), config.asdict())
+  assert from_saved(checkpoint.saved_config(checkpoint.manager(tmp_path), 3)) == config
 
 
 def test_keeps_the_last_n(tmp_path):
@@ -81,7 +92,7 @@ SAVER = textwrap.dedent("""
     import os, sys, jax, jax.numpy as jnp
     sys.path.insert(0, {tests!r})
     from test_checkpoint import state_of
-    from jaxrnn import checkpoint
+    from jaxrnn.app import checkpoint
     from orbax.checkpoint._src.path import atomicity
     checkpoints = checkpoint.manager({directory!r}, keep=10)
     checkpoint.save(checkpoints, 1, state_of(1), {{"step": 1}})

@@ -1,14 +1,15 @@
 """Bad input fails early, across the API, with a ValueError/TypeError that names the argument."""
 
-import functools
-
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl.testing import parameterized
 
 import jaxrnn
+import reference
 from conftest import random_params
 
 T, B, I, H, O = 6, 2, 3, 5, 2
@@ -83,6 +84,15 @@ CASES = {
     "h0 layers*directions": (lambda: unroll(P2, XS, jnp.zeros((2, B, H))), ValueError,
                              r"h0 has size 2 on axis 0"),
     "h0 rank": (lambda: unroll(P1, XS, jnp.zeros((B, H))), ValueError, r"h0 must have shape"),
+    "h0 NaN": (lambda: unroll(P2, XS, jnp.zeros((4, B, H)).at[3, 1, 2].set(nan)), ValueError,
+               r"h0 contains NaN or inf"),
+    "h0 inf": (lambda: unroll(P1, XS, jnp.zeros((1, B, H)).at[0, 0, 0].set(-jnp.inf)), ValueError,
+               r"h0 contains NaN or inf"),
+    "h0 list": (lambda: unroll(P1, XS, np.zeros((1, B, H)).tolist()), TypeError, r"h0 must be"),
+    "h0 float32": (lambda: unroll(P1, XS, jnp.zeros((1, B, H), jnp.float32)), TypeError,
+                   r"h0 has dtype float32"),
+    "key not a key": (lambda: unroll(P1, XS, model=jaxrnn.ModelSpec(dropout=0.5), key=0),
+                      TypeError, r"key must be a jax\.random key"),
     # batch
     "batch a tuple": (lambda: loss(P1, (XS, TARGETS)), TypeError, r"batch must be"),
     "target_mask -1": (lambda: loss(P1, BATCH._replace(target_mask=-jnp.ones((T, B)))),
@@ -103,35 +113,52 @@ CASES = {
     "real targets size": (lambda: loss(P1, BATCH._replace(targets=jnp.zeros((T, B, O + 1))),
                                        loss=jaxrnn.LossSpec("squared_error")),
                           ValueError, r"batch\.targets has size 3 on axis 2"),
-    # specs
-    "unknown activation": (lambda: unroll(P1, XS, model=jaxrnn.ModelSpec(activation="sigmoid")),
-                           ValueError, r"model\.activation 'sigmoid'"),
-    "unknown output activation": (
-        lambda: unroll(P2, XS, model=jaxrnn.ModelSpec(output_activation="gelu")), ValueError,
-        r"model\.output_activation 'gelu'"),
-    "dropout rate 1": (lambda: unroll(P1, XS, model=jaxrnn.ModelSpec(dropout=1.0)), ValueError,
-                       r"model\.dropout"),
-    "unknown loss": (lambda: loss(P1, BATCH, loss=jaxrnn.LossSpec(loss="hinge")), ValueError,
-                     r"loss\.loss 'hinge'"),
-    "unknown reduction": (lambda: loss(P1, BATCH, loss=jaxrnn.LossSpec(reduction="max")),
-                          ValueError, r"loss\.reduction 'max'"),
+    # specs: a bad field fails where the spec is built
+    "unknown activation": (lambda: jaxrnn.ModelSpec(activation="sigmoid"), ValueError,
+                           r"model\.activation 'sigmoid'"),
+    "unknown output activation": (lambda: jaxrnn.ModelSpec(output_activation="gelu"), ValueError,
+                                  r"model\.output_activation 'gelu'"),
+    "dropout rate 1": (lambda: jaxrnn.ModelSpec(dropout=1.0), ValueError, r"model\.dropout"),
+    "input_dropout negative": (lambda: jaxrnn.ModelSpec(input_dropout=-0.5), ValueError,
+                               r"model\.input_dropout"),
+    "unknown loss": (lambda: jaxrnn.LossSpec(loss="hinge"), ValueError, r"loss\.loss 'hinge'"),
+    "unknown reduction": (lambda: jaxrnn.LossSpec(reduction="max"), ValueError,
+                          r"loss\.reduction 'max'"),
+    "unknown gradient": (lambda: jaxrnn.ComputeSpec(gradient="magic"), ValueError,
+                         r"compute\.gradient 'magic'"),
+    "scan_unroll 0": (lambda: jaxrnn.ComputeSpec(scan_unroll=0), ValueError,
+                      r"compute\.scan_unroll"),
+    "scan_unroll negative": (lambda: jaxrnn.ComputeSpec(scan_unroll=-2), ValueError,
+                             r"compute\.scan_unroll"),
+    "checkpoint_every 0": (lambda: jaxrnn.ComputeSpec(checkpoint_every=0), ValueError,
+                           r"compute\.checkpoint_every"),
+    "unknown precision": (lambda: jaxrnn.ComputeSpec(precision="fp8"), ValueError,
+                          r"compute\.precision 'fp8'"),
+    "unknown recurrence": (lambda: jaxrnn.ComputeSpec(recurrence="cuda"), ValueError,
+                           r"compute\.recurrence 'cuda'"),
+    "kernel without fused": (lambda: jaxrnn.ComputeSpec(recurrence="kernel", gradient="autodiff"),
+                             ValueError, r"compute\.recurrence='kernel' needs gradient='fused'"),
+    "compute dtype integer": (lambda: jaxrnn.ComputeSpec(dtype="int32"), TypeError,
+                              r"compute\.dtype"),
+    "compute dtype unknown": (lambda: jaxrnn.ComputeSpec(dtype="float7"), TypeError,
+                              r"compute\.dtype"),
+    "unknown init scheme": (lambda: jaxrnn.InitSpec("xavier"), ValueError,
+                            r"init\.scheme 'xavier'"),
+    "glorot with a scale": (lambda: jaxrnn.InitSpec("glorot", 2.0), ValueError,
+                            r"init\.scale.*glorot"),
+    # specs that disagree with each other or with the model
     "loss vs output activation": (
         lambda: loss(P1, BATCH, model=jaxrnn.ModelSpec(output_activation="sigmoid")), ValueError,
         r"output_activation 'sigmoid'"),
-    "unknown gradient": (lambda: jaxrnn.make_train_step(
-        optax.sgd(0.1), compute=jaxrnn.ComputeSpec(gradient="magic")), ValueError,
-        r"compute\.gradient 'magic'"),
-    "scan_unroll 0": (lambda: loss(P1, BATCH, compute=jaxrnn.ComputeSpec(scan_unroll=0)),
-                      ValueError, r"compute\.scan_unroll"),
-    "scan_unroll negative": (lambda: unroll(P2, XS, compute=jaxrnn.ComputeSpec(scan_unroll=-2)),
-                             ValueError, r"compute\.scan_unroll"),
-    "checkpoint_every 0": (lambda: loss(P1, BATCH, compute=jaxrnn.ComputeSpec(checkpoint_every=0)),
-                           ValueError, r"compute\.checkpoint_every"),
     "checkpoint_every bidirectional": (
         lambda: loss(P2, BATCH, compute=jaxrnn.ComputeSpec(checkpoint_every=2)), ValueError,
         r"checkpoint_every.*bidirectional"),
     "spec of the wrong kind": (lambda: loss(P1, BATCH, model=jaxrnn.LossSpec()), TypeError,
                                r"model must be a jaxrnn\.ModelSpec"),
+    "compute a ModelSpec": (lambda: unroll(P2, XS, compute=jaxrnn.ModelSpec()), TypeError,
+                            r"compute must be a jaxrnn\.ComputeSpec"),
+    "loss a dict": (lambda: loss(P1, BATCH, loss={"loss": "cross_entropy"}), TypeError,
+                    r"loss must be a jaxrnn\.LossSpec"),
     "bptt with a dropout key": (lambda: jaxrnn.loss_and_grad(
         P1, BATCH, compute=jaxrnn.ComputeSpec(gradient="bptt"), key=KEY), ValueError, r"bptt"),
     # make_optimizer
@@ -154,9 +181,12 @@ CASES = {
                              r"output_size"),
     "num_layers 0": (lambda: jaxrnn.init_params(KEY, I, H, O, num_layers=0), ValueError,
                      r"num_layers"),
-    "unknown scheme": (lambda: jaxrnn.init_params(KEY, I, H, O, scheme="xavier"), ValueError,
-                       r"scheme 'xavier'"),
-    "init scale": (lambda: jaxrnn.init_params(KEY, I, H, O, scale=-0.1), ValueError, r"scale"),
+    "unknown scheme": (lambda: jaxrnn.init_params(KEY, I, H, O, init="xavier"), ValueError,
+                       r"init\.scheme 'xavier'"),
+    "init a dict": (lambda: jaxrnn.init_params(KEY, I, H, O, init={"scale": 0.1}), TypeError,
+                    r"init must be a jaxrnn\.InitSpec"),
+    "init key an int": (lambda: jaxrnn.init_params(0, I, H, O), TypeError,
+                        r"key must be a jax\.random key"),
     "init integer dtype": (lambda: jaxrnn.init_params(KEY, I, H, O, dtype=jnp.int32), TypeError,
                            r"dtype"),
     "bidirectional not a bool": (lambda: jaxrnn.init_params(KEY, I, H, O, bidirectional="yes"),
@@ -180,19 +210,30 @@ def test_masked_steps_may_hold_any_class_index(params):
   padded = good._replace(targets=good.targets.at[4:, 1].set(-1).at[1, 0].set(99))
   value, _ = jaxrnn.sequence_loss(params, padded)
   assert np.isfinite(float(value))
-  np.testing.assert_allclose(value, jaxrnn.sequence_loss(params, good)[0], rtol=1e-12)
+  want, _ = reference.loss(reference.as_numpy(params), XS, good.targets, None, lengths, mask)
+  chex.assert_trees_all_close(value, want, rtol=1e-12)
 
 
-@pytest.mark.parametrize("params", [P1, P2], ids=["1-layer", "2-layer-bidirectional"])
-def test_out_of_range_class_on_a_live_step_under_jit_gives_nan(params):
-  """Under jit the values cannot be checked; the loss is then NaN, never a plausible number."""
-  lengths = jnp.array([6, 4])
-  targets = jnp.asarray(np.random.default_rng(2).integers(0, O, (T, B)))
-  value = jax.jit(lambda batch: jaxrnn.sequence_loss(params, batch)[0])
-  good = jaxrnn.Batch(XS, targets, lengths)
-  assert np.isfinite(float(value(good)))
-  for bad in (O, -1, 10 ** 6):
-    assert np.isnan(float(value(good._replace(targets=targets.at[2, 1].set(bad))))), bad
-  # the same index on a dead step changes nothing
-  np.testing.assert_allclose(value(good._replace(targets=targets.at[5, 1].set(O))), value(good),
-                             rtol=1e-12)
+class TestOutOfRangeClassVariants(chex.TestCase):
+  """jaxrnn.sequence_loss jitted and not, with a class outside [0, O) on a live step."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(("1-layer", P1), ("2-layer-bidirectional", P2))
+  def test_raises_eagerly_and_gives_nan_under_jit(self, params):
+    """Under jit the values cannot be checked; the loss is then NaN, never a plausible number."""
+    lengths = jnp.array([6, 4])
+    targets = jnp.asarray(np.random.default_rng(2).integers(0, O, (T, B)))
+    value = self.variant(lambda p, batch: jaxrnn.sequence_loss(p, batch)[0])
+    good = jaxrnn.Batch(XS, targets, lengths)
+    want, _ = reference.loss(reference.as_numpy(params), XS, targets, None, lengths)
+    chex.assert_trees_all_close(value(params, good), want, rtol=1e-12)
+    for bad in (O, -1, 10 ** 6):
+      batch = good._replace(targets=targets.at[2, 1].set(bad))
+      if self.variant.type == chex.ChexVariantType.WITHOUT_JIT:
+        with pytest.raises(ValueError, match=r"batch\.targets"):
+          value(params, batch)
+      else:
+        assert np.isnan(float(value(params, batch))), bad
+    # the same index on a dead step changes nothing
+    chex.assert_trees_all_close(value(params, good._replace(targets=targets.at[5, 1].set(O))),
+                                want, rtol=1e-12)

@@ -1,11 +1,16 @@
-"""The ``jaxrnn`` command and its runs (:mod:`jaxrnn.run`) end to end, on tiny settings."""
+"""The ``jaxrnn`` command and its runs (:mod:`jaxrnn.app`) end to end, on tiny settings."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
+import warnings
+from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -13,9 +18,13 @@ import pytest
 pytest.importorskip("orbax.checkpoint")
 pytest.importorskip("matplotlib")
 
-from jaxrnn import checkpoint, cli, run
+import jaxrnn
+from jaxrnn.app import checkpoint, cli, rundir, training
+from jaxrnn.app.config import resolve_config
 
-TINY = ["--batch-size", "16", "--eval-every", "10", "--checkpoint-every", "50", "--no-progress"]
+TINY_RUN = ["--seq-len", "4", "--hidden-size", "4", "--batch-size", "4", "--no-progress"]
+"""Options of a run that ends at once (for checks that must stop a run before it starts)."""
+TINY = ["--batch-size", "16", "--eval-every", "10", "--save-every", "50", "--no-progress"]
 TASK_OPTIONS = {
     "adding": ["--steps", "200", "--seq-len", "10", "--hidden-size", "16", "--lr", "1e-2"],
     "copy": ["--steps", "20", "--seq-len", "2", "--delay", "2", "--hidden-size", "16"],
@@ -48,10 +57,10 @@ def adding_run(tmp_path_factory):
 
 def final_state(run_dir, input_size, output_size):
   """The config and the state of the last checkpoint in ``run_dir``."""
-  config, step = run.run_config(run_dir)
-  params, optimizer = run.fresh_model(config, input_size, output_size)
+  config, step = rundir.run_config(run_dir)
+  params, optimizer = training.fresh_model(config, input_size, output_size)
   checkpoints = checkpoint.manager(run_dir / "checkpoints")
-  state = run.restore_state(checkpoints, step, config, params, optimizer, run_dir)
+  state = rundir.restore_state(checkpoints, step, config, params, optimizer, run_dir)
   checkpoints.close()
   return config, step, state
 
@@ -80,13 +89,13 @@ def test_train_writes_a_run_and_learns(task, request, tmp_path, text_file, capsy
   assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
   assert sum("test" in r for r in records) == summary["steps"] // 10
   assert (run_dir / "loss.png").stat().st_size > 10_000
-  config, step = run.run_config(run_dir)
+  config, step = rundir.run_config(run_dir)
   assert step == summary["steps"] and config.task == task and config.dtype == "float32"
 
 
 def interrupt_after(monkeypatch, stop_at):
-  """Makes the next ``run.fit`` raise ``KeyboardInterrupt`` once ``stop_at`` steps are done."""
-  real_fit = run.fit
+  """Makes the next ``fit`` of a run raise ``KeyboardInterrupt`` once ``stop_at`` steps are done."""
+  real_fit = training.fit
 
   def fit(*args, callback, **kwargs):
     def stop(step, *rest):
@@ -95,13 +104,13 @@ def interrupt_after(monkeypatch, stop_at):
         raise KeyboardInterrupt
     return real_fit(*args, callback=stop, **kwargs)
 
-  monkeypatch.setattr(run, "fit", fit)
+  monkeypatch.setattr(training, "fit", fit)
 
 
 @pytest.mark.parametrize("model", [["--gradient", "autodiff"],
                                    ["--layers", "2", "--bidirectional", "--dropout", "0.3"]])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(model, tmp_path, monkeypatch, capsys):
-  options = ["--steps", "30", "--checkpoint-every", "8", *model]
+  options = ["--steps", "30", "--save-every", "8", *model]
   assert train("adding", tmp_path / "whole", *options) == 0
   with monkeypatch.context() as patch:
     interrupt_after(patch, 13)                       # last checkpoint at step 8
@@ -115,9 +124,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(model, tmp_path, monkey
   _, step_whole, whole = final_state(tmp_path / "whole", 2, 1)
   _, step_cut, cut = final_state(tmp_path / "cut", 2, 1)
   assert step_whole == step_cut == 30
-  assert jax.tree.structure(whole) == jax.tree.structure(cut)
-  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(cut)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  chex.assert_trees_all_equal(whole, cut)
   lines = [open(tmp_path / run / "metrics.jsonl").read() for run in ("whole", "cut")]
   assert lines[0] == lines[1]                        # the log lost steps 9..13 and redid them
 
@@ -129,13 +136,13 @@ def test_resume_of_a_finished_run_asks_for_more_steps(adding_run, capsys):
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, capsys):
   status = train("adding", tmp_path / "run", "--lr", "1e30", "--clip-norm", "0",
-                 "--checkpoint-every", "1", "--activation", "relu")
+                 "--save-every", "1", "--activation", "relu")
   assert status == 1
   err = one_error_line(capsys)
   assert "non-finite" in err and "at step 1" in err and "after 1 steps" in err
   _, step, state = final_state(tmp_path / "run", 2, 1)
   assert step == 1
-  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state["params"]))
+  chex.assert_tree_all_finite(state["params"])
 
 
 def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, text_file,
@@ -149,8 +156,10 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
   assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "40",
                    "--temperature", "0.5"]) == 0
   assert capsys.readouterr().out[:-1] == text        # same seed, same text
-  for bad, message in ((["--length", "-5"], "--length must be at least 0"),
-                       (["--temperature", "inf"], "--temperature must be a finite number > 0")):
+  for bad, message in ((["--length", "-5"], "--length must be from 0 to 10000000"),
+                       (["--temperature", "inf"], "--temperature must be a finite number > 0"),
+                       (["--seed", str(2**64)], "--seed must be a whole number from 0 to "
+                        "4294967295")):
     assert cli.main(["sample", str(tmp_path / "run"), *bad]) == 2
     assert message in one_error_line(capsys)
 
@@ -169,39 +178,95 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "nonsense"], "unknown task 'nonsense'"),
-    (["train", "text", "--text-file", "/nonexistent/corpus.txt"], "does not exist"),
+    (["train", "text", "--text-file", "missing/corpus.txt"], "does not exist"),
     (["train", "adding", "--activation", "sigmoid"], "unknown activation"),
     (["train", "adding", "--epochs", "2"], "use --steps"),
-    (["resume", "/nonexistent/run"], "not a run directory"),
-    (["sample", "/nonexistent/run"], "not a run directory"),
+    (["resume", "missing/run"], "not a run directory"),
+    (["sample", "missing/run"], "not a run directory"),
     (["train", "text", "--bidirectional"], "drop --bidirectional"),
     (["train", "sine", "--bidirectional"], "drop --bidirectional"),
     (["train", "adding", "--dropout", "0.2"], "needs --layers 2"),
-    (["train", "adding", "--layers", "2", "--dropout", "1.5"], "--dropout must lie in [0, 1)"),
-    (["train", "adding", "--layers", "0"], "--layers must be at least 1"),
+    (["train", "adding", "--layers", "2", "--dropout", "1.5"],
+     "--dropout must be a finite number in [0, 1), got 1.5"),
+    (["train", "adding", "--layers", "0"],
+     "--layers must be a whole number from 1 to 2147483647, got 0"),
     (["train", "adding", "--lr", "nan"], "--lr must be a finite number > 0"),
     (["train", "adding", "--clip-norm", "nan"], "--clip-norm must be a finite number"),
     (["train", "digits", "--epochs", "inf"], "--epochs must be a finite number > 0"),
     (["gradients", "--out", "plot.txt"], "--out must end in .png"),
-    (["gradients", "--out", "/nonexistent/dir/plot.png"], "is not a directory"),
+    (["gradients", "--out", "missing/dir/plot.png"], "is not a directory"),
     (["train", "adding", "--text-file", "corpus.txt"], "--text-file is for the text task"),
     (["train", "text", "--delay", "3"], "--delay is for the copy task"),
-    (["train", "adding", "--steps", "99999999999999999999"], "--steps must be at most"),
-    (["train", "adding", "--hidden-size", "100000000", "--run-dir", "/tmp/jaxrnn-unused"],
-     "more than the"),
-    (["train", "adding", "--run-dir", "/etc/hostname/run"], "is a file, not a directory"),
+    (["train", "adding", "--steps", "99999999999999999999"],
+     "--steps must be a whole number from 1 to 2147483647"),
+    (["train", "adding", "--hidden-size", "100000000", "--run-dir", "unused"], "more than the"),
+    (["train", "adding", "--run-dir", "a-file/run"], "a-file is a file, not a directory"),
     (["train", "adding", "--coordinator", "127.0.0.1:1234"],
      "go together; missing --num-processes, --process-id"),
     (["train", "adding", "--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"],
      "expected HOST:PORT"),
-    (["resume", "/nonexistent/run", "--coordinator", "127.0.0.1:1", "--num-processes", "2",
+    (["resume", "missing/run", "--coordinator", "127.0.0.1:1", "--num-processes", "2",
       "--process-id", "2"], "--process-id must be in 0..1, got 2"),
     (["train", "adding", "--coordinator", "127.0.0.1:1", "--num-processes", "0",
       "--process-id", "0"], "--num-processes must be at least 1"),
+    (["train", "adding", "--save-every", "0"], "--save-every must be a whole number from 1"),
+    (["train", "adding", "--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
+    *((["train", "adding", "--steps", "2", *TINY_RUN, "--seed", seed], "--seed must be a whole "
+       "number from 0 to 4294967295") for seed in (str(2**64), str(2**32))),
+    (["demo", "--no-progress", "--seed", str(2**64)], "--seed must be a whole number from 0"),
+    (["gradients", "--steps", "3", "--hidden-size", "2", "--seed", str(2**64)],
+     "--seed must be a whole number from 0"),
+    (["train", "digits", *TINY_RUN, "--epochs", "1e12"], "steps, more than 2147483647"),
+    (["train", "digits", "--epochs", "2", "--steps", "2", *TINY_RUN],
+     "give --steps or --epochs, not both"),
 ])
-def test_bad_input_is_one_line_and_non_zero(argv, message, capsys):
+def test_bad_input_is_one_line_and_non_zero(argv, message, tmp_path, monkeypatch, capsys):
+  """Relative paths are in an empty folder (where a check that let a run start writes runs/)."""
+  monkeypatch.chdir(tmp_path)
+  Path("a-file").write_text("not a directory")
   assert cli.main(argv) == 2
   assert message in one_error_line(capsys)
+
+
+def test_version_is_the_package_version(capsys):
+  """``jaxrnn --version`` prints the version of pyproject.toml (and of ``jaxrnn.__version__``)."""
+  tomllib = pytest.importorskip("tomllib")
+  pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+  version = tomllib.loads(pyproject.read_text())["project"]["version"]
+  with pytest.raises(SystemExit) as done:
+    cli.main(["--version"])
+  assert done.value.code == 0
+  assert capsys.readouterr().out == f"jaxrnn {version}\n"
+  assert jaxrnn.__version__ == version
+
+
+def test_a_run_too_large_for_memory_is_refused_before_any_data_is_made(tmp_path, monkeypatch,
+                                                                        capsys):
+  """``--seq-len 1000000000`` (a ~10^15-byte run): one line from the estimate, no data drawn."""
+  def no_data(*args):
+    raise AssertionError("the task's data was built")
+  monkeypatch.setattr(training, "build_task", no_data)
+  assert cli.main(["train", "adding", "--seq-len", "1000000000", "--run-dir",
+                   str(tmp_path / "run")]) == 2
+  error = one_error_line(capsys)
+  assert "this run needs about" in error and "GiB" in error and "lower --hidden-size" in error
+  assert not (tmp_path / "run").exists()
+
+
+def test_gradients_refuses_what_does_not_fit_before_computing(tmp_path, monkeypatch, capsys):
+  """``--steps 100000 --hidden-size 100000`` needs ~10^16 bytes; ``--out`` a directory; both are
+  one line, before any parameter is drawn."""
+  def nothing(*args, **kwargs):
+    raise AssertionError("gradients computed")
+  monkeypatch.setattr(cli, "init_params", nothing)
+  monkeypatch.setattr(cli, "gradient_flow", nothing)
+  assert cli.main(["gradients", "--steps", "100000", "--hidden-size", "100000", "--out",
+                   str(tmp_path / "g.png")]) == 2
+  assert "--steps 100000 and --hidden-size 100000 need about" in one_error_line(capsys)
+  folder = tmp_path / "plot.png"
+  folder.mkdir()
+  assert cli.main(["gradients", "--steps", "3", "--hidden-size", "2", "--out", str(folder)]) == 2
+  assert f"--out: {folder} is a directory" in one_error_line(capsys)
 
 
 def test_empty_text_file_is_one_line_error(tmp_path, capsys):
@@ -210,6 +275,135 @@ def test_empty_text_file_is_one_line_error(tmp_path, capsys):
   assert cli.main(["train", "text", "--text-file", str(empty), "--run-dir",
                    str(tmp_path / "run")]) == 2
   assert "is empty" in one_error_line(capsys)
+
+
+def copy_of(run_dir, tmp_path):
+  """A copy of the run in ``run_dir`` (for a test that damages or changes it)."""
+  copy = tmp_path / "copy"
+  shutil.copytree(run_dir, copy)
+  return copy
+
+
+def edit_saved_configs(run_dir, edit):
+  """Applies ``edit(config dict)`` to the JSON config saved in every checkpoint of ``run_dir``
+  (orbax keeps it in ``checkpoints/STEP/config/metadata``); returns the steps edited."""
+  steps = []
+  for path in sorted((run_dir / "checkpoints").glob("*/config/metadata")):
+    saved = json.loads(path.read_text())
+    edit(saved)
+    path.write_text(json.dumps(saved))
+    steps.append(int(path.parts[-3]))
+  return steps
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_size", "8", "--hidden-size must be a whole number from 1 to 2147483647, got '8'"),
+    ("learning_rate", None, "--lr must be a finite number > 0, got None"),
+])
+def test_a_damaged_saved_config_is_one_line(field, value, message, adding_run, tmp_path,
+                                             capsys):
+  """Every checkpoint's config holds a value of the wrong type: resume and sample say so in one
+  line (exit 2), with no traceback and nothing trained."""
+  run_dir = copy_of(adding_run, tmp_path)
+  assert edit_saved_configs(run_dir, lambda saved: saved.update({field: value})) == [100, 150,
+                                                                                      200]
+  before = (run_dir / "metrics.jsonl").read_text()
+  assert cli.main(["resume", str(run_dir), "--steps", "210", "--no-progress"]) == 2
+  error = one_error_line(capsys)
+  assert "the checkpoint config" in error and message in error, error
+  assert cli.main(["sample", str(run_dir)]) == 2
+  assert message in one_error_line(capsys)
+  assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_a_metrics_file_that_is_a_directory_is_one_line(adding_run, tmp_path, capsys):
+  """``metrics.jsonl`` is a directory: a fresh train cannot write it, a resume cannot read it."""
+  fresh = tmp_path / "fresh"
+  (fresh / "metrics.jsonl").mkdir(parents=True)
+  assert small_run(fresh, 5) == 2
+  error = one_error_line(capsys)
+  assert f"could not write {fresh / 'metrics.jsonl'}: Is a directory" in error, error
+  resumed = copy_of(adding_run, tmp_path)
+  (resumed / "metrics.jsonl").unlink()
+  (resumed / "metrics.jsonl").mkdir()
+  assert cli.main(["resume", str(resumed), "--steps", "210", "--no-progress"]) == 2
+  error = one_error_line(capsys)
+  assert f"cannot read {resumed / 'metrics.jsonl'}: Is a directory" in error, error
+  assert rundir.run_config(resumed)[1] == 200                         # nothing trained
+
+
+def test_a_run_directory_of_version_0_2_0_still_resumes(adding_run, tmp_path, capsys):
+  """0.2.0 saved the save interval as ``checkpoint_every``: such a run resumes with it (and a
+  ``train`` of the same config into it still says it holds this run)."""
+  run_dir = copy_of(adding_run, tmp_path)
+
+  def as_0_2_0(saved):
+    saved["checkpoint_every"] = saved.pop("save_every")
+  assert edit_saved_configs(run_dir, as_0_2_0) == [100, 150, 200]
+  config, step = rundir.run_config(run_dir)
+  assert (step, config.save_every, config.hidden_size) == (200, 50, 16)
+  assert train("adding", run_dir) == 2
+  assert "already holds this run; continue it with: jaxrnn resume" in one_error_line(capsys)
+  assert cli.main(["resume", str(run_dir), "--steps", "210", "--no-progress"]) == 0
+  assert "10 steps from step 200" in capsys.readouterr().out
+  config, step = rundir.run_config(run_dir)
+  assert (step, config.save_every, config.steps) == (210, 50, 210)
+  saved = json.loads((run_dir / "checkpoints" / "210" / "config" / "metadata").read_text())
+  assert saved["save_every"] == 50 and "checkpoint_every" not in saved
+  records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  assert [r["step"] for r in records] == list(range(1, 211))
+
+
+def test_the_lock_file_holds_the_pid_of_its_current_holder(tmp_path):
+  """A lock left by a process with a longer pid is taken over: the file then holds exactly this
+  process's pid, which is what a second taker is told."""
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / "lock").write_text("4194304999")                   # longer than any pid here
+  with rundir.locked(run_dir):
+    assert (run_dir / "lock").read_text() == str(os.getpid())
+    with pytest.raises(rundir.RunError, match=f"is in use by process {os.getpid()} "):
+      with rundir.locked(run_dir):
+        pass
+
+
+def test_a_text_of_one_letter_trains_to_zero_loss_without_warnings(tmp_path, capsys):
+  """One symbol: the loss is exactly 0 at every step, so the plots must not use a log scale
+  (matplotlib warns that it cannot log-scale data with no positive values)."""
+  corpus = tmp_path / "a.txt"
+  corpus.write_text("a" * 400, encoding="utf-8")
+  run_dir = tmp_path / "run"
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert cli.main(["train", "text", "--text-file", str(corpus), "--run-dir", str(run_dir),
+                     "--steps", "4", "--seq-len", "8", "--hidden-size", "4", "--batch-size",
+                     "4", "--eval-every", "2", "--no-progress"]) == 0
+  plotting = [str(w.message) for w in caught if issubclass(w.category, UserWarning)
+              and any(word in str(w.message) for word in ("log", "positive"))]
+  assert not plotting, plotting
+  records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  assert [r["loss"] for r in records] == [0.0] * 4
+  summary = json.load(open(run_dir / "summary.json"))
+  assert summary["test"] == 0.0 and summary["baseline"] == 0.0
+  assert (run_dir / "loss.png").stat().st_size > 10_000
+
+
+def test_the_progress_bar_times_only_the_steps_after_the_compile(capsys):
+  """The first step compiles: the bar restarts after it, counting the steps left, so no frame
+  shows a rate or an ETA that the compile went into."""
+  config = resolve_config("adding", steps=6, seq_len=5, hidden_size=4, batch_size=4,
+                          eval_every=6)
+  training.train_run(config, None, progress=True)               # the demo's way: no run dir
+  frames = [f.strip() for f in capsys.readouterr().err.split("\r") if "step/s" in f]
+  counts = [re.search(r"\| *(\d+)/(\d+) \[[\d:]+<([\d:?]+), *([\d.?]+)step/s", f) for f in frames]
+  assert frames and all(counts), frames
+  counts = [(int(m[1]), int(m[2]), m[3], m[4]) for m in counts]
+  after_compile = [i for i, f in enumerate(frames) if "loss=" in f][0]   # step 0's frame
+  assert counts[after_compile][:2] == (0, 5), frames                     # restarted: 5 to go
+  for done, total, eta, rate in counts:
+    assert (eta == "?") == (rate == "?") == (done == 0), frames          # timed steps only
+    assert total == (6 if done == 0 and total == 6 else 5), frames
+  assert counts[-1][:2] == (5, 5), frames
 
 
 def test_checkpoint_of_another_config_is_refused(adding_run, capsys):
@@ -227,7 +421,7 @@ def test_demo_runs_with_only_the_core_dependencies():
   code = ("import sys\n"
           "for name in ('matplotlib', 'orbax', 'sklearn', 'statsmodels'):\n"
           "  sys.modules[name] = None\n"
-          "from jaxrnn import cli\n"
+          "from jaxrnn.app import cli\n"
           "cli.DEMO.update(steps=40, seq_len=10)\n"
           "sys.exit(cli.main(['demo', '--no-progress']))\n")
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -237,14 +431,14 @@ def test_demo_runs_with_only_the_core_dependencies():
 
 def small_run(run_dir, steps=20, *options):
   return cli.main(["train", "adding", "--run-dir", str(run_dir), "--steps", str(steps),
-                   "--checkpoint-every", "5", "--seq-len", "5", "--hidden-size", "8",
+                   "--save-every", "5", "--seq-len", "5", "--hidden-size", "8",
                    "--batch-size", "8", "--eval-every", "5", "--no-progress", *options])
 
 
 def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, capsys):
   run_dir = tmp_path / "run"
   command = [sys.executable, "-m", "jaxrnn", "train", "adding", "--run-dir", str(run_dir),
-             "--steps", "1000000", "--checkpoint-every", "5", "--seq-len", "5", "--hidden-size",
+             "--steps", "1000000", "--save-every", "5", "--seq-len", "5", "--hidden-size",
              "8", "--batch-size", "8", "--eval-every", "100000", "--no-progress"]
   holder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   try:
@@ -260,9 +454,9 @@ def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, capsys):
   finally:
     holder.kill()
     holder.wait()
-  _, last = run.run_config(run_dir)                  # the lock dies with its holder
+  _, last = rundir.run_config(run_dir)                  # the lock dies with its holder
   assert cli.main(["resume", str(run_dir), "--steps", str(last + 3), "--no-progress"]) == 0
-  assert run.run_config(run_dir)[1] == last + 3
+  assert rundir.run_config(run_dir)[1] == last + 3
 
 
 def test_a_checkpoint_deleted_while_it_is_listed_gives_one_line(tmp_path, monkeypatch, capsys):
@@ -295,7 +489,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_goes_on(tmp_path, capsys)
   assert sorted(p.name for p in (run_dir / "damaged").iterdir()) == ["10", "15"]
   records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   assert [r["step"] for r in records] == list(range(1, 21))     # 6..20 trained again
-  assert run.run_config(run_dir)[1] == 20
+  assert rundir.run_config(run_dir)[1] == 20
 
 
 def test_resume_takes_a_new_learning_rate_and_clipping_and_records_them(tmp_path, capsys):
@@ -303,7 +497,7 @@ def test_resume_takes_a_new_learning_rate_and_clipping_and_records_them(tmp_path
   assert small_run(run_dir, 10, "--clip-norm", "0") == 0
   assert cli.main(["resume", str(run_dir), "--steps", "15", "--lr", "0.005", "--clip-norm",
                    "0.5", "--no-progress"]) == 0
-  config, step = run.run_config(run_dir)
+  config, step = rundir.run_config(run_dir)
   assert (step, config.learning_rate, config.clip_norm) == (15, 0.005, 0.5)
   records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   assert records[10] == {"step": 10, "resumed_with": {"learning_rate": [0.01, 0.005],
@@ -342,9 +536,9 @@ def test_resume_refuses_data_that_changed(tmp_path, capsys):
 
 ALL_CORES = """
 import os, sys
-from jaxrnn import cli
+from jaxrnn.app import cli
 options = ["--steps", "12", "--seq-len", "6", "--hidden-size", "512", "--batch-size", "8",
-           "--eval-every", "4", "--checkpoint-every", "6", "--no-progress"]
+           "--eval-every", "4", "--save-every", "6", "--no-progress"]
 train = lambda name, *more: cli.main(["train", "adding", "--run-dir", os.path.join({tmp!r}, name),
                                       *options, *more])
 import jax
@@ -378,11 +572,10 @@ def test_the_command_splits_over_every_core_and_equals_one_device(tmp_path):
   assert f"8, 1 layer(s) of H=512, relu/identity, adam lr=0.01, {cores} device(s)" in done.stdout
   assert lines["small"] == "0" and "H=8, relu/identity, adam lr=0.01, 1 device(s)" in done.stdout
   for run_dir, step in ((tmp_path / "default", 18), (tmp_path / "one", 18)):
-    assert run.run_config(run_dir)[1] == step
+    assert rundir.run_config(run_dir)[1] == step
   _, _, default = final_state(tmp_path / "default", 2, 1)
   _, _, one = final_state(tmp_path / "one", 2, 1)
-  for a, b in zip(jax.tree.leaves(default["params"]), jax.tree.leaves(one["params"])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(default["params"], one["params"], rtol=1e-5, atol=1e-6)
   logs = [[json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
           for name in ("default", "one")]
   np.testing.assert_allclose([r["loss"] for r in logs[0]], [r["loss"] for r in logs[1]],
@@ -398,7 +591,7 @@ def test_devices_beyond_the_machine_or_below_one_is_one_line(tmp_path, capsys):
   assert "--devices must be at least 1" in one_error_line(capsys)
 
 
-JOB = ["--steps", "1200", "--checkpoint-every", "300", "--seq-len", "10", "--hidden-size", "8",
+JOB = ["--steps", "1200", "--save-every", "300", "--seq-len", "10", "--hidden-size", "8",
        "--batch-size", "8", "--eval-every", "600", "--no-progress"]
 
 
@@ -462,7 +655,7 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
   assert err.strip().splitlines()[-1].startswith(
       "jaxrnn: training stopped: another process of this job failed"), err[-2000:]
   assert err.strip().endswith("start every process again with jaxrnn resume"), err[-2000:]
-  assert run.run_config(job_dir)[1] == 300
+  assert rundir.run_config(job_dir)[1] == 300
 
   resumed = finished(start_job(["resume", str(job_dir), "--no-progress"], env))
   assert [code for code, _, _ in resumed] == [0, 0], resumed[0][2][-2000:] + resumed[1][2][-2000:]
@@ -481,5 +674,4 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
                              rtol=1e-6)
   _, _, job = final_state(job_dir, 2, 1)
   _, _, single = final_state(tmp_path / "one", 2, 1)
-  for a, b in zip(jax.tree.leaves(job), jax.tree.leaves(single)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(job, single, rtol=1e-6, atol=1e-7)

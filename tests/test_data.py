@@ -1,20 +1,21 @@
-"""Task data: generators are pure functions of a key, loaders read bundled data, tasks have baselines."""
+"""The command line's task data and run configs: generators are pure functions of a key,
+loaders read bundled data, tasks have baselines, a :class:`Config` checks itself."""
 
+import dataclasses
+import json
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn import data
-from jaxrnn.tasks import TASK_DEFAULTS, TASKS, Config, build_task, resolve_config
+from jaxrnn.app import data
+from jaxrnn.app.config import (FIELDS, MAX_STEPS, RENAMED, TASK_DEFAULTS, Config, from_saved,
+                               resolve_config)
+from jaxrnn.app.tasks import TASKS, build_task
 
 KEY = jax.random.key(0)
-
-
-def assert_batches_equal(a, b):
-  for x, y in zip(a, b):
-    if x is not None:
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.parametrize("make", [
@@ -23,7 +24,7 @@ def assert_batches_equal(a, b):
     lambda k: data.noisy_sines(k, 5, 12, dtype=jnp.float32),
 ])
 def test_generators_are_pure_functions_of_the_key(make):
-  assert_batches_equal(make(KEY), make(jax.random.key(0)))
+  chex.assert_trees_all_equal(make(KEY), make(jax.random.key(0)))
   assert not np.array_equal(np.asarray(make(KEY).xs), np.asarray(make(jax.random.key(1)).xs))
 
 
@@ -33,7 +34,8 @@ def test_adding_target_is_the_sum_of_the_marked_values_at_the_last_step():
   np.testing.assert_array_equal(markers[:5].sum(0), 1)
   np.testing.assert_array_equal(markers[5:].sum(0), 1)
   np.testing.assert_allclose(batch.targets[-1, :, 0], (values * markers).sum(0), rtol=1e-6)
-  np.testing.assert_array_equal(batch.target_mask, np.broadcast_to(np.arange(10)[:, None] == 9, (10, 7)))
+  np.testing.assert_array_equal(batch.target_mask,
+                                np.broadcast_to(np.arange(10)[:, None] == 9, (10, 7)))
 
 
 def test_copy_task_asks_for_the_symbols_after_the_delay():
@@ -121,5 +123,79 @@ def test_tasks_report_their_trivial_baseline(task, metric, low, high):
   built = build_task(config, KEY)
   assert built.metric == metric and low <= built.baseline <= high
   batch = built.batches(3)
-  assert_batches_equal(batch, built.batches(3))
-  assert batch.xs.shape[1:] == (4, built.input_size) and batch.xs.dtype == jnp.float32
+  chex.assert_trees_all_equal(batch, built.batches(3))
+  chex.assert_shape(batch.xs, (None, 4, built.input_size))
+  chex.assert_type(batch.xs, jnp.float32)
+
+
+def test_config_is_frozen_and_replace_checks_again():
+  config = resolve_config("adding", hidden_size=8)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    config.hidden_size = 9
+  assert config.replace(hidden_size=9).hidden_size == 9 and config.hidden_size == 8
+  with pytest.raises(ValueError, match="--hidden-size must be a whole number from 1"):
+    config.replace(hidden_size=0)
+  with pytest.raises(TypeError):
+    config.replace(hidden=9)                       # not a field
+
+
+@pytest.mark.parametrize("field, value, option", [
+    ("task", "nonsense", "unknown task 'nonsense'"),
+    ("activation", "sigmoid", "unknown activation 'sigmoid'"),
+    ("optimizer", "lbfgs", "unknown optimizer 'lbfgs'"),
+    ("init", "zeros", "unknown init 'zeros'"),
+    ("gradient", "numeric", "unknown gradient 'numeric'"),
+    ("dtype", "float16", "unknown dtype 'float16'"),
+    ("read", "columns", "unknown read 'columns'"),
+    ("steps", MAX_STEPS + 1, "--steps must be a whole number from 1 to 2147483647"),
+    ("steps", 2.0, "--steps must be a whole number"),
+    ("batch_size", True, "--batch-size must be a whole number"),
+    ("num_layers", 0, "--layers must be a whole number"),
+    ("save_every", 0, "--save-every must be a whole number"),
+    ("keep", "3", "--keep must be a whole number"),
+    ("seed", -1, "--seed must be a whole number from 0 to 4294967295"),
+    ("seed", 2**32, "--seed must be a whole number from 0 to 4294967295"),
+    ("learning_rate", 0.0, "--lr must be a finite number > 0"),
+    ("learning_rate", float("inf"), "--lr must be a finite number > 0"),
+    ("learning_rate", "0.1", "--lr must be a finite number > 0"),
+    ("clip_norm", -1.0, "--clip-norm must be a finite number >= 0"),
+    ("dropout", 1.0, "--dropout must be a finite number in [0, 1)"),
+    ("bidirectional", 1, "--bidirectional must be true or false"),
+    ("vocab", None, "vocab must be a string"),
+    ("text_file", 3, "text_file must be a string"),
+])
+def test_config_names_the_option_of_a_bad_value(field, value, option):
+  with pytest.raises(ValueError) as error:
+    Config(**{field: value})
+  assert option in str(error.value)
+
+
+def test_config_rules_between_fields():
+  with pytest.raises(ValueError, match="--dropout acts between layers"):
+    Config(dropout=0.5)
+  with pytest.raises(ValueError, match="--gradient bptt .* takes no --dropout"):
+    Config(num_layers=2, dropout=0.5, gradient="bptt")
+  assert Config(num_layers=2, dropout=0.5).dropout == 0.5
+
+
+def test_config_round_trips_through_json_and_reads_a_0_2_0_config():
+  config = resolve_config("text", hidden_size=8, text_file="corpus.txt", vocab="ab",
+                          data_fingerprint="0123")
+  saved = json.loads(json.dumps(config.asdict()))
+  assert tuple(saved) == FIELDS and from_saved(saved) == config
+  old = dict(saved)
+  old["checkpoint_every"] = old.pop("save_every")              # 0.2.0's name
+  assert RENAMED == {"checkpoint_every": "save_every"} and from_saved(old) == config
+  with pytest.raises(ValueError, match="another version of jaxrnn"):
+    from_saved({**saved, "colour": "red"})
+  with pytest.raises(ValueError, match="another version of jaxrnn"):
+    from_saved({k: v for k, v in saved.items() if k != "keep"})
+  with pytest.raises(ValueError, match="not a JSON object"):
+    from_saved([1, 2])
+  with pytest.raises(ValueError, match="--hidden-size"):
+    from_saved({**saved, "hidden_size": "8"})
+
+
+def test_resolve_config_refuses_unknown_options():
+  with pytest.raises(ValueError, match="unknown options"):
+    resolve_config("adding", checkpoint_every=5)

@@ -1,64 +1,50 @@
-"""gradient_flow: ||dh_t/dh_k|| per layer and direction, against an explicit Jacobian product,
-the bound ||W_hh||^(t-k) ||act'||^(t-k), vanishing and exploding chains."""
+"""gradient_flow: ||dh_t/dh_k|| per layer and direction, against the closed-form Jacobian product
+of the NumPy reference's path, the bound ||W_hh||^(t-k) ||act'||^(t-k), vanishing and exploding
+chains, and its argument checks."""
 
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 import jaxrnn
+import reference
 from conftest import MODELS, random_params
 
 I, H, O = 3, 5, 2
-ACTS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
-
 
 flow_of = jax.jit(jaxrnn.gradient_flow, static_argnames=("layer", "direction", "model"))
 
 
-def step(cell, h_prev, x_t, activation="tanh"):
-  """One independent single step ``act(W_xh x + W_hh h + b)`` on one sequence, ``[H]``."""
-  return ACTS[activation](jnp.dot(cell.W_xh, x_t) + jnp.dot(cell.W_hh, h_prev) + cell.b_h)
+def reference_flow(params, xs, h0, layer, direction, activation="tanh"):
+  """``(norms, w_norm, act_slope)`` from the NumPy reference's path of cell ``(layer, direction)``.
 
-
-def cell_path(params, xs, h0, layer, direction, activation="tanh"):
-  """``(inputs [T, I_l], states h_0..h_T [T+1, H])`` of cell ``(layer, direction)`` in the order
-  it reads its steps, by running the model step by step in NumPy-like Python loops."""
-  num_dirs = len(params.layers[0])
-  x = xs
-  for l, cells in enumerate(params.layers):
-    outs = []
-    for d, cell in enumerate(cells):
-      order = range(len(xs)) if d == 0 else range(len(xs) - 1, -1, -1)
-      h, hs, ins = h0[l * num_dirs + d], [h0[l * num_dirs + d]], []
-      out = [None] * len(xs)
-      for t in order:
-        ins.append(x[t])
-        h = step(cell, h, x[t], activation)
-        hs.append(h)
-        out[t] = h
-      if (l, d) == (layer, direction):
-        return jnp.stack(ins), jnp.stack(hs)
-      outs.append(jnp.stack(out))
-    x = jnp.concatenate(outs, axis=-1)
-  raise AssertionError("no such cell")
-
-
-def explicit_norms(params, xs, h0, layer, direction, activation="tanh"):
-  """``N[t, k] = ||J_t ... J_{k+1}||_2`` with ``J_i = jax.jacfwd(step)`` at the path's states."""
-  cell = params.layers[layer][direction]
-  inputs, hs = cell_path(params, xs, h0, layer, direction, activation)
-  jac = jax.jacfwd(lambda h, x: step(cell, h, x, activation))
-  jacobians = [np.asarray(jac(hs[i - 1], inputs[i - 1])) for i in range(1, len(xs) + 1)]
-  num = len(xs) + 1
-  norms = np.zeros((num, num))
-  for k in range(num):
-    m = np.eye(H)
+  ``h_i = act(a_i)`` with ``a_i = W_xh x_i + W_hh h_{i-1} + b_h``, so
+  ``J_i = dh_i/dh_{i-1} = diag(act'(h_i)) W_hh`` (``act'`` written in ``h``) and
+  ``N[t, k] = ||J_t ... J_{k+1}||_2`` (the identity for ``t = k``, 0 for ``k > t``); the steps
+  are counted in the order the cell reads them.
+  """
+  p = reference.as_numpy(params)
+  _, states, _, _ = reference.forward(p, np.asarray(xs)[:, None], np.asarray(h0)[:, None], None,
+                                      activation)
+  num_steps = len(xs)
+  order = list(range(num_steps)) if direction == 0 else list(reversed(range(num_steps)))
+  hs = states[layer][direction][order, 0]                                   # [T, H] read order
+  W_hh = p[0][layer][direction][1]
+  slopes = reference.act_derivative(activation, hs)                         # [T, H]
+  jacobians = slopes[:, :, None] * W_hh[None]                               # [T, H, H]
+  norms = np.zeros((num_steps + 1, num_steps + 1))
+  for k in range(num_steps + 1):
+    m = np.eye(len(W_hh))
     norms[k, k] = 1.0
-    for t in range(k + 1, num):
+    for t in range(k + 1, num_steps + 1):
       m = jacobians[t - 1] @ m
       norms[t, k] = np.linalg.norm(m, 2)
-  return norms
+  return norms, np.linalg.norm(W_hh, 2), np.max(np.abs(slopes))
 
 
 def scaled(params, radius):
@@ -71,19 +57,32 @@ def cells_of(num_layers, bidirectional):
   return [(l, d) for l in range(num_layers) for d in range(2 if bidirectional else 1)]
 
 
-@pytest.mark.parametrize("num_layers,bidirectional,layer,direction",
-                         [(1, False, 0, 0), (2, True, 1, 1), (2, True, 0, 1)])
-def test_norms_match_an_explicit_jacobian_product(num_layers, bidirectional, layer, direction):
-  params = random_params(0, (I, H, O), num_layers, bidirectional, max_norm=None)
-  rng = np.random.default_rng(1)
-  xs = jnp.asarray(rng.normal(size=(6, I)))
-  h0 = jnp.asarray(0.5 * rng.normal(size=(num_layers * (2 if bidirectional else 1), H)))
-  flow = flow_of(params, xs, h0, layer=layer, direction=direction)
-  expected = explicit_norms(params, xs, h0, layer, direction)
-  assert np.max(np.abs(expected[np.tril_indices(7, -1)] - 1)) > 0.05      # not trivial
-  np.testing.assert_allclose(flow.norms, expected, rtol=1e-10, atol=1e-14)
-  np.testing.assert_allclose(flow.w_norm,
-                             np.linalg.norm(params.layers[layer][direction].W_hh, 2), rtol=1e-12)
+class TestGradientFlowVariants(chex.TestCase):
+  """jaxrnn.gradient_flow jitted and not (chex variants)."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters((1, False, 0, 0, "tanh"), (2, True, 1, 1, "tanh"),
+                            (2, True, 0, 1, "relu"))
+  def test_norms_match_the_reference_jacobian_product(self, num_layers, bidirectional, layer,
+                                                      direction, activation):
+    params = random_params(0, (I, H, O), num_layers, bidirectional, max_norm=None)
+    rng = np.random.default_rng(1)
+    xs = jnp.asarray(rng.normal(size=(6, I)))
+    h0 = jnp.asarray(0.5 * rng.normal(size=(num_layers * (2 if bidirectional else 1), H)))
+    model = jaxrnn.ModelSpec(activation=activation)
+    run = self.variant(functools.partial(jaxrnn.gradient_flow, layer=layer, direction=direction,
+                                         model=model))
+    flow = run(params, xs, h0)
+    assert isinstance(flow, jaxrnn.GradientFlow)
+    chex.assert_shape((flow.norms, flow.bound), (7, 7))
+    chex.assert_shape((flow.w_norm, flow.act_slope), ())
+    norms, w_norm, act_slope = reference_flow(params, xs, h0, layer, direction, activation)
+    assert np.max(np.abs(norms[np.tril_indices(7, -1)] - 1)) > 0.05        # not trivial
+    chex.assert_trees_all_close((flow.norms, flow.w_norm, flow.act_slope),
+                                (norms, w_norm, act_slope), rtol=1e-10, atol=1e-14)
+    # h0 = None is zeros.
+    chex.assert_trees_all_close(run(params, xs), run(params, xs, jnp.zeros_like(h0)),
+                                rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("num_layers,bidirectional", MODELS)
@@ -96,13 +95,13 @@ def test_bound_holds_for_every_pair(num_layers, bidirectional, activation):
     params = scaled(random_params(2, (I, H, O), num_layers, bidirectional), radius)
     flow = flow_of(params, xs, layer=layer, direction=direction, model=model)
     norms, bound = np.asarray(flow.norms), np.asarray(flow.bound)
-    np.testing.assert_allclose(flow.w_norm, radius, rtol=1e-10)
+    chex.assert_trees_all_close(flow.w_norm, radius, rtol=1e-10)
     assert 0 < float(flow.act_slope) <= 1.0
     assert np.all(norms <= bound * (1 + 1e-9) + 1e-300)
-    np.testing.assert_allclose(np.diag(norms), 1.0, rtol=1e-12)
+    chex.assert_trees_all_close(np.diag(norms), np.ones(13), rtol=1e-12)
     assert np.all(np.triu(norms, 1) == 0) and np.all(np.triu(bound, 1) == 0)
     gaps = np.subtract.outer(np.arange(13), np.arange(13))
-    np.testing.assert_allclose(np.tril(bound), np.tril(
+    chex.assert_trees_all_close(np.tril(bound), np.tril(
         (radius * float(flow.act_slope)) ** np.maximum(gaps, 0)), rtol=1e-10)
 
 
@@ -130,10 +129,10 @@ def test_gradients_explode_for_relu_and_a_large_identity(num_layers, bidirection
   gaps = np.subtract.outer(np.arange(21), np.arange(21))
   for layer, direction in cells_of(num_layers, bidirectional):
     flow = flow_of(params, xs, layer=layer, direction=direction, model=model)
-    np.testing.assert_allclose(np.tril(flow.norms), np.tril(1.5 ** np.maximum(gaps, 0)),
-                               rtol=1e-12)
-    np.testing.assert_allclose(flow.norms[-1, 0], 1.5 ** 20, rtol=1e-12)
-    np.testing.assert_allclose(flow.norms, flow.bound, rtol=1e-12)
+    chex.assert_trees_all_close(np.tril(flow.norms), np.tril(1.5 ** np.maximum(gaps, 0)),
+                                rtol=1e-12)
+    chex.assert_trees_all_close(flow.norms[-1, 0], 1.5 ** 20, rtol=1e-12)
+    chex.assert_trees_all_close(flow.norms, flow.bound, rtol=1e-12)
 
 
 @pytest.mark.parametrize("num_layers,bidirectional", MODELS)
@@ -150,3 +149,16 @@ def test_bad_layer_or_direction_raises(num_layers, bidirectional):
     jaxrnn.gradient_flow(params, xs[None])
   with pytest.raises(ValueError, match="h0"):
     jaxrnn.gradient_flow(params, xs, jnp.zeros((num_layers * num_dirs + 1, H)))
+  with pytest.raises(ValueError, match="h0 contains NaN"):
+    jaxrnn.gradient_flow(params, xs, jnp.full((num_layers * num_dirs, H), jnp.nan))
+  with pytest.raises(ValueError, match=r"xs has size 2 on axis 2"):        # I = 3
+    jaxrnn.gradient_flow(params, xs[:, :2])
+  with pytest.raises(TypeError, match="model must be a jaxrnn.ModelSpec"):
+    jaxrnn.gradient_flow(params, xs, model=jaxrnn.ComputeSpec())
+
+
+def test_an_empty_sequence_raises_naming_xs():
+  """T = 0 has no step, hence no Jacobian: a ValueError naming xs, not a reduction error."""
+  params = random_params(8, (I, H, O))
+  with pytest.raises(ValueError, match=r"xs must hold at least one step \(T >= 1\)"):
+    jaxrnn.gradient_flow(params, jnp.zeros((0, I)))

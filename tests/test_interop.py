@@ -4,8 +4,7 @@ torch is the oracle: 1 and 2 layers, uni- and bidirectional, tanh and relu,
 float32 and float64, on packed variable-length batches.
 """
 
-import itertools
-
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,8 +21,9 @@ LENGTHS = np.array([7, 3, 5, 1, 6])
 unroll = jax.jit(jaxrnn.unroll, static_argnames=("model",))
 
 
-def max_diff(a, b):
-  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+def numpy_of(*tensors):
+  """torch tensors as NumPy arrays (detached)."""
+  return tuple(t.detach().numpy() for t in tensors)
 
 
 def torch_packed(rnn, xs, h0, lengths):
@@ -54,12 +54,10 @@ def test_from_torch_matches_torch_forward(num_layers, bidirectional, activation,
   params = jaxrnn.from_torch(rnn.state_dict(), linear.state_dict())
   assert params.W_hy.dtype == jnp.dtype(dtype)
   assert len(params.layers) == num_layers and len(params.layers[0]) == num_states // num_layers
-  hs, jys, final = unroll(params, jnp.asarray(xs), jnp.asarray(h0), jnp.asarray(LENGTHS),
-                          model=jaxrnn.ModelSpec(activation=activation))
-  diffs = {"output": max_diff(hs, out), "h_n": max_diff(final, h_n), "ys": max_diff(jys, ys)}
-  print(f"{num_layers} layers, bidirectional={bidirectional}, {activation}, {dtype}: "
-        f"max |jaxrnn - torch| = {max(diffs.values()):.3g} {diffs}")
-  assert max(diffs.values()) <= TOLERANCE[dtype], diffs
+  got = unroll(params, jnp.asarray(xs), jnp.asarray(h0), jnp.asarray(LENGTHS),
+               model=jaxrnn.ModelSpec(activation=activation))
+  chex.assert_trees_all_close(got, jaxrnn.Outputs(out, ys, h_n), rtol=0, atol=TOLERANCE[dtype])
+  chex.assert_type(jax.tree.leaves(got), jnp.dtype(dtype))
 
 
 @pytest.mark.parametrize("num_layers,bidirectional", MODELS)
@@ -72,11 +70,10 @@ def test_batch_first_matches_torch(num_layers, bidirectional):
   out, h_n = rnn(torch.tensor(xs))
   ys = linear(out)
   params = jaxrnn.from_torch(rnn.state_dict(), linear.state_dict())
-  hs, jys, final = jax.jit(jaxrnn.unroll_batch_first)(params, jnp.asarray(xs))
-  assert hs.shape == (B, T, out.shape[-1]) and final.shape == tuple(h_n.shape)
-  assert max_diff(hs, out.detach().numpy()) < 1e-12
-  assert max_diff(jys, ys.detach().numpy()) < 1e-12
-  assert max_diff(final, h_n.detach().numpy()) < 1e-12
+  got = jax.jit(jaxrnn.unroll_batch_first)(params, jnp.asarray(xs))
+  want = jaxrnn.Outputs(*numpy_of(out, ys, h_n))
+  chex.assert_trees_all_equal_shapes(got, want)
+  chex.assert_trees_all_close(got, want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("num_layers,bidirectional", MODELS)
@@ -84,9 +81,9 @@ def test_to_torch_round_trip_and_torch_runs_jaxrnn_params(num_layers, bidirectio
   params = random_params(1, (I, H, O), num_layers, bidirectional)
   rnn_state, linear_state = jaxrnn.to_torch(params)
   back = jaxrnn.from_torch(rnn_state, linear_state)
-  assert jax.tree.structure(back) == jax.tree.structure(params)
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)) and a.dtype == b.dtype,
-                                   back, params))
+  chex.assert_trees_all_equal_structs(back, params)
+  chex.assert_trees_all_equal_dtypes(back, params)
+  chex.assert_trees_all_equal(back, params)
   suffix = f"_l{num_layers - 1}" + ("_reverse" if bidirectional else "")
   assert np.all(rnn_state[f"bias_hh{suffix}"].numpy() == 0)   # torch's two biases: b_h and 0
   rnn = torch.nn.RNN(I, H, num_layers=num_layers, bidirectional=bidirectional,
@@ -96,10 +93,9 @@ def test_to_torch_round_trip_and_torch_runs_jaxrnn_params(num_layers, bidirectio
   linear.load_state_dict(linear_state)
   xs = np.random.default_rng(1).normal(size=(T, B, I))
   out, h_n = rnn(torch.tensor(xs))
-  hs, ys, final = unroll(params, jnp.asarray(xs), model=jaxrnn.ModelSpec())
-  assert max_diff(hs, out.detach().numpy()) < 1e-12
-  assert max_diff(ys, linear(out).detach().numpy()) < 1e-12
-  assert max_diff(final, h_n.detach().numpy()) < 1e-12
+  got = unroll(params, jnp.asarray(xs), model=jaxrnn.ModelSpec())
+  chex.assert_trees_all_close(got, jaxrnn.Outputs(*numpy_of(out, linear(out), h_n)), rtol=0,
+                              atol=1e-12)
 
 
 def test_from_torch_sums_the_two_biases():
@@ -107,7 +103,7 @@ def test_from_torch_sums_the_two_biases():
   rnn = torch.nn.RNN(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
   params = jaxrnn.from_torch(rnn.state_dict())
   expected = (rnn.bias_ih_l1_reverse + rnn.bias_hh_l1_reverse).detach().numpy()
-  assert max_diff(params.layers[1][1].b_h, expected) == 0
+  chex.assert_trees_all_equal(params.layers[1][1].b_h, jnp.asarray(expected))
   assert params.W_hy.shape == (0, 2 * H) and params.b_y.shape == (0,)   # no readout given
 
 
@@ -115,12 +111,13 @@ def test_bias_free_model():
   torch.manual_seed(2)
   rnn = torch.nn.RNN(I, H, num_layers=2, bias=False, bidirectional=True, dtype=torch.float64)
   params = jaxrnn.from_torch(rnn.state_dict())
-  assert all(np.all(np.asarray(c.b_h) == 0) for layer in params.layers for c in layer)
+  for layer in params.layers:
+    for cell in layer:
+      chex.assert_trees_all_equal(cell.b_h, jnp.zeros(H))
   xs = np.random.default_rng(2).normal(size=(T, B, I))
   out, h_n = rnn(torch.tensor(xs))
   hs, _, final = unroll(params, jnp.asarray(xs), model=jaxrnn.ModelSpec())
-  assert max_diff(hs, out.detach().numpy()) < 1e-12
-  assert max_diff(final, h_n.detach().numpy()) < 1e-12
+  chex.assert_trees_all_close((hs, final), numpy_of(out, h_n), rtol=0, atol=1e-12)
 
 
 def state(num_layers=2, bidirectional=True):
@@ -166,3 +163,46 @@ def test_wrong_readout_sizes_raise_naming_the_array(key, shape, name):
   linear[key] = np.zeros(shape, np.float32)
   with pytest.raises(ValueError, match=name):
     jaxrnn.from_torch(state(), linear)
+
+
+def test_from_torch_reads_numpy_arrays_and_converts_the_dtype():
+  """Anything with an array interface is read; ``dtype`` casts every array."""
+  arrays = state()                                                # float32 NumPy arrays
+  params = jaxrnn.from_torch(arrays, dtype=jnp.float64)
+  chex.assert_type(jax.tree.leaves(params), jnp.float64)
+  chex.assert_trees_all_equal(params.layers[0][1].W_hh,
+                              jnp.asarray(arrays["weight_hh_l0_reverse"], jnp.float64))
+  chex.assert_trees_all_equal(params.layers[1][0].b_h, jnp.asarray(
+      arrays["bias_ih_l1"] + arrays["bias_hh_l1"], jnp.float64))
+
+
+def test_string_arrays_raise_a_type_error():
+  """Well-shaped arrays of strings are not weights."""
+  bad = {k: v.astype(str) for k, v in state(1, False).items()}
+  with pytest.raises(TypeError):
+    jaxrnn.from_torch(bad)
+
+
+NOT_A_STATE_DICT = pytest.mark.xfail(
+    strict=True, raises=(AttributeError, IndexError),
+    reason="library bug: jaxrnn/interop.py from_torch calls state_dict.items() and "
+           "arrays['weight_hh'].shape[0] unchecked, so a non-mapping raises AttributeError and a "
+           "rank-0 (e.g. string) weight IndexError, not a ValueError/TypeError naming it")
+
+
+@NOT_A_STATE_DICT
+@pytest.mark.parametrize("state_dict", [object(), None, 3, "weight_ih_l0",
+                                        [("weight_ih_l0", np.zeros((H, I)))]],
+                         ids=["object", "None", "int", "str", "list of pairs"])
+def test_a_state_dict_that_is_not_a_mapping_raises_naming_it(state_dict):
+  with pytest.raises(TypeError, match="state_dict"):
+    jaxrnn.from_torch(state_dict)
+
+
+@NOT_A_STATE_DICT
+@pytest.mark.parametrize("values", [("abc", "def"), (np.zeros((H, I)), "abcd"),
+                                    (np.zeros((H, I)), np.float32(0.0))],
+                         ids=["strings", "a string weight_hh", "a scalar weight_hh"])
+def test_string_or_scalar_values_raise_naming_the_key(values):
+  with pytest.raises((TypeError, ValueError), match="weight_"):
+    jaxrnn.from_torch(dict(zip(("weight_ih_l0", "weight_hh_l0"), values)))

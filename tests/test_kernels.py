@@ -5,19 +5,24 @@ grid, block specs and padding as on a GPU, without the Triton compile. Tests
 marked ``gpu`` compile them for real and run only on a GPU.
 """
 
+import dataclasses
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import MODELS, random_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxrnn
+from conftest import MODELS, random_problem
 from jaxrnn import kernels
 from jaxrnn.recurrence import backward_hidden, fused_layer, scan_hidden
 
 TOLERANCE = {jnp.float32: 1e-6, jnp.float64: 1e-12}
+SCAN = jaxrnn.ComputeSpec(recurrence="scan")
+KERNEL = jaxrnn.ComputeSpec(recurrence="kernel")
 
 
 def chain(seed, num_steps, batch, hidden, masked, dtype):
@@ -36,35 +41,34 @@ def chain(seed, num_steps, batch, hidden, masked, dtype):
 def test_kernels_equal_scan(num_steps, batch, hidden, masked, activation, dtype, block_b, seed):
   pre, W_hh, h0, mask, g = chain(seed, num_steps, batch, hidden, masked, dtype)
   tol = TOLERANCE[dtype]
-  hs = scan_hidden(pre, W_hh, h0, mask, activation)
-  hs_kernel = kernels.forward_kernel(pre, W_hh, h0, mask, activation, block_b, interpret=True)
-  assert hs_kernel.shape == hs.shape and hs_kernel.dtype == hs.dtype
-  np.testing.assert_allclose(hs_kernel, hs, rtol=tol, atol=tol)
-  delta, dh0 = backward_hidden(W_hh, hs, h0, g, mask, activation)
-  delta_kernel, dh0_kernel = kernels.backward_kernel(W_hh, hs, h0, g, mask, activation, block_b,
-                                                     interpret=True)
-  np.testing.assert_allclose(delta_kernel, delta, rtol=tol, atol=tol)
-  np.testing.assert_allclose(dh0_kernel, dh0, rtol=tol, atol=tol)
+  model = jaxrnn.ModelSpec(activation=activation)
+  hs = scan_hidden(pre, W_hh, h0, mask, model, SCAN)
+  hs_kernel = kernels.forward_kernel(pre, W_hh, h0, mask, model, KERNEL, block_b, interpret=True)
+  chex.assert_trees_all_close(hs_kernel, hs, rtol=tol, atol=tol, strict=True)
+  delta, dh0 = backward_hidden(W_hh, hs, g, mask, model, SCAN)
+  grads_kernel = kernels.backward_kernel(W_hh, hs, g, mask, model, KERNEL, block_b,
+                                         interpret=True)
+  chex.assert_trees_all_close(grads_kernel, (delta, dh0), rtol=tol, atol=tol, strict=True)
 
 
 def test_kernels_on_empty_sequences():
   pre, W_hh, h0, mask, g = chain(0, 0, 3, 4, True, jnp.float64)
-  assert kernels.forward_kernel(pre, W_hh, h0, mask, "tanh").shape == (0, 3, 4)
-  delta, dh0 = kernels.backward_kernel(W_hh, pre, h0, g, mask, "tanh")
-  assert delta.shape == (0, 3, 4)
-  np.testing.assert_array_equal(dh0, 0)
+  model = jaxrnn.ModelSpec()
+  chex.assert_shape(kernels.forward_kernel(pre, W_hh, h0, mask, model, KERNEL), (0, 3, 4))
+  delta, dh0 = kernels.backward_kernel(W_hh, pre, g, mask, model, KERNEL)
+  chex.assert_shape(delta, (0, 3, 4))
+  chex.assert_trees_all_equal(dh0, jnp.zeros((3, 4)), strict=True)
 
 
 def test_fused_vjp_through_the_kernels():
   xs, W_hh, h0, mask, g = chain(1, 9, 5, 6, True, jnp.float64)
-  W_xh, b_h = W_hh[:, :4], h0[0]
-  run = lambda recurrence: jax.vjp(
-      lambda *a: fused_layer(*a, mask, "tanh", 1, "highest", recurrence),
-      xs[..., :4], W_xh, b_h, W_hh, h0)
-  (hs, vjp), (hs_kernel, vjp_kernel) = run("scan"), run("kernel")
-  np.testing.assert_allclose(hs_kernel, hs, rtol=1e-12, atol=1e-12)
-  for a, b in zip(vjp_kernel(g), vjp(g)):
-    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+  cell = jaxrnn.CellParams(W_hh[:, :4], W_hh, h0[0])
+  model = jaxrnn.ModelSpec()
+  run = lambda compute: jax.vjp(lambda x, c, h: fused_layer(x, c, h, mask, model, compute),
+                                xs[..., :4], cell, h0)
+  (hs, vjp), (hs_kernel, vjp_kernel) = run(SCAN), run(KERNEL)
+  chex.assert_trees_all_close(hs_kernel, hs, rtol=1e-12, atol=1e-12, strict=True)
+  chex.assert_trees_all_close(vjp_kernel(g), vjp(g), rtol=1e-12, atol=1e-12, strict=True)
 
 
 @pytest.mark.parametrize("num_layers,bidirectional", MODELS)
@@ -72,23 +76,22 @@ def test_sequence_loss_gradient_with_the_kernels(num_layers, bidirectional):
   params, batch, h0 = random_problem(3, num_steps=7, batch=5, num_layers=num_layers,
                                      bidirectional=bidirectional, masked=True)
   grad = jax.jit(jax.grad(jaxrnn.sequence_loss, has_aux=True), static_argnames="compute")
-  (grads, final), (grads_k, final_k) = (
-      grad(params, batch, h0, compute=jaxrnn.ComputeSpec(recurrence=r)) for r in ("scan", "kernel"))
-  for a, b in zip(jax.tree.leaves(grads_k), jax.tree.leaves(grads)):
-    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-  np.testing.assert_allclose(final_k, final, rtol=1e-12, atol=1e-12)
-  outputs = jaxrnn.unroll(params, batch.xs, h0, batch.lengths,
-                          compute=jaxrnn.ComputeSpec(recurrence="kernel"))
-  for a, b in zip(outputs, jaxrnn.unroll(params, batch.xs, h0, batch.lengths)):
-    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+  chex.assert_trees_all_close(grad(params, batch, h0, compute=KERNEL),
+                              grad(params, batch, h0, compute=SCAN),
+                              rtol=1e-12, atol=1e-12, strict=True)
+  chex.assert_trees_all_close(jaxrnn.unroll(params, batch.xs, h0, batch.lengths, compute=KERNEL),
+                              jaxrnn.unroll(params, batch.xs, h0, batch.lengths, compute=SCAN),
+                              rtol=1e-12, atol=1e-12, strict=True)
 
 
 def test_bfloat16_kernel_close_to_scan():
   pre, W_hh, h0, mask, _ = chain(2, 12, 4, 8, True, jnp.bfloat16)
-  hs = kernels.forward_kernel(pre, W_hh, h0, mask, "tanh", interpret=True)
+  model = jaxrnn.ModelSpec()
+  hs = kernels.forward_kernel(pre, W_hh, h0, mask, model, KERNEL, interpret=True)
   assert hs.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.float32(hs), np.float32(scan_hidden(pre, W_hh, h0, mask, "tanh")),
-                             atol=3e-2)
+  chex.assert_trees_all_close(np.float32(hs), np.float32(scan_hidden(pre, W_hh, h0, mask, model,
+                                                                     SCAN)),
+                              rtol=0, atol=3e-2)
 
 
 def test_auto_picks_the_kernel_only_on_a_gpu_when_w_hh_fits():
@@ -99,19 +102,21 @@ def test_auto_picks_the_kernel_only_on_a_gpu_when_w_hh_fits():
   assert kernels.fits_on_chip(jnp.bfloat16, 256, "highest")
   assert kernels.fits_on_chip(jnp.bfloat16, 256) and not kernels.fits_on_chip(jnp.bfloat16, 512)
   assert not kernels.fits_on_chip(jnp.float64, 16)
-  assert kernels.use_kernel("kernel", jnp.float64, 4096)
-  assert not kernels.use_kernel("scan", jnp.float32, 64)
-  assert kernels.use_kernel("auto", jnp.float32, 64) == (jax.default_backend() == "gpu")
-  assert not kernels.use_kernel("auto", jnp.float32, 128, "highest")
+  assert kernels.use_kernel(KERNEL, jnp.float64, 4096)
+  assert not kernels.use_kernel(SCAN, jnp.float32, 64)
+  auto = jaxrnn.ComputeSpec(recurrence="auto", precision="default")
+  assert kernels.use_kernel(auto, jnp.float32, 64) == (jax.default_backend() == "gpu")
+  assert not kernels.use_kernel(dataclasses.replace(auto, precision="highest"), jnp.float32, 128)
   with pytest.raises(ValueError, match="power of two"):
-    kernels.forward_kernel(*chain(0, 2, 2, 2, False, jnp.float32)[:4], "tanh", block_b=3)
+    kernels.forward_kernel(*chain(0, 2, 2, 2, False, jnp.float32)[:4], jaxrnn.ModelSpec(), KERNEL,
+                           block_b=3)
 
 
 def test_recurrence_spec_is_checked():
   with pytest.raises(ValueError, match="compute.recurrence"):
-    jaxrnn.checks.check_compute(jaxrnn.ComputeSpec(recurrence="pallas"))
+    jaxrnn.ComputeSpec(recurrence="pallas")
   with pytest.raises(ValueError, match="needs gradient='fused'"):
-    jaxrnn.checks.check_compute(jaxrnn.ComputeSpec(gradient="autodiff", recurrence="kernel"))
+    jaxrnn.ComputeSpec(gradient="autodiff", recurrence="kernel")
 
 
 @pytest.mark.gpu
@@ -121,13 +126,14 @@ def test_recurrence_spec_is_checked():
                                                  (jnp.bfloat16, "highest", 5e-2)])
 def test_compiled_kernels_on_a_gpu(masked, dtype, precision, tol):
   pre, W_hh, h0, mask, g = chain(4, 300, 40, 100, masked, dtype)
-  hs = scan_hidden(pre, W_hh, h0, mask, "tanh", precision="highest")
-  hs_kernel = kernels.forward_kernel(pre, W_hh, h0, mask, "tanh", interpret=False,
-                                     precision=precision)
-  np.testing.assert_allclose(np.float32(hs_kernel), np.float32(hs), atol=tol)
-  delta, dh0 = backward_hidden(W_hh, hs, h0, g, mask, "tanh", precision="highest")
-  delta_k, dh0_k = kernels.backward_kernel(W_hh, hs, h0, g, mask, "tanh", interpret=False,
-                                           precision=precision)
+  model = jaxrnn.ModelSpec()
+  exact = jaxrnn.ComputeSpec(recurrence="scan", precision="highest")
+  compute = jaxrnn.ComputeSpec(recurrence="kernel", precision=precision)
+  hs = scan_hidden(pre, W_hh, h0, mask, model, exact)
+  hs_kernel = kernels.forward_kernel(pre, W_hh, h0, mask, model, compute, interpret=False)
+  chex.assert_trees_all_close(np.float32(hs_kernel), np.float32(hs), rtol=0, atol=tol)
+  delta, dh0 = backward_hidden(W_hh, hs, g, mask, model, exact)
+  delta_k, dh0_k = kernels.backward_kernel(W_hh, hs, g, mask, model, compute, interpret=False)
   scale = float(jnp.abs(delta.astype(jnp.float32)).max()) + 1
-  np.testing.assert_allclose(np.float32(delta_k), np.float32(delta), atol=tol * scale)
-  np.testing.assert_allclose(np.float32(dh0_k), np.float32(dh0), atol=tol * scale)
+  chex.assert_trees_all_close((np.float32(delta_k), np.float32(dh0_k)),
+                              (np.float32(delta), np.float32(dh0)), rtol=0, atol=tol * scale)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxrnn.cli import build_parser
+from jaxrnn.app.cli import build_parser
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^```([\w-]*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
