@@ -136,12 +136,9 @@ def rnn_cell(params: RNNParams, h_prev: jax.Array, x_t: jax.Array,
   check_specs(shape, model)
   checks.check_unidirectional(shape, "rnn_cell", "a bidirectional model reads the whole "
                               "sequence (use jaxrnn.unroll)")
-  checks.check_size("x_t", x_t, -1, shape.input_size, "the input size I of the params")
-  checks.check_rank("h_prev", h_prev, jnp.ndim(x_t) + 1, "[L, ..., H]")
-  checks.check_size("h_prev", h_prev, 0, shape.num_layers, "the number of layers L")
-  checks.check_size("h_prev", h_prev, -1, shape.hidden_size, "the hidden size H")
-  if jnp.shape(x_t)[:-1] != jnp.shape(h_prev)[1:-1]:
-    raise ValueError(f"x_t batch shape {jnp.shape(x_t)[:-1]} does not match h_prev batch "
-                     f"shape {jnp.shape(h_prev)[1:-1]}")
+  batch = jnp.shape(x_t)[:-1]
+  checks.check_shape("x_t", x_t, "[..., I]", batch + (shape.input_size,))
+  checks.check_shape("h_prev", h_prev, "[L, ..., H]",
+                     (shape.num_layers,) + batch + (shape.hidden_size,))
   h_t, top = stack_step(params, h_prev, x_t, model)
   return h_t, readout(params, top, model)

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxrnn import checks
 from jaxrnn.pytrees import Shape
 from jaxrnn.spec import ModelSpec
 
@@ -49,6 +50,8 @@ def dropout_mask(key: jax.Array, rate: float, shape: tuple[int, ...], dtype: Any
 def draw_masks(key: jax.Array | None, model: ModelSpec, shape: Shape, num_steps: int,
                batch: int, dtype: Any) -> DropoutMasks | None:
   """All dropout masks of a ``[T, B]`` forward pass of a model of ``shape``; ``None`` without a key."""
+  if key is not None:
+    checks.check_key("key", key)
   if key is None or not (model.dropout or model.input_dropout or model.state_dropout):
     return None
   num_layers, num_dirs, hidden = shape.num_layers, shape.num_directions, shape.hidden_size

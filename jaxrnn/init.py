@@ -52,7 +52,7 @@ def init_params(key: jax.Array, input_size: int, hidden_size: int, output_size: 
   checks.check_key("key", key)
   for name, size in (("input_size", input_size), ("hidden_size", hidden_size),
                      ("output_size", output_size), ("num_layers", num_layers)):
-    checks.check_positive_int(name, size)
+    checks.check_int(name, size)
   init = InitSpec(init) if isinstance(init, str) else init
   checks.check_type("init", init, InitSpec)
   if not isinstance(bidirectional, bool):
