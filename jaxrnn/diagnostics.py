@@ -70,8 +70,9 @@ def gradient_flow(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   :class:`GradientFlow`; ``norms <= bound`` entrywise (up to rounding).
 
   Example:
-    >>> flow = jaxrnn.gradient_flow(params, xs)      # xs [T, I]
-    >>> flow.norms[-1]                               # ||dh_T/dh_k|| for k = 0..T
+    >>> flow = jaxrnn.gradient_flow(params, xs[:, 0])      # one sequence [T, I]
+    >>> flow.norms.shape                                    # ||dh_t/dh_k|| for 0 <= k, t <= T
+    (7, 7)
   """
   shape = checks.check_params(params)
   check_specs(shape, model)

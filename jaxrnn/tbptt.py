@@ -104,8 +104,8 @@ def tbptt_epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, stream: Batc
   Example:
     >>> optimizer = optax.adam(1e-2)
     >>> step = jaxrnn.make_tbptt_step(optimizer)
-    >>> result = jaxrnn.tbptt_epoch(step, params, optimizer.init(params), batch, chunk_length=2)
-    >>> result.losses.shape
+    >>> result = jaxrnn.tbptt_epoch(step, params, optimizer.init(params), batch, chunk_length=3)
+    >>> result.losses.shape                      # T = 6 steps in 2 chunks
     (2,)
   """
   shape = check_stateful(params)
