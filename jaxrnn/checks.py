@@ -1,10 +1,6 @@
-"""Argument checks, in one place, shared by every public entry point.
-
-Every public function validates what it is given *before* tracing, so a bad
-shape, dtype, name or value fails with a ``ValueError``/``TypeError`` that
-names the offending argument instead of an XLA error (or, worse, a silent
-broadcast or clamp). Shape checks use static information; value checks
-(NaN, ranges) look at concrete arrays and are skipped for tracers.
+"""Argument checks shared by every public entry point: a bad shape, dtype, name or value fails
+with a ``ValueError``/``TypeError`` naming the argument, never an XLA error or a silent
+broadcast. Value checks (NaN, ranges) look at concrete arrays only, not at tracers.
 """
 
 from __future__ import annotations
@@ -106,14 +102,8 @@ def check_key(name: str, key: Any) -> None:
 
 
 def check_params(params: Any) -> Shape:
-  """Checks that ``params`` is a consistent :class:`RNNParams`; returns its :class:`Shape`.
-
-  Raises:
-    ValueError: no layers, layers with different numbers of directions (or
-      not 1 or 2), a size that disagrees with the others, or NaN/inf in a
-      concrete array (each message names the array, e.g. ``params.layers[1][0].W_xh``).
-    TypeError: not an ``RNNParams`` of ``CellParams``, or mixed dtypes.
-  """
+  """Checks that ``params`` is a consistent :class:`RNNParams` (structure, sizes, one floating
+  dtype, finite values; messages name the array); returns its :class:`Shape`."""
   check_type("params", params, RNNParams)
   layers = params.layers
   if not isinstance(layers, tuple) or not layers or not all(isinstance(l, tuple) for l in layers):
@@ -126,6 +116,7 @@ def check_params(params: Any) -> Shape:
     raise TypeError("params.layers[l][d] must be jaxrnn.CellParams")
   hidden = jnp.shape(layers[0][0].W_hh)[0] if jnp.ndim(layers[0][0].W_hh) == 2 else None
   width = None if hidden is None else num_dirs * hidden
+  check_shape("params.W_hy", params.W_hy, "[O, D*H]", (None, width))
   dtype = params.W_hy.dtype
   check_array("params.W_hy", params.W_hy, "[O, D*H]", (None, width), dtype, "params.W_hy")
   check_array("params.b_y", params.b_y, "[O]", params.W_hy.shape[:1], dtype, "params.W_hy")
@@ -157,12 +148,8 @@ def check_mask(name: str, mask: Any, num_steps: int, batch: int) -> None:
 
 
 def lengths_mask(lengths: Any, num_steps: int, batch: int, dtype: Any) -> jax.Array | None:
-  """Checks ``lengths [B]`` (integers in ``[0, T]``) and returns the mask ``m[t, b] = t < lengths[b]``.
-
-  Under ``jit`` the range cannot be checked: the mask of a sequence whose
-  length lies outside ``[0, T]`` is then NaN, so its outputs and the loss are
-  NaN, never a plausible number.
-  """
+  """Checks ``lengths [B]`` (integers in ``[0, T]``); returns ``m[t, b] = t < lengths[b]``, NaN
+  for a length out of range (which only ``jit`` hides from the check)."""
   if lengths is None:
     return None
   check_shape("lengths", lengths, "[B]", (batch,))
@@ -187,11 +174,8 @@ class Inputs(NamedTuple):
 
 
 def check_inputs(params: Any, xs: Any, h0: Any, lengths: Any, name: str = "xs") -> Inputs:
-  """Checks ``params``, ``xs [T, B, I]`` (called ``name``), ``h0`` and ``lengths`` together.
-
-  Returns:
-    :class:`Inputs`: ``h0`` zeros when ``None``, ``mask`` ``None`` when ``lengths`` is.
-  """
+  """Checks ``params``, ``xs [T, B, I]`` (called ``name``), ``h0`` and ``lengths`` together;
+  ``h0`` is zeros when ``None``, ``mask`` ``None`` when ``lengths`` is."""
   shape = check_params(params)
   dtype = params.W_hy.dtype
   check_array(name, xs, "[T, B, I]", (None, None, shape.input_size), dtype)

@@ -1,9 +1,5 @@
-"""Initialising an Elman RNN of any depth and direction from a ``jax.random`` key.
-
-Every (layer, direction) gets its ``W_xh``, ``W_hh``, ``b_h`` by the same
-scheme (:class:`jaxrnn.InitSpec`), and the read-out its ``W_hy``, ``b_y``;
-each array is drawn from a key of its own.
-"""
+"""Initialising an Elman RNN of any depth and direction from a ``jax.random`` key, by one
+:class:`jaxrnn.InitSpec` for every cell and the read-out, each array from a key of its own."""
 
 from __future__ import annotations
 
