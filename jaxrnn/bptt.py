@@ -6,8 +6,6 @@ hold ``jax.grad`` to, and (through :func:`jaxrnn.recurrence.fused_layer`) the
 backward pass the library trains with.
 """
 
-from __future__ import annotations
-
 import jax
 import jax.numpy as jnp
 

@@ -3,12 +3,10 @@ with a ``ValueError``/``TypeError`` naming the argument, never an XLA error or a
 broadcast. Value checks (NaN, ranges) look at concrete arrays only, not at tracers.
 """
 
-from __future__ import annotations
-
 import math
 import os
 from collections.abc import Container
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -166,27 +164,15 @@ def lengths_mask(lengths: Any, num_steps: int, batch: int, dtype: Any) -> jax.Ar
   return jnp.where(valid[None, :], mask, jnp.nan)
 
 
-class Inputs(NamedTuple):
-  """Checked inputs of a forward pass: the model's :class:`Shape`, ``h0 [L*D, B, H]``, ``mask [T, B]``."""
-  shape: Shape
-  h0: jax.Array
-  mask: jax.Array | None
-
-
-def check_inputs(params: Any, xs: Any, h0: Any, lengths: Any, name: str = "xs") -> Inputs:
+def check_inputs(params: Any, xs: Any, h0: Any, lengths: Any,
+                 name: str = "xs") -> tuple[Shape, jax.Array, jax.Array | None]:
   """Checks ``params``, ``xs [T, B, I]`` (called ``name``), ``h0`` and ``lengths`` together;
-  ``h0`` is zeros when ``None``, ``mask`` ``None`` when ``lengths`` is."""
+  returns the model's shape, ``h0`` (zeros when ``None``) and the mask (``None`` likewise)."""
   shape = check_params(params)
   dtype = params.W_hy.dtype
   check_array(name, xs, "[T, B, I]", (None, None, shape.input_size), dtype)
   num_steps, batch = jnp.shape(xs)[:2]
-  return Inputs(shape, check_h0(h0, shape, batch, dtype),
-                lengths_mask(lengths, num_steps, batch, dtype))
-
-
-def is_deleted(x: Any) -> bool:
-  """Whether ``x`` is a ``jax.Array`` whose buffer was donated to a step (or deleted)."""
-  return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted()
+  return shape, check_h0(h0, shape, batch, dtype), lengths_mask(lengths, num_steps, batch, dtype)
 
 
 def device_memory() -> int:
@@ -196,10 +182,3 @@ def device_memory() -> int:
     return int(stats["bytes_limit"])
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
-
-def check_fits_memory(what: str, nbytes: int) -> None:
-  """Raises ``ValueError`` when ``what`` needs more than the default device's memory."""
-  available = device_memory()
-  if nbytes > available:
-    raise ValueError(f"{what} need about {nbytes / 2**30:.1f} GiB, more than the "
-                     f"{available / 2**30:.1f} GiB of {jax.devices()[0].platform} memory")

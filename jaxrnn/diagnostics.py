@@ -9,8 +9,6 @@ with ``dh_i/dh_{i-1} = diag(act'(a_i + W_hh h_{i-1})) W_hh``, so
 gradient vanishes geometrically; where the Jacobians stretch, it explodes.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax

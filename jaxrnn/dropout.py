@@ -9,8 +9,6 @@ are drawn once per batch, each (kind, layer, direction) from a key of its
 own, so a chunked or split run uses the very masks of a plain one.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax

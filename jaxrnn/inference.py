@@ -4,8 +4,6 @@ Both step every layer one time step at a time (:func:`jaxrnn.cell.stack_step`),
 so a unidirectional model needs only its ``[L, B, H]`` states, whatever ``T``.
 """
 
-from __future__ import annotations
-
 import jax
 import jax.numpy as jnp
 

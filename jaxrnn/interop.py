@@ -10,8 +10,6 @@ in jaxrnn. An ``nn.Linear(D*H, O)`` has ``weight = W_hy``, ``bias = b_y``.
 torch is imported only by :func:`to_torch`.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -104,21 +102,9 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
 
 
 def to_torch(params: RNNParams) -> tuple[dict[str, Any], dict[str, Any]]:
-  """``torch.nn.RNN`` and ``nn.Linear`` state dicts from :class:`RNNParams`.
-
-  torch has two biases where jaxrnn has one: ``bias_ih`` gets ``b_h`` and
-  ``bias_hh`` gets zeros (their sum, all that the model computes with, is
-  ``b_h``). ``from_torch(*to_torch(params))`` gives back ``params``.
-
-  Returns:
-    ``(rnn_state_dict, linear_state_dict)`` of CPU tensors in the params'
-    dtype, for ``nn.RNN(I, H, num_layers=L, bidirectional=D == 2).load_state_dict``
-    and ``nn.Linear(D*H, O).load_state_dict``.
-
-  Raises:
-    ImportError: torch is not installed.
-    ValueError, TypeError: ``params`` is not a consistent :class:`RNNParams`.
-  """
+  """``(rnn_state_dict, linear_state_dict)`` of CPU tensors for ``nn.RNN(I, H, num_layers=L,
+  bidirectional=D == 2)`` and ``nn.Linear(D*H, O)``; ``bias_ih`` gets ``b_h`` and ``bias_hh``
+  zeros (only their sum enters). ``from_torch(*to_torch(params))`` gives back ``params``."""
   import torch  # pylint: disable=import-outside-toplevel
 
   checks.check_params(params)

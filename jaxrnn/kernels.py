@@ -16,8 +16,6 @@ float32. :func:`fits_on_chip` encodes where ``recurrence="auto"`` picks the
 kernels (measured on an H100: ``docs/gpu.md``).
 """
 
-from __future__ import annotations
-
 import functools
 
 import jax
@@ -27,18 +25,10 @@ from jax.experimental import pallas as pl
 from jaxrnn.cell import activation_derivative, step
 from jaxrnn.spec import ComputeSpec, ModelSpec
 
-SMEM_BUDGET = 128 * 1024
-"""Bytes of ``W_hh`` (padded) that ``recurrence="auto"`` keeps on chip; above it, ``lax.scan``."""
-
-IEEE_BUDGET = 64 * 64 * 4
-"""The same for a float32 ``W_hh`` at ``precision="highest"`` (Triton's IEEE ``dot``, no tensor
-cores)."""
-
+SMEM_BUDGET = 128 * 1024            # bytes of padded W_hh that "auto" keeps on chip
+IEEE_BUDGET = 64 * 64 * 4           # the same at precision="highest" (IEEE dot, no tensor cores)
 KERNEL_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-"""The dtypes ``recurrence="auto"`` runs in the kernel on a GPU (float64 stays on ``lax.scan``)."""
-
-BLOCK_B = 16
-"""Default batch rows per program: Triton's smallest ``dot`` block."""
+BLOCK_B = 16                        # batch rows per program: Triton's smallest dot block
 
 LAX_PRECISION = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
@@ -63,14 +53,6 @@ def use_kernel(compute: ComputeSpec, dtype, hidden: int) -> bool:
   if compute.recurrence == "auto":
     return jax.default_backend() == "gpu" and fits_on_chip(dtype, hidden, compute.precision)
   return compute.recurrence == "kernel"
-
-
-def _accumulator(dtype) -> jnp.dtype:
-  return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
-
-
-def _interpret(interpret: bool | None) -> bool:
-  return jax.default_backend() != "gpu" if interpret is None else interpret
 
 
 def _launch(body, name: str, args: list[tuple[str, jax.Array]], outs: list[str], dtype,
@@ -98,7 +80,8 @@ def _launch(body, name: str, args: list[tuple[str, jax.Array]], outs: list[str],
   results = pl.pallas_call(
       body, out_shape=[jax.ShapeDtypeStruct(padded[kind], dtype) for kind in outs],
       grid=(rows // block_b,), in_specs=[spec(kind) for kind, _ in args],
-      out_specs=[spec(kind) for kind in outs], interpret=_interpret(interpret), name=name)(*arrays)
+      out_specs=[spec(kind) for kind in outs], name=name,
+      interpret=jax.default_backend() != "gpu" if interpret is None else interpret)(*arrays)
   return [r[:batch, :hidden] if kind == "row" else r[:, :batch, :hidden]
           for kind, r in zip(outs, results)]
 
@@ -109,7 +92,7 @@ def _forward_body(model: ModelSpec, precision, masked: bool, *refs) -> None:
   else:
     (pre_ref, w_ref, h0_ref, hs_ref), m_ref = refs, None
   w_t = w_ref[...]                                                       # W_hh^T, on chip
-  acc = _accumulator(w_t.dtype)
+  acc = jnp.promote_types(w_t.dtype, jnp.float32)                       # f32, or f64
   dot = functools.partial(jnp.dot, precision=precision, preferred_element_type=acc)
 
   def body(t, h):
@@ -127,7 +110,7 @@ def _backward_body(model: ModelSpec, precision, masked: bool, *refs) -> None:
   else:
     (w_ref, hs_ref, g_ref, delta_ref, dh0_ref), m_ref = refs, None
   w = w_ref[...]                                                         # W_hh, on chip
-  acc = _accumulator(w.dtype)
+  acc = jnp.promote_types(w.dtype, jnp.float32)
   num_steps = hs_ref.shape[0]
 
   def body(i, c):

@@ -12,8 +12,6 @@ cannot be checked, a class outside ``[0, O)``, a length outside ``[0, T]`` or a
 ``target_mask`` entry other than 0 or 1 makes the loss NaN, never a plausible number.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Any, NamedTuple
 
@@ -40,8 +38,8 @@ class Problem(NamedTuple):
 
 
 def check_targets(batch: Batch, shape: Shape, dtype: Any, loss: LossSpec) -> None:
-  """Checks ``batch.targets`` and ``batch.target_mask`` (classes in ``[0, O)`` on live steps
-  and finite values, where the arrays are concrete)."""
+  """Checks the shapes and dtypes of ``batch.targets`` and ``batch.target_mask`` (and that
+  they are finite, 0/1 where the arrays are concrete)."""
   num_steps, size = jnp.shape(batch.xs)[:2]
   if batch.target_mask is not None:
     checks.check_mask("batch.target_mask", batch.target_mask, num_steps, size)
@@ -54,17 +52,6 @@ def check_targets(batch: Batch, shape: Shape, dtype: Any, loss: LossSpec) -> Non
   else:
     checks.check_array("batch.targets", targets, "[T, B, O]", (num_steps, size, shape.output_size),
                        dtype)
-  if loss.loss == "cross_entropy" and checks.is_concrete(targets, batch.lengths,
-                                                         batch.target_mask):
-    live = np.ones((num_steps, size), bool)
-    if batch.lengths is not None:
-      live &= np.arange(num_steps)[:, None] < np.asarray(batch.lengths)[None, :]
-    if batch.target_mask is not None:
-      live &= np.asarray(batch.target_mask) != 0
-    values = np.asarray(targets)
-    if np.any(live & ((values < 0) | (values >= shape.output_size))):
-      raise ValueError(f"batch.targets must be class indices in [0, {shape.output_size}) on "
-                       "every live step")
 
 
 def loss_weights(mask: jax.Array | None, target_mask: jax.Array | None, shape: tuple[int, int],
@@ -96,6 +83,11 @@ def prepare(params: RNNParams, batch: Batch, h0: jax.Array | None, key: jax.Arra
   check_targets(batch, shape, dtype, loss)
   num_steps, size = jnp.shape(batch.xs)[:2]
   weights = loss_weights(mask, batch.target_mask, (num_steps, size), loss, dtype)
+  if loss.loss == "cross_entropy" and checks.is_concrete(weights, batch.targets):
+    classes = np.asarray(batch.targets)
+    if np.any((np.asarray(weights) != 0) & ((classes < 0) | (classes >= shape.output_size))):
+      raise ValueError(f"batch.targets must be class indices in [0, {shape.output_size}) on "
+                       "every live step")
   masks = draw_masks(key, model, shape, num_steps, size, compute.dtype or dtype)
   return Problem(h0, mask, weights, masks)
 
@@ -182,23 +174,20 @@ def sequence_loss(params: RNNParams, batch: Batch, h0: jax.Array | None = None, 
                   key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """``L = sum_t w_t L_t(y_t, target_t)`` over a batch, and the final states.
 
-  ``jax.grad`` of this function is the gradient the library trains with; with
-  ``compute.gradient="fused"`` (the default) each layer's recurrent part is
-  the hand-derived BPTT of :mod:`jaxrnn.bptt`, otherwise ``lax.scan``'s own.
+  Its ``jax.grad`` (``has_aux=True``) is the gradient the library trains
+  with: with ``compute.gradient="fused"`` (the default) each layer's chain
+  differentiates by the hand-derived BPTT, otherwise by ``lax.scan``'s own.
 
   Args:
     params: :class:`jaxrnn.RNNParams`.
     batch: :class:`jaxrnn.Batch` (``xs [T, B, I]``, ``targets``, optional
       ``lengths [B]`` and ``target_mask [T, B]``).
     h0: ``[L*D, B, H]`` initial states, or ``None`` for zeros.
-    model: :class:`jaxrnn.ModelSpec`.
-    loss: :class:`jaxrnn.LossSpec`.
-    compute: :class:`jaxrnn.ComputeSpec` (``checkpoint_every`` rematerialises).
+    model, loss, compute: the specs.
     key: a ``jax.random`` key for dropout; ``None`` applies none.
 
   Returns:
-    ``(L, final [L*D, B, H])``; differentiate with
-    ``jax.grad(sequence_loss, has_aux=True)``.
+    ``(L, final [L*D, B, H])``.
 
   Example:
     >>> grads, final = jax.grad(jaxrnn.sequence_loss, has_aux=True)(params, batch)

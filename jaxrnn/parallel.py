@@ -9,8 +9,6 @@ before JAX starts, e.g. ``jax.config.update("jax_num_cpu_devices", 2)`` right
 after ``import jax``; the library never does this, the ``jaxrnn`` command does.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +22,7 @@ from jaxrnn.losses import Problem
 from jaxrnn.pytrees import Batch, RNNParams
 
 AXIS = "batch"
+ROWS = P(None, AXIS)                # a [T, B, ...] or [L*D, B, H] array, split along B
 
 
 def batch_mesh(num_devices: int | None = None) -> Mesh:
@@ -49,9 +48,8 @@ def check_divisible(batch_size: int, mesh: Mesh) -> None:
 
 def batch_specs(batch: Batch) -> Batch:
   """How each field of ``batch`` is split: along ``B``, axis 1 of ``[T, B, ...]``, axis 0 of ``lengths``."""
-  time_major = P(None, AXIS)
-  return Batch(time_major, time_major, None if batch.lengths is None else P(AXIS),
-               None if batch.target_mask is None else time_major)
+  return Batch(ROWS, ROWS, None if batch.lengths is None else P(AXIS),
+               None if batch.target_mask is None else ROWS)
 
 
 def put(x: Any, sharding: NamedSharding) -> Any:
@@ -101,10 +99,6 @@ def place_step_arguments(mesh: Mesh) -> Callable[..., tuple[Any, ...]]:
   return lambda params, opt_state, batch, key: (
       replicate(params, mesh), replicate(opt_state, mesh), shard_batch(batch, mesh)[1],
       None if key is None else replicate(key, mesh))
-
-
-ROWS = P(None, AXIS)
-"""How a ``[T, B, ...]`` or ``[L*D, B, H]`` array is split: along ``B``, its axis 1."""
 
 
 def problem_specs(problem: Problem) -> Problem:

@@ -7,8 +7,6 @@ backward), each with the seed's three arrays, and the read-out is shared:
 With ``L = D = 1`` this is the seed's model.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax

@@ -8,8 +8,6 @@ sequence's end (mask ``m_t = 0``) freezes the state,
 is a layer whose gradient is the hand-derived backward recursion.
 """
 
-from __future__ import annotations
-
 import functools
 
 import jax

@@ -9,8 +9,6 @@ fails where it is written, with an error that names it. Change a field with
 options: they are read off the parameters, as ``torch.nn.RNN``'s are.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Any, Literal, get_args
 

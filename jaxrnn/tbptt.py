@@ -8,8 +8,6 @@ gradient stops there: the update after chunk ``c`` is the BPTT gradient of
 runs forward in time, so the model is unidirectional.
 """
 
-from __future__ import annotations
-
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple

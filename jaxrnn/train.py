@@ -5,8 +5,6 @@ usual "clip by global norm, then Adam/SGD/..." chain. ``mesh=`` splits the
 batch over devices (:func:`jaxrnn.parallel.split`), the same numbers to rounding.
 """
 
-from __future__ import annotations
-
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -155,14 +153,12 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
                        "optimizer.init(params)'s (another optimizer or another model?)")
     if donate:
       leaves = jax.tree.leaves((params, opt_state))
-      if any(checks.is_deleted(leaf) for leaf in leaves):
+      if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in leaves):
         raise ValueError("params or opt_state were donated to an earlier step and deleted: pass "
                          "the ones that step returned, or build the step with donate=False")
       if len({id(leaf) for leaf in leaves}) < len(leaves):
         raise ValueError("params or opt_state hold one array twice (tied weights?): a donating "
                          "step cannot update it in place; build the step with donate=False")
-    if key is not None:
-      checks.check_key("key", key)
     if place is not None:
       params, opt_state, batch, key = place(params, opt_state, batch, key)
     return compiled(params, opt_state, batch, key)

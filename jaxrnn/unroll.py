@@ -11,8 +11,6 @@ own last step. Under ``jit`` a length outside ``[0, T]`` (which cannot be
 checked there) makes that sequence's ``hs``, ``ys`` and final state NaN.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax

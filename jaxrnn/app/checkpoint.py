@@ -1,8 +1,6 @@
 """Checkpoints with orbax-checkpoint: atomic (a save killed midway leaves the previous one
 loadable), keeping the last N, each a pytree ``state`` plus the run's config as JSON."""
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import importlib

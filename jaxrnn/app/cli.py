@@ -2,8 +2,6 @@
 ends with one line ``jaxrnn: error: ...`` and exit status 2, a non-finite loss with 1, Ctrl-C
 with 130."""
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import math

@@ -1,8 +1,6 @@
 """A run's :class:`Config`: every option that defines it, checked when it is built (from the
 command line or from the JSON saved in every checkpoint)."""
 
-from __future__ import annotations
-
 import dataclasses
 import math
 from typing import Any
@@ -96,7 +94,7 @@ class Config:
     if self.dropout and self.gradient == "bptt":
       raise ValueError("--gradient bptt is the plain hand-derived oracle: it takes no --dropout")
 
-  def replace(self, **changes: Any) -> Config:
+  def replace(self, **changes: Any) -> "Config":
     """This config with ``changes`` (checked again)."""
     return dataclasses.replace(self, **changes)
 

@@ -2,8 +2,6 @@
 functions of a ``jax.random`` key, and loaders of data shipped inside installed packages (their
 optional dependencies imported only when called; nothing is downloaded)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import jax

@@ -1,8 +1,6 @@
 """The pictures of the command line: a run's loss curves, and the vanishing/exploding gradients
 (matplotlib, of the ``tasks`` extra, imported only when a picture is drawn)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 

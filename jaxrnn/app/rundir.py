@@ -1,8 +1,6 @@
 """A run directory: its lock (one process at a time), ``metrics.jsonl`` (a JSON record per
 step), ``checkpoints/``, and the errors a run reports."""
 
-from __future__ import annotations
-
 import contextlib
 import fcntl
 import importlib

@@ -1,8 +1,6 @@
 """The command-line tasks: per task, its data, metric and baseline. The training batch of step
 ``k`` is drawn with ``fold_in(key, k)``, so a resumed run sees an uninterrupted run's batches."""
 
-from __future__ import annotations
-
 import hashlib
 import math
 from collections.abc import Callable

@@ -2,8 +2,6 @@
 come from ``config.seed``, so a resumed run is bit-identical to an uninterrupted one; in a
 multi-process job only process 0 holds the lock, writes the files and prints."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 import sys
