@@ -30,6 +30,9 @@ def _to_numpy(name: str, tensor: Any) -> np.ndarray:
   array = np.asarray(tensor)
   if not np.issubdtype(array.dtype, np.floating):
     raise TypeError(f"{name} must be a floating-point tensor or array, got {array.dtype}")
+  if array.ndim != (1 if "bias" in name else 2):
+    raise ValueError(f"{name} must be a {'vector' if 'bias' in name else 'matrix'}, got shape "
+                     f"{array.shape}")
   return array
 
 
