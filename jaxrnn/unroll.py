@@ -89,7 +89,7 @@ def forward(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | N
     states.append(tuple(cells))
     x = jnp.concatenate(cells, axis=-1) if num_dirs == 2 else cells[0]  # [T, B, D*H]
     if mask is not None:
-      x = jnp.where(mask[..., None] > 0, x, 0 * mask[..., None])         # 0, NaN for a bad length
+      x = jnp.where(mask[..., None] > 0, x, (0 * mask[..., None]).astype(x.dtype))  # NaN: bad length
     if masks is not None and masks.between is not None and l < len(params.layers) - 1:
       x = x * masks.between[l]
   final = jnp.stack(finals)                                              # [L*D, B, H]
