@@ -177,7 +177,7 @@ def check_inputs(params: Any, xs: Any, h0: Any, lengths: Any,
 
 def device_memory() -> int:
   """Bytes of memory of JAX's default device: its allocator's limit, or the machine's RAM."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if "bytes_limit" in stats:
     return int(stats["bytes_limit"])
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

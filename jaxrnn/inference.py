@@ -95,7 +95,7 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
     if values.min() < 0 or values.max() >= shape.output_size:
       raise ValueError(f"prompt symbols must lie in [0, {shape.output_size})")
   checks.check_int("length", length, 0)
-  checks.check_real("temperature", temperature)
+  checks.check_real("temperature", temperature, 1e6 / float(jnp.finfo(params.W_hy.dtype).max))
   dtype = params.W_hy.dtype
   one_hot = lambda s: jax.nn.one_hot(s, shape.input_size, dtype=dtype)
 

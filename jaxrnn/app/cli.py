@@ -234,7 +234,8 @@ def use_every_core() -> None:
 def add_option(parser: argparse.ArgumentParser, name: str, help_text: str | None = None) -> None:
   """Adds the option of config field ``name``, typed as its default."""
   default = Config.__dataclass_fields__[name].default
-  names = (flag(name), "--learning-rate") if name == "learning_rate" else (flag(name),)
+  names = (flag(name), *{"learning_rate": ("--learning-rate",),
+                         "save_every": ("--checkpoint-every",)}.get(name, ()))  # 0.2.0's name
   kind = (dict(action="store_true", default=None) if isinstance(default, bool)
           else dict(type=type(default)) if isinstance(default, (int, float)) else {})
   choices = f"one of: {', '.join(CHOICES[name])}" if name in CHOICES else None

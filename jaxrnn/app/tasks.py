@@ -145,7 +145,7 @@ def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
   windows = held_out[np.arange(count)[None, :] * chunk + np.arange(chunk + 1)[:, None]]
   test = jax.jit(data.text_batch, static_argnums=(1, 2))(windows, len(vocab), dtype)
   counts = np.bincount(codes[:num_train], minlength=len(vocab)) + 1.0
-  unigram = float(-np.mean(np.log2(counts / counts.sum())[windows[1:]]))
+  unigram = float(-np.mean(np.log2(counts / counts.sum())[windows[1:]])) + 0.0    # not -0.0
   sample = lambda k: data.text_batch(
       data.random_windows(k, train, config.batch_size, config.seq_len), len(vocab), dtype)
   return Task(len(vocab), len(vocab), "cross_entropy", _per_step(sample, key), test, "bits/char",
