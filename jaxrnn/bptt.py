@@ -6,8 +6,6 @@ hold ``jax.grad`` to, and (through :func:`jaxrnn.recurrence.fused_layer`) the
 backward pass the library trains with.
 """
 
-from __future__ import annotations
-
 import jax
 import jax.numpy as jnp
 
@@ -15,11 +13,8 @@ from jaxrnn.cell import output_activation, output_logits, time_order
 from jaxrnn.losses import Problem, prepare
 from jaxrnn.pytrees import Batch, CellParams, RNNParams
 from jaxrnn.recurrence import backward_hidden, previous_states
-from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec
+from jaxrnn.spec import PLAIN, LossSpec, ModelSpec
 from jaxrnn.unroll import forward
-
-PLAIN = ComputeSpec(gradient="autodiff", recurrence="scan")
-
 
 def output_delta(z: jax.Array, targets: jax.Array, model: ModelSpec, loss: LossSpec) -> jax.Array:
   """``dL_t/dz_t`` for ``z_t = W_hy h_t + b_y``, unweighted; ``[T, B, O]``.

@@ -7,8 +7,6 @@ evaluation, inference, generation, the diagnostics) computes a step with
 batch dimensions.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 
 import jax
@@ -18,17 +16,10 @@ from jaxrnn import checks
 from jaxrnn.pytrees import RNNParams
 from jaxrnn.spec import ModelSpec, check_specs
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "tanh": jnp.tanh,
-    "relu": jax.nn.relu,
-}
-
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 OUTPUT_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "identity": lambda z: z,
-    "sigmoid": jax.nn.sigmoid,
-    "tanh": jnp.tanh,
-    "softmax": lambda z: jax.nn.softmax(z, axis=-1),
-}
+    "identity": lambda z: z, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
+    "softmax": lambda z: jax.nn.softmax(z, axis=-1)}
 
 
 def activation_derivative(model: ModelSpec, h: jax.Array) -> jax.Array:
@@ -44,17 +35,9 @@ def activation_derivative(model: ModelSpec, h: jax.Array) -> jax.Array:
 
 def step(model: ModelSpec, a_t: jax.Array, h_prev: jax.Array, W_hh_T: jax.Array,
          live: jax.Array | None = None, dot: Callable = jnp.matmul) -> jax.Array:
-  """``h_t = act(a_t + W_hh h_{t-1})`` with ``a_t = W_xh x_t + b_h``; ``[..., H]``.
-
-  Args:
-    model: its ``activation``.
-    a_t: the input's share, ``[..., H]``.
-    h_prev: ``h_{t-1}``, ``[..., H]``.
-    W_hh_T: ``W_hh^T``, ``[H, H]``.
-    live: ``None``, or ``[..., 1]`` booleans: where false the state is frozen,
-      ``h_t = h_{t-1}`` (a step past the sequence's end).
-    dot: the matmul (the Pallas kernels pass their own ``jnp.dot``).
-  """
+  """``h_t = act(a_t + W_hh h_{t-1}) [..., H]`` from ``a_t = W_xh x_t + b_h`` and ``h_prev``
+  (``[..., H]``) and ``W_hh_T = W_hh^T``; where ``live`` (``[..., 1]`` booleans) is false the
+  state is frozen, ``h_t = h_{t-1}``. ``dot``: the matmul (the Pallas kernels pass theirs)."""
   h = ACTIVATIONS[model.activation](a_t + dot(h_prev, W_hh_T))
   return h if live is None else jnp.where(live, h, h_prev)
 
@@ -110,18 +93,9 @@ def rnn_cell(params: RNNParams, h_prev: jax.Array, x_t: jax.Array,
   ``h^l_t = act(W_xh^l h^{l-1}_t + W_hh^l h^l_{t-1} + b_h^l)`` (``h^{-1}_t = x_t``),
   ``y_t = out_act(W_hy h^{L-1}_t + b_y)``; for ``L = 1`` the seed's equations.
 
-  The signature ``(h, x) -> (h, y)`` is ``lax.scan``'s, so the cell unrolls with
-  ``functools.partial``. A bidirectional model has no step-by-step form (its
-  reverse direction needs the future); use :func:`jaxrnn.unroll`.
-
-  Args:
-    params: a unidirectional :class:`jaxrnn.RNNParams`.
-    h_prev: ``h_{t-1}`` of every layer, ``[L, ..., H]``.
-    x_t: ``[..., I]``; its leading dimensions must match ``h_prev``'s after ``L``.
-    model: the :class:`jaxrnn.ModelSpec` (its dropout rates are not used).
-
-  Returns:
-    ``(h_t [L, ..., H], y_t [..., O])``.
+  The signature ``(h_prev [L, ..., H], x_t [..., I]) -> (h_t [L, ..., H], y_t [..., O])`` is
+  ``lax.scan``'s; the leading dimensions are batch dimensions; no dropout. A
+  bidirectional model has no step-by-step form: use :func:`jaxrnn.unroll`.
 
   Example:
     >>> import functools
@@ -136,12 +110,9 @@ def rnn_cell(params: RNNParams, h_prev: jax.Array, x_t: jax.Array,
   check_specs(shape, model)
   checks.check_unidirectional(shape, "rnn_cell", "a bidirectional model reads the whole "
                               "sequence (use jaxrnn.unroll)")
-  checks.check_size("x_t", x_t, -1, shape.input_size, "the input size I of the params")
-  checks.check_rank("h_prev", h_prev, jnp.ndim(x_t) + 1, "[L, ..., H]")
-  checks.check_size("h_prev", h_prev, 0, shape.num_layers, "the number of layers L")
-  checks.check_size("h_prev", h_prev, -1, shape.hidden_size, "the hidden size H")
-  if jnp.shape(x_t)[:-1] != jnp.shape(h_prev)[1:-1]:
-    raise ValueError(f"x_t batch shape {jnp.shape(x_t)[:-1]} does not match h_prev batch "
-                     f"shape {jnp.shape(h_prev)[1:-1]}")
+  batch = jnp.shape(x_t)[:-1]
+  checks.check_shape("x_t", x_t, "[..., I]", batch + (shape.input_size,))
+  checks.check_shape("h_prev", h_prev, "[L, ..., H]",
+                     (shape.num_layers,) + batch + (shape.hidden_size,))
   h_t, top = stack_step(params, h_prev, x_t, model)
   return h_t, readout(params, top, model)

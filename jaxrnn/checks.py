@@ -1,18 +1,12 @@
-"""Argument checks, in one place, shared by every public entry point.
-
-Every public function validates what it is given *before* tracing, so a bad
-shape, dtype, name or value fails with a ``ValueError``/``TypeError`` that
-names the offending argument instead of an XLA error (or, worse, a silent
-broadcast or clamp). Shape checks use static information; value checks
-(NaN, ranges) look at concrete arrays and are skipped for tracers.
+"""Argument checks shared by every public entry point: a bad shape, dtype, name or value fails
+with a ``ValueError``/``TypeError`` naming the argument, never an XLA error or a silent
+broadcast. Value checks (NaN, ranges) look at concrete arrays only, not at tracers.
 """
-
-from __future__ import annotations
 
 import math
 import os
 from collections.abc import Container
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,55 +32,39 @@ def check_type(name: str, value: Any, kind: type) -> None:
     raise TypeError(f"{name} must be a jaxrnn.{kind.__name__}, got {type(value).__name__}")
 
 
-def check_positive_int(name: str, value: Any) -> None:
-  """Raises ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) ``>= 1``."""
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} must be a positive int, got {value!r}")
+def check_int(name: str, value: Any, low: int = 1) -> None:
+  """Raises ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) ``>= low``."""
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+    raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def check_rate(name: str, rate: Any) -> None:
-  """Raises ``ValueError`` unless ``0 <= rate < 1``."""
-  if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
-    raise ValueError(f"{name} must be a float in [0, 1), got {rate!r}")
-
-
-def check_positive_number(name: str, value: Any) -> None:
-  """Raises ``ValueError`` unless ``value`` is a finite real ``> 0``."""
+def check_real(name: str, value: Any, low: float = 0, high: float = math.inf) -> None:
+  """Raises ``ValueError`` unless ``value`` is a finite real with ``low < value < high`` (or
+  ``low <= value`` for ``low = 0`` and a bounded ``high``: a rate in ``[0, 1)``)."""
+  closed = low == 0 and high < math.inf
   if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-      or value <= 0):
-    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+      or not (low <= value if closed else low < value) or not value < high):
+    raise ValueError(f"{name} must be a finite number in {'[' if closed else '('}{low:g}, "
+                     f"{high:g}), got {value!r}")
 
 
-def check_rank(name: str, x: Any, rank: int, layout: str) -> None:
-  """Raises ``ValueError`` unless ``x`` has ``rank`` dimensions (``layout`` names them)."""
-  if jnp.ndim(x) != rank:
-    raise ValueError(f"{name} must have shape {layout} (rank {rank}), got shape {jnp.shape(x)}")
-
-
-def check_size(name: str, x: Any, axis: int, size: int, what: str) -> None:
-  """Raises ``ValueError`` unless ``x.shape[axis] == size``; ``what`` says where ``size`` comes from."""
-  got = jnp.shape(x)[axis]
-  if got != size:
-    raise ValueError(f"{name} has size {got} on axis {axis}, but {what} is {size} "
-                     f"(shape {jnp.shape(x)})")
-
-
-def check_array(name: str, x: Any) -> None:
-  """Raises ``TypeError`` unless ``x`` is an array (not a list, tuple or scalar)."""
+def check_shape(name: str, x: Any, layout: str, sizes: tuple[int | None, ...]) -> None:
+  """Raises ``TypeError`` unless ``x`` is an array, ``ValueError`` unless its shape is ``sizes``
+  (``None``: any size); ``layout`` names the axes, e.g. ``"[T, B, I]"``."""
   if not isinstance(x, (jax.Array, np.ndarray)):
     raise TypeError(f"{name} must be a jax or NumPy array, got {type(x).__name__}")
+  shape = jnp.shape(x)
+  if len(shape) != len(sizes) or any(s is not None and s != n for s, n in zip(sizes, shape)):
+    expected = tuple("*" if s is None else s for s in sizes)
+    raise ValueError(f"{name} must have shape {layout} = {expected}, got {shape}".replace("'", ""))
 
 
-def check_floating(name: str, x: Any) -> None:
-  """Raises ``TypeError`` unless ``x`` has a floating-point dtype."""
-  dtype = jnp.result_type(x)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"{name} must have a floating-point dtype, got {dtype}")
-
-
-def check_same_dtype(name: str, x: Any, dtype: Any, what: str) -> None:
-  """Raises ``TypeError`` unless ``x`` has ``dtype`` (no silent up/down-casting)."""
+def check_dtype(name: str, x: Any, dtype: Any, what: str) -> None:
+  """Raises ``TypeError`` unless ``x`` has the floating dtype ``dtype`` of ``what`` (no silent
+  up/down-casting)."""
   got = jnp.result_type(x)
+  if not jnp.issubdtype(got, jnp.floating):
+    raise TypeError(f"{name} must have a floating-point dtype, got {got}")
   if got != jnp.dtype(dtype):
     raise TypeError(f"{name} has dtype {got} but {what} has dtype {jnp.dtype(dtype)}; "
                     f"cast one of them explicitly")
@@ -96,6 +74,14 @@ def check_finite(name: str, x: Any) -> None:
   """Raises ``ValueError`` if a concrete ``x`` holds NaN or inf; a no-op on tracers."""
   if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
     raise ValueError(f"{name} contains NaN or inf")
+
+
+def check_array(name: str, x: Any, layout: str, sizes: tuple[int | None, ...], dtype: Any,
+                what: str = "params") -> None:
+  """:func:`check_shape`, :func:`check_dtype` and :func:`check_finite` of one array."""
+  check_shape(name, x, layout, sizes)
+  check_dtype(name, x, dtype, what)
+  check_finite(name, x)
 
 
 def check_unidirectional(shape: Shape, what: str, why: str) -> None:
@@ -113,21 +99,9 @@ def check_key(name: str, key: Any) -> None:
                   f"{type(key).__name__}")
 
 
-def check_count(name: str, value: Any) -> None:
-  """Raises ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) ``>= 0``."""
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-    raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-
-
 def check_params(params: Any) -> Shape:
-  """Checks that ``params`` is a consistent :class:`RNNParams`; returns its :class:`Shape`.
-
-  Raises:
-    ValueError: no layers, layers with different numbers of directions (or
-      not 1 or 2), a size that disagrees with the others, or NaN/inf in a
-      concrete array (each message names the array, e.g. ``params.layers[1][0].W_xh``).
-    TypeError: not an ``RNNParams`` of ``CellParams``, or mixed dtypes.
-  """
+  """Checks that ``params`` is a consistent :class:`RNNParams` (structure, sizes, one floating
+  dtype, finite values; messages name the array); returns its :class:`Shape`."""
   check_type("params", params, RNNParams)
   layers = params.layers
   if not isinstance(layers, tuple) or not layers or not all(isinstance(l, tuple) for l in layers):
@@ -138,43 +112,21 @@ def check_params(params: Any) -> Shape:
                      f"{[len(layer) for layer in layers]}")
   if not all(isinstance(cell, CellParams) for layer in layers for cell in layer):
     raise TypeError("params.layers[l][d] must be jaxrnn.CellParams")
-  check_rank("params.W_hy", params.W_hy, 2, "[O, D*H]")
-  check_floating("params.W_hy", params.W_hy)
-  dtype = jnp.result_type(params.W_hy)
-  hidden = jnp.shape(layers[0][0].W_hh)[0] if jnp.ndim(layers[0][0].W_hh) == 2 else -1
-  arrays = {"W_hy": params.W_hy, "b_y": params.b_y}
+  hidden = jnp.shape(layers[0][0].W_hh)[0] if jnp.ndim(layers[0][0].W_hh) == 2 else None
+  width = None if hidden is None else num_dirs * hidden
+  check_shape("params.W_hy", params.W_hy, "[O, D*H]", (None, width))
+  dtype = params.W_hy.dtype
+  check_array("params.W_hy", params.W_hy, "[O, D*H]", (None, width), dtype, "params.W_hy")
+  check_array("params.b_y", params.b_y, "[O]", params.W_hy.shape[:1], dtype, "params.W_hy")
   for l, layer in enumerate(layers):
     for d, cell in enumerate(layer):
       name = f"params.layers[{l}][{d}]"
-      check_rank(f"{name}.W_hh", cell.W_hh, 2, "[H, H]")
-      check_size(f"{name}.W_hh", cell.W_hh, 0, hidden, "the hidden size H of layers[0][0]")
-      check_size(f"{name}.W_hh", cell.W_hh, 1, hidden, "the hidden size H of layers[0][0]")
-      check_rank(f"{name}.W_xh", cell.W_xh, 2, "[H, I_l]")
-      check_size(f"{name}.W_xh", cell.W_xh, 0, hidden, "H")
-      if l > 0:
-        check_size(f"{name}.W_xh", cell.W_xh, 1, num_dirs * hidden,
-                   f"the width D*H of layer {l - 1}'s output")
-      check_rank(f"{name}.b_h", cell.b_h, 1, "[H]")
-      check_size(f"{name}.b_h", cell.b_h, 0, hidden, "H")
-      arrays.update({f"layers[{l}][{d}].{k}": v for k, v in cell._asdict().items()})
-  check_size("params.W_hy", params.W_hy, 1, num_dirs * hidden, "the width D*H of the top layer")
-  check_rank("params.b_y", params.b_y, 1, "[O]")
-  check_size("params.b_y", params.b_y, 0, jnp.shape(params.W_hy)[0], "O (from W_hy)")
-  for name, array in arrays.items():
-    check_same_dtype(f"params.{name}", array, dtype, "params.W_hy")
-    check_finite(f"params.{name}", array)
+      check_array(f"{name}.W_hh", cell.W_hh, "[H, H]", (hidden, hidden), dtype, "params.W_hy")
+      check_array(f"{name}.W_xh", cell.W_xh, "[H, I_l]", (hidden, None if l == 0 else width),
+                  dtype, "params.W_hy")
+      check_array(f"{name}.b_h", cell.b_h, "[H]", (hidden,), dtype, "params.W_hy")
   return Shape(jnp.shape(layers[0][0].W_xh)[1], hidden, jnp.shape(params.W_hy)[0], len(layers),
                num_dirs)
-
-
-def check_xs(name: str, xs: Any, shape: Shape, dtype: Any) -> None:
-  """Checks inputs ``xs [T, B, I]`` against the model: rank, ``I``, dtype, finite values."""
-  check_array(name, xs)
-  check_rank(name, xs, 3, "[T, B, I]")
-  check_size(name, xs, 2, shape.input_size, "the input size I of params.layers[0][0].W_xh")
-  check_floating(name, xs)
-  check_same_dtype(name, xs, dtype, "params")
-  check_finite(name, xs)
 
 
 def check_h0(h0: Any, shape: Shape, batch: int, dtype: Any) -> jax.Array:
@@ -182,38 +134,23 @@ def check_h0(h0: Any, shape: Shape, batch: int, dtype: Any) -> jax.Array:
   num_states = shape.num_layers * shape.num_directions
   if h0 is None:
     return jnp.zeros((num_states, batch, shape.hidden_size), dtype)
-  check_array("h0", h0)
-  check_rank("h0", h0, 3, "[L*D, B, H]")
-  check_size("h0", h0, 0, num_states, "L*D (layers times directions)")
-  check_size("h0", h0, 1, batch, "the batch size B of xs")
-  check_size("h0", h0, 2, shape.hidden_size, "the hidden size H")
-  check_same_dtype("h0", h0, dtype, "params")
-  check_finite("h0", h0)
+  check_array("h0", h0, "[L*D, B, H]", (num_states, batch, shape.hidden_size), dtype)
   return jnp.asarray(h0)
 
 
 def check_mask(name: str, mask: Any, num_steps: int, batch: int) -> None:
   """Checks a 0/1 ``mask [T, B]`` (bool, integer or float holding only 0 and 1)."""
-  check_array(name, mask)
-  check_rank(name, mask, 2, "[T, B]")
-  check_size(name, mask, 0, num_steps, "the number of steps T of xs")
-  check_size(name, mask, 1, batch, "the batch size B of xs")
+  check_shape(name, mask, "[T, B]", (num_steps, batch))
   if is_concrete(mask) and not np.all(np.isin(np.asarray(mask), (0, 1))):
     raise ValueError(f"{name} must hold only 0 and 1 (or False and True)")
 
 
 def lengths_mask(lengths: Any, num_steps: int, batch: int, dtype: Any) -> jax.Array | None:
-  """Checks ``lengths [B]`` (integers in ``[0, T]``) and returns the mask ``m[t, b] = t < lengths[b]``.
-
-  Under ``jit`` the range cannot be checked: the mask of a sequence whose
-  length lies outside ``[0, T]`` is then NaN, so its outputs and the loss are
-  NaN, never a plausible number.
-  """
+  """Checks ``lengths [B]`` (integers in ``[0, T]``); returns ``m[t, b] = t < lengths[b]``, NaN
+  for a length out of range (which only ``jit`` hides from the check)."""
   if lengths is None:
     return None
-  check_array("lengths", lengths)
-  check_rank("lengths", lengths, 1, "[B]")
-  check_size("lengths", lengths, 0, batch, "the batch size B of xs")
+  check_shape("lengths", lengths, "[B]", (batch,))
   if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
     raise TypeError(f"lengths must have an integer dtype, got {jnp.result_type(lengths)}")
   if is_concrete(lengths) and batch:
@@ -227,43 +164,21 @@ def lengths_mask(lengths: Any, num_steps: int, batch: int, dtype: Any) -> jax.Ar
   return jnp.where(valid[None, :], mask, jnp.nan)
 
 
-class Inputs(NamedTuple):
-  """Checked inputs of a forward pass: the model's :class:`Shape`, ``h0 [L*D, B, H]``, ``mask [T, B]``."""
-  shape: Shape
-  h0: jax.Array
-  mask: jax.Array | None
-
-
-def check_inputs(params: Any, xs: Any, h0: Any, lengths: Any, name: str = "xs") -> Inputs:
-  """Checks ``params``, ``xs [T, B, I]`` (called ``name``), ``h0`` and ``lengths`` together.
-
-  Returns:
-    :class:`Inputs`: ``h0`` zeros when ``None``, ``mask`` ``None`` when ``lengths`` is.
-  """
+def check_inputs(params: Any, xs: Any, h0: Any, lengths: Any,
+                 name: str = "xs") -> tuple[Shape, jax.Array, jax.Array | None]:
+  """Checks ``params``, ``xs [T, B, I]`` (called ``name``), ``h0`` and ``lengths`` together;
+  returns the model's shape, ``h0`` (zeros when ``None``) and the mask (``None`` likewise)."""
   shape = check_params(params)
   dtype = params.W_hy.dtype
-  check_xs(name, xs, shape, dtype)
+  check_array(name, xs, "[T, B, I]", (None, None, shape.input_size), dtype)
   num_steps, batch = jnp.shape(xs)[:2]
-  return Inputs(shape, check_h0(h0, shape, batch, dtype),
-                lengths_mask(lengths, num_steps, batch, dtype))
-
-
-def is_deleted(x: Any) -> bool:
-  """Whether ``x`` is a ``jax.Array`` whose buffer was donated to a step (or deleted)."""
-  return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted()
+  return shape, check_h0(h0, shape, batch, dtype), lengths_mask(lengths, num_steps, batch, dtype)
 
 
 def device_memory() -> int:
   """Bytes of memory of JAX's default device: its allocator's limit, or the machine's RAM."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if "bytes_limit" in stats:
     return int(stats["bytes_limit"])
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
-
-def check_fits_memory(what: str, nbytes: int) -> None:
-  """Raises ``ValueError`` when ``what`` needs more than the default device's memory."""
-  available = device_memory()
-  if nbytes > available:
-    raise ValueError(f"{what} need about {nbytes / 2**30:.1f} GiB, more than the "
-                     f"{available / 2**30:.1f} GiB of {jax.devices()[0].platform} memory")

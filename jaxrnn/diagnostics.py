@@ -1,18 +1,13 @@
 """Vanishing and exploding gradients, measured.
 
-BPTT multiplies one Jacobian per step,
-``dh_t/dh_k = prod_{i=k+1}^t dh_i/dh_{i-1}`` with
-``dh_i/dh_{i-1} = diag(act'(a_i + W_hh h_{i-1})) W_hh``, so
+BPTT multiplies one Jacobian per step, ``dh_t/dh_k = prod_{i=k+1}^t dh_i/dh_{i-1}``
+with ``dh_i/dh_{i-1} = diag(act'(a_i + W_hh h_{i-1})) W_hh``, so
 
 ``||dh_t/dh_k|| <= ||W_hh||^(t-k) ||act'||^(t-k)``
 
-(spectral norms; ``||act'||`` the largest ``|act'|`` met on the path, at most 1
-for tanh and ReLU). When ``||W_hh|| ||act'|| < 1`` the gradient from step
-``t`` back to step ``k`` vanishes geometrically; when the Jacobians stretch, it
-explodes.
+(spectral norms, ``||act'||`` the largest ``|act'|`` on the path): below 1 the
+gradient vanishes geometrically; where the Jacobians stretch, it explodes.
 """
-
-from __future__ import annotations
 
 from typing import NamedTuple
 
@@ -23,22 +18,13 @@ from jaxrnn import checks
 from jaxrnn.cell import activation_derivative, step, time_order
 from jaxrnn.pytrees import CellParams, RNNParams
 from jaxrnn.recurrence import previous_states
-from jaxrnn.spec import ComputeSpec, ModelSpec, check_specs
+from jaxrnn.spec import PLAIN, ModelSpec, check_specs
 from jaxrnn.unroll import forward
 
-PLAIN = ComputeSpec(gradient="autodiff", recurrence="scan")
-
-
 class GradientFlow(NamedTuple):
-  """Jacobian norms along one sequence and the seed's bound on them.
-
-  Attributes:
-    norms: ``[T+1, T+1]``, ``norms[t, k] = ||dh_t/dh_k||_2`` (1 on the diagonal,
-      0 for ``k > t``: ``h_t`` does not depend on later states).
-    bound: ``[T+1, T+1]``, ``(||W_hh||_2 ||act'||)^(t-k)`` for ``k <= t``, 0 above.
-    w_norm: ``||W_hh||_2``, the largest singular value.
-    act_slope: ``||act'||``, the largest ``|act'(a_i)|`` over the sequence.
-  """
+  """Jacobian norms along one sequence and the seed's bound on them: ``norms[t, k] =
+  ||dh_t/dh_k||_2`` and ``bound[t, k] = (||W_hh||_2 ||act'||)^(t-k)`` (``[T+1, T+1]``, 0 for
+  ``k > t``), ``w_norm = ||W_hh||_2`` and ``act_slope = ||act'||``, the largest ``|act'(a_i)|``."""
   norms: jax.Array
   bound: jax.Array
   w_norm: jax.Array
@@ -47,25 +33,15 @@ class GradientFlow(NamedTuple):
 
 def step_jacobians(cell: CellParams, hs_prev: jax.Array, xs: jax.Array,
                    model: ModelSpec) -> jax.Array:
-  """``J_t = dh_t/dh_{t-1}`` for ``t = 1..T`` by ``jax.jacfwd`` of the cell's step; ``[T, H, H]``.
-
-  Args:
-    cell: one layer and direction, :class:`jaxrnn.CellParams`.
-    hs_prev: ``[h_0, ..., h_{T-1}]`` of one sequence, ``[T, H]``.
-    xs: ``[x_1, ..., x_T]``, ``[T, I]``.
-    model: its ``activation``.
-  """
+  """``J_t = dh_t/dh_{t-1} [T, H, H]`` by ``jax.jacfwd`` of one cell's :func:`jaxrnn.cell.step`,
+  along ``hs_prev = [h_0..h_{T-1}] [T, H]`` and ``xs = [x_1..x_T] [T, I]`` of one sequence."""
   def hidden(h_prev, x_t):
     return step(model, x_t @ cell.W_xh.T + cell.b_h, h_prev, cell.W_hh.T)
   return jax.vmap(jax.jacfwd(hidden))(hs_prev, xs)
 
 
 def jacobian_norms(jacobians: jax.Array) -> jax.Array:
-  """``N[t, k] = ||J_t J_{t-1} ... J_{k+1}||_2`` for all ``0 <= k <= t <= T``; ``[T+1, T+1]``.
-
-  Args:
-    jacobians: ``[T, H, H]`` step Jacobians ``J_1..J_T`` (:func:`step_jacobians`).
-  """
+  """``N[t, k] = ||J_t J_{t-1} ... J_{k+1}||_2 [T+1, T+1]`` from ``J_1..J_T [T, H, H]``."""
   num_steps, hidden, _ = jacobians.shape
   eye = jnp.eye(hidden, dtype=jacobians.dtype)
 
@@ -86,42 +62,29 @@ def gradient_flow(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
                   model: ModelSpec = ModelSpec()) -> GradientFlow:
   """``||dh_t/dh_k||`` for every pair of steps of one sequence in one layer, and its bound.
 
-  The model runs on ``xs``; the Jacobians are those of cell
-  ``params.layers[layer][direction]`` along the inputs it received. Steps
-  are counted in the order the cell reads them (for ``direction=1``, step 1
-  is the sequence's last).
-
-  Args:
-    params: :class:`jaxrnn.RNNParams`.
-    xs: one sequence, ``[T, I]``.
-    h0: ``[L*D, H]``, zeros when ``None``.
-    layer: ``l`` in ``[0, L)``.
-    direction: ``d`` in ``[0, D)``.
-    model: :class:`jaxrnn.ModelSpec` (its activation).
-
-  Returns:
-    :class:`GradientFlow`; ``norms <= bound`` holds entrywise (up to rounding).
+  The Jacobians are those of cell ``params.layers[layer][direction]`` along the
+  inputs it received from one sequence ``xs [T, I]`` (``h0 [L*D, H]``, zeros
+  when ``None``), steps counted in the order the cell reads them. Returns a
+  :class:`GradientFlow`; ``norms <= bound`` entrywise (up to rounding).
 
   Example:
-    >>> flow = jaxrnn.gradient_flow(params, xs)      # xs [T, I]
-    >>> flow.norms[-1]                               # ||dh_T/dh_k|| for k = 0..T
+    >>> flow = jaxrnn.gradient_flow(params, xs[:, 0])      # one sequence [T, I]
+    >>> flow.norms.shape                                    # ||dh_t/dh_k|| for 0 <= k, t <= T
+    (7, 7)
   """
   shape = checks.check_params(params)
   check_specs(shape, model)
-  checks.check_array("xs", xs)
-  checks.check_rank("xs", xs, 2, "[T, I]")
-  checks.check_xs("xs", xs[:, None], shape, params.W_hy.dtype)
+  checks.check_array("xs", xs, "[T, I]", (None, shape.input_size), params.W_hy.dtype)
+  if xs.shape[0] < 1:
+    raise ValueError("xs must hold at least one step (T >= 1)")
   if h0 is not None:
-    checks.check_array("h0", h0)
-    checks.check_rank("h0", h0, 2, "[L*D, H]")
+    checks.check_shape("h0", h0, "[L*D, H]", (None, None))
     h0 = h0[:, None]
   h0 = checks.check_h0(h0, shape, 1, params.W_hy.dtype)                  # [L*D, 1, H]
   for name, value, count in (("layer", layer, shape.num_layers),
                              ("direction", direction, shape.num_directions)):
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
       raise ValueError(f"{name} must be an int in [0, {count}), got {value!r}")
-  if xs.shape[0] < 1:
-    raise ValueError("xs must hold at least one step (T >= 1)")
   trace = forward(params, xs[:, None], h0, None, model, PLAIN)
   inputs = time_order(trace.inputs[layer][:, 0], direction == 1)         # [T, I_l]
   hs = time_order(trace.states[layer][direction], direction == 1)        # [T, 1, H]

@@ -1,28 +1,20 @@
-"""Dropout masks drawn from an explicit ``jax.random`` key.
+"""Dropout masks drawn from an explicit ``jax.random`` key, for the whole batch at once.
 
 Inverted dropout (Srivastava et al., 2014): a kept unit is scaled by
-``1 / (1 - p)``, so ``E[m * x] = x`` and evaluation needs no rescaling. The
-three kinds of :class:`jaxrnn.ModelSpec` are drawn here, once per sequence,
-so a chunked (rematerialised) run uses the very masks of an unchunked one:
-
-* ``dropout`` between layers (torch's ``nn.RNN(dropout=p)``): a fresh mask
-  for every step, sequence and unit of each layer's output except the last;
-* ``input_dropout``, variational (Gal & Ghahramani, 2016; Keras' ``dropout``):
-  one ``[B, I_l]`` mask per layer and direction, the same at every step;
-* ``state_dropout``, variational on the state: one ``[H]`` mask per layer and
-  direction, the same at every step and for the whole batch, folded into the
-  recurrent weights as ``W_hh diag(m)`` so the hand-derived BPTT still applies.
-
-Every (kind, layer, direction) has its own key, folded from the one given.
+``1 / (1 - p)``, so ``E[m * x] = x``. The three kinds of
+:class:`jaxrnn.ModelSpec` (``dropout`` between layers, a fresh mask per step;
+variational ``input_dropout``, one ``[B, I_l]`` mask per cell; variational
+``state_dropout``, one ``[H]`` mask per cell, folded in as ``W_hh diag(m)``)
+are drawn once per batch, each (kind, layer, direction) from a key of its
+own, so a chunked or split run uses the very masks of a plain one.
 """
-
-from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxrnn import checks
 from jaxrnn.pytrees import Shape
 from jaxrnn.spec import ModelSpec
 
@@ -49,6 +41,8 @@ def dropout_mask(key: jax.Array, rate: float, shape: tuple[int, ...], dtype: Any
 def draw_masks(key: jax.Array | None, model: ModelSpec, shape: Shape, num_steps: int,
                batch: int, dtype: Any) -> DropoutMasks | None:
   """All dropout masks of a ``[T, B]`` forward pass of a model of ``shape``; ``None`` without a key."""
+  if key is not None:
+    checks.check_key("key", key)
   if key is None or not (model.dropout or model.input_dropout or model.state_dropout):
     return None
   num_layers, num_dirs, hidden = shape.num_layers, shape.num_directions, shape.hidden_size

@@ -1,12 +1,8 @@
 """Forward passes for using a trained model: inference that stores nothing, and generation.
 
-Both step the model one time step at a time with the cell of
-:func:`jaxrnn.rnn_cell` (the same ``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)``
-as the forward body), so a unidirectional model of any depth needs only its
-``[L, B, H]`` states in memory, whatever ``T``.
+Both step every layer one time step at a time (:func:`jaxrnn.cell.stack_step`),
+so a unidirectional model needs only its ``[L, B, H]`` states, whatever ``T``.
 """
-
-from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
@@ -23,24 +19,11 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
           compute: ComputeSpec = ComputeSpec()) -> tuple[jax.Array, jax.Array]:
   """Forward-only run: ``(final [L*D, B, H], ys [T, B, O])``, equal to :func:`jaxrnn.unroll`'s.
 
-  A unidirectional model runs all its layers one time step at a time and keeps
-  no hidden states beyond the ``[L, B, H]`` current ones (memory ``O(L B H)``
-  besides ``ys``). A bidirectional model cannot (its reverse direction starts
-  at the end), and neither can the Pallas kernels (``compute.recurrence``),
-  so these run layer by layer, keeping one layer's ``[T, B, D*H]`` outputs
-  at a time. Meant for evaluation and serving, not for ``jax.grad``; no dropout.
-
-  Args:
-    params: :class:`jaxrnn.RNNParams`.
-    xs: ``[T, B, I]``.
-    h0: ``[L*D, B, H]``, zeros when ``None``.
-    lengths: ``[B]`` sequence lengths, or ``None``; past a sequence's end the
-      state holds and ``ys`` is zero.
-    model: :class:`jaxrnn.ModelSpec`.
-    compute: the recurrence and precision (as training's).
-
-  Returns:
-    ``(final [L*D, B, H], ys [T, B, O])``.
+  A unidirectional model keeps only its ``[L, B, H]`` states besides ``ys``;
+  a bidirectional one (whose reverse direction starts at the end), or one on
+  the Pallas kernels (``compute.recurrence``), runs layer by layer, one
+  layer's ``[T, B, D*H]`` outputs at a time. No dropout; not for ``jax.grad``.
+  The arguments are :func:`jaxrnn.unroll`'s.
 
   Example:
     >>> final, ys = jaxrnn.infer(params, xs)
@@ -72,11 +55,10 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
              compute: ComputeSpec = ComputeSpec()) -> jax.Array:
   """Samples ``length`` symbols after ``prompt`` from a next-symbol model (e.g. a character LM).
 
-  The model reads one-hot symbols (``I = O``, the vocabulary size) and its
-  logits ``z_t`` give ``p(s_{t+1}) = softmax(z_t / temperature)``. The prompt
-  is read first; then each sampled symbol is fed back, one
-  :func:`jaxrnn.rnn_cell` step each, inside one ``lax.scan``. Symbol ``i`` is
-  drawn with ``jax.random.fold_in(key, i)``, so equal keys give equal text.
+  The model reads one-hot symbols (``I = O``) and its logits give
+  ``p(s_{t+1}) = softmax(z_t / temperature)``. The prompt is read first, then
+  each sampled symbol is fed back, in one ``lax.scan``; symbol ``i`` is drawn
+  with ``fold_in(key, i)``, so equal keys give equal text.
 
   Args:
     params: a unidirectional :class:`jaxrnn.RNNParams` with ``I == O``.
@@ -84,14 +66,11 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
     prompt: ``[P]`` integer symbols in ``[0, O)``, ``P >= 1``.
     length: how many symbols to sample, ``>= 0``.
     temperature: a finite number ``> 0``; below 1 sharpens, above 1 flattens.
-    model: :class:`jaxrnn.ModelSpec` (its output activation is not used:
-      sampling reads the logits).
-    compute: its precision and ``scan_unroll``.
+    model, compute: the activation; the precision and ``scan_unroll``.
 
   Returns:
-    ``[length]`` sampled symbols; all ``-1`` (never a symbol) if the prompt
-    holds a symbol outside ``[0, O)``, which only ``jit`` can hide from the
-    check.
+    ``[length]`` symbols; all ``-1`` if the prompt holds a symbol outside
+    ``[0, O)`` (which only ``jit`` hides from the check).
 
   Example:
     >>> lm = jaxrnn.init_params(jax.random.key(0), 6, 8, 6)
@@ -106,8 +85,7 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
   if shape.input_size != shape.output_size:
     raise ValueError(f"generate feeds each output symbol back as the next input, so the input "
                      f"size I={shape.input_size} must equal the output size O={shape.output_size}")
-  checks.check_array("prompt", prompt)
-  checks.check_rank("prompt", prompt, 1, "[P]")
+  checks.check_shape("prompt", prompt, "[P]", (None,))
   if not jnp.issubdtype(jnp.result_type(prompt), jnp.integer):
     raise TypeError(f"prompt must hold integer symbols, got dtype {jnp.result_type(prompt)}")
   if jnp.shape(prompt)[0] < 1:
@@ -116,8 +94,8 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
     values = jax.device_get(prompt)
     if values.min() < 0 or values.max() >= shape.output_size:
       raise ValueError(f"prompt symbols must lie in [0, {shape.output_size})")
-  checks.check_count("length", length)
-  checks.check_positive_number("temperature", temperature)
+  checks.check_int("length", length, 0)
+  checks.check_real("temperature", temperature, 1e6 / float(jnp.finfo(params.W_hy.dtype).max))
   dtype = params.W_hy.dtype
   one_hot = lambda s: jax.nn.one_hot(s, shape.input_size, dtype=dtype)
 

@@ -1,11 +1,5 @@
-"""Initialising an Elman RNN of any depth and direction from a ``jax.random`` key.
-
-Every (layer, direction) gets its ``W_xh``, ``W_hh``, ``b_h`` by the same
-scheme (:class:`jaxrnn.InitSpec`), and the read-out its ``W_hy``, ``b_y``;
-each array is drawn from a key of its own.
-"""
-
-from __future__ import annotations
+"""Initialising an Elman RNN of any depth and direction from a ``jax.random`` key, by one
+:class:`jaxrnn.InitSpec` for every cell and the read-out, each array from a key of its own."""
 
 from typing import Any
 
@@ -27,13 +21,9 @@ def init_params(key: jax.Array, input_size: int, hidden_size: int, output_size: 
 
   Args:
     key: a ``jax.random`` key; equal keys give equal parameters.
-    input_size: ``I``, the size of each ``x_t``.
-    hidden_size: ``H``, the size of each ``h_t`` in every layer and direction.
-    output_size: ``O``, the size of each ``y_t``.
-    num_layers: ``L``, the number of stacked layers.
-    bidirectional: ``D = 2`` directions per layer (torch's ``bidirectional``).
-    init: a :class:`jaxrnn.InitSpec`, or a scheme's name for its defaults
-      (``"normal"``, ``"glorot"``, ``"orthogonal"``, ``"identity"``).
+    input_size, hidden_size, output_size: ``I``, ``H`` (every cell's), ``O``.
+    num_layers, bidirectional: ``L`` layers of ``D = 2`` directions, or 1.
+    init: a :class:`jaxrnn.InitSpec`, or a scheme's name for its defaults.
     dtype: a floating dtype; default float32 (float64 when x64 is enabled).
 
   Returns:
@@ -52,7 +42,7 @@ def init_params(key: jax.Array, input_size: int, hidden_size: int, output_size: 
   checks.check_key("key", key)
   for name, size in (("input_size", input_size), ("hidden_size", hidden_size),
                      ("output_size", output_size), ("num_layers", num_layers)):
-    checks.check_positive_int(name, size)
+    checks.check_int(name, size)
   init = InitSpec(init) if isinstance(init, str) else init
   checks.check_type("init", init, InitSpec)
   if not isinstance(bidirectional, bool):
@@ -63,8 +53,9 @@ def init_params(key: jax.Array, input_size: int, hidden_size: int, output_size: 
   num_dirs = 2 if bidirectional else 1
   width = num_dirs * hidden_size
   count = num_layers * num_dirs * hidden_size * (hidden_size + width + 1) + output_size * width
-  checks.check_fits_memory(f"the parameters of hidden_size={hidden_size}, "
-                           f"num_layers={num_layers}", count * dtype.itemsize)
+  if count * dtype.itemsize > checks.device_memory():
+    raise ValueError(f"hidden_size={hidden_size} and num_layers={num_layers} need "
+                     f"{count * dtype.itemsize / 2**30:.1f} GiB of parameters: too many")
   scale = DEFAULT_SCALE[init.scheme] if init.scale is None else init.scale
   glorot = jax.nn.initializers.glorot_uniform()
 

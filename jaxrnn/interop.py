@@ -1,25 +1,14 @@
 """Parameters to and from ``torch.nn.RNN`` (and an ``nn.Linear`` readout).
 
-torch's layer ``k`` computes
-``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, the same recurrence as
-:mod:`jaxrnn.pytrees` in the same (column-vector) orientation, so
-
-* ``weight_ih_l{k}[_reverse]`` ``[H, I_k]`` is ``layers[k][d].W_xh``,
-* ``weight_hh_l{k}[_reverse]`` ``[H, H]`` is ``layers[k][d].W_hh``,
-* ``bias_ih_l{k}[_reverse] + bias_hh_l{k}[_reverse]`` is ``layers[k][d].b_h``
-  (only the sum ever enters the recurrence),
-
-with ``d = 1`` for the ``_reverse`` keys. torch concatenates the two
-directions as jaxrnn does; its ``nonlinearity`` is ``ModelSpec.activation``,
-its ``h_0``/``h_n`` layout ``[L*D, B, H]`` is jaxrnn's, and its
-``batch_first`` is :func:`jaxrnn.unroll_batch_first`. An ``nn.Linear(D*H, O)`` readout
-has ``weight = W_hy`` and ``bias = b_y``.
-
-torch is imported only by :func:`to_torch`; :func:`from_torch` reads anything
-with ``.detach()`` or an array interface.
+torch's layer ``k`` computes ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``,
+jaxrnn's recurrence in the same orientation: ``weight_ih_l{k}[_reverse]`` is
+``layers[k][d].W_xh``, ``weight_hh_l{k}[_reverse]`` is ``W_hh`` and
+``bias_ih + bias_hh`` is ``b_h`` (only the sum enters), ``d = 1`` for the
+``_reverse`` keys; the directions concatenate, ``h_0``/``h_n`` are
+``[L*D, B, H]`` and ``batch_first`` is :func:`jaxrnn.unroll_batch_first`, as
+in jaxrnn. An ``nn.Linear(D*H, O)`` has ``weight = W_hy``, ``bias = b_y``.
+torch is imported only by :func:`to_torch`.
 """
-
-from __future__ import annotations
 
 import re
 from collections.abc import Mapping
@@ -34,11 +23,17 @@ from jaxrnn.pytrees import CellParams, RNNParams
 _KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?")
 
 
-def _to_numpy(tensor: Any) -> np.ndarray:
-  """A torch tensor (any device, with or without grad) or array as a NumPy array."""
+def _to_numpy(name: str, tensor: Any) -> np.ndarray:
+  """A torch tensor (any device, with or without grad) or array as a floating NumPy array."""
   if hasattr(tensor, "detach"):
     tensor = tensor.detach().cpu().numpy()
-  return np.asarray(tensor)
+  array = np.asarray(tensor)
+  if not np.issubdtype(array.dtype, np.floating):
+    raise TypeError(f"{name} must be a floating-point tensor or array, got {array.dtype}")
+  if array.ndim != (1 if "bias" in name else 2):
+    raise ValueError(f"{name} must be a {'vector' if 'bias' in name else 'matrix'}, got shape "
+                     f"{array.shape}")
+  return array
 
 
 def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None = None,
@@ -46,25 +41,24 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
   """:class:`RNNParams` from a ``torch.nn.RNN`` state dict.
 
   Args:
-    state_dict: ``rnn.state_dict()``; the number of layers and directions is
-      read off its keys. ``bias=False`` models (no bias keys) get ``b_h = 0``.
-    linear: optionally an ``nn.Linear(D*H, O)`` state dict (``weight``,
-      ``bias``) for the readout; without it the readout is empty
-      (``W_hy [0, D*H]``, ``b_y [0]``) and ``ys`` have ``O = 0`` outputs.
+    state_dict: ``rnn.state_dict()``; layers and directions are read off its
+      keys; without bias keys (``bias=False``) ``b_h = 0``.
+    linear: an ``nn.Linear(D*H, O)`` state dict for the readout; without it
+      the readout is empty (``O = 0``).
     dtype: the dtype of the result; default the tensors' own.
 
-  Returns:
-    :class:`RNNParams`, checked.
-
   Raises:
-    ValueError: keys of an unsupported model (``proj_size``), a state dict
-      with missing layers or weights, or arrays whose sizes disagree (the
-      message names the jaxrnn array).
+    TypeError: not a mapping of floating-point tensors.
+    ValueError: keys of an unsupported model (``proj_size``), missing layers
+      or weights, or sizes that disagree (the message names the array).
 
   Example:
     >>> rnn = torch.nn.RNN(3, 8, num_layers=2, bidirectional=True)
     >>> params = jaxrnn.from_torch(rnn.state_dict())
   """
+  for name, value in (("state_dict", state_dict), ("linear", linear)):
+    if value is not None and not isinstance(value, Mapping):
+      raise TypeError(f"{name} must be a torch state dict (a mapping), got {type(value).__name__}")
   found: dict[tuple[int, int], dict[str, np.ndarray]] = {}
   for name, tensor in state_dict.items():
     match = _KEY.fullmatch(name)
@@ -72,7 +66,7 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
       raise ValueError(f"unsupported torch.nn.RNN state dict key {name!r} (proj_size is not "
                        f"supported)")
     kind, layer, reverse = match.groups()
-    found.setdefault((int(layer), int(reverse is not None)), {})[kind] = _to_numpy(tensor)
+    found.setdefault((int(layer), int(reverse is not None)), {})[kind] = _to_numpy(name, tensor)
   num_layers = 1 + max(layer for layer, _ in found) if found else 0
   num_dirs = 1 + max(d for _, d in found) if found else 0
   if not found or set(found) != {(l, d) for l in range(num_layers) for d in range(num_dirs)}:
@@ -102,8 +96,8 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
     params = RNNParams(layers=layers, W_hy=jnp.zeros((0, width), dtype),
                        b_y=jnp.zeros((0,), dtype))
   else:
-    W_hy = jnp.asarray(_to_numpy(linear["weight"]), dtype)
-    b_y = (jnp.asarray(_to_numpy(linear["bias"]), dtype) if "bias" in linear
+    W_hy = jnp.asarray(_to_numpy("linear.weight", linear["weight"]), dtype)
+    b_y = (jnp.asarray(_to_numpy("linear.bias", linear["bias"]), dtype) if "bias" in linear
            else jnp.zeros(W_hy.shape[:1], dtype))
     params = RNNParams(layers=layers, W_hy=W_hy, b_y=b_y)
   checks.check_params(params)
@@ -111,21 +105,9 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
 
 
 def to_torch(params: RNNParams) -> tuple[dict[str, Any], dict[str, Any]]:
-  """``torch.nn.RNN`` and ``nn.Linear`` state dicts from :class:`RNNParams`.
-
-  torch has two biases where jaxrnn has one: ``bias_ih`` gets ``b_h`` and
-  ``bias_hh`` gets zeros (their sum, all that the model computes with, is
-  ``b_h``). ``from_torch(*to_torch(params))`` gives back ``params``.
-
-  Returns:
-    ``(rnn_state_dict, linear_state_dict)`` of CPU tensors in the params'
-    dtype, for ``nn.RNN(I, H, num_layers=L, bidirectional=D == 2).load_state_dict``
-    and ``nn.Linear(D*H, O).load_state_dict``.
-
-  Raises:
-    ImportError: torch is not installed.
-    ValueError, TypeError: ``params`` is not a consistent :class:`RNNParams`.
-  """
+  """``(rnn_state_dict, linear_state_dict)`` of CPU tensors for ``nn.RNN(I, H, num_layers=L,
+  bidirectional=D == 2)`` and ``nn.Linear(D*H, O)``; ``bias_ih`` gets ``b_h`` and ``bias_hh``
+  zeros (only their sum enters). ``from_torch(*to_torch(params))`` gives back ``params``."""
   import torch  # pylint: disable=import-outside-toplevel
 
   checks.check_params(params)

@@ -1,21 +1,16 @@
 """Sequence losses ``L = sum_t w_t L_t(y_t, target_t)``, for every model.
 
-* ``"cross_entropy"``: ``L_t = -log softmax(z_t)[target_t]`` for integer class
-  targets ``[T, B]``, where ``z_t = W_hy x^L_t + b_y``; the output activation
-  must be ``"identity"`` (``y_t`` are logits) or ``"softmax"`` (``y_t`` are the
-  probabilities); the loss is computed from ``z_t`` either way, stably.
-* ``"squared_error"``: ``L_t = sum_o (y_t - target_t)_o^2`` for real targets
-  ``[T, B, O]``, with any output activation.
+* ``"cross_entropy"``: ``L_t = -log softmax(z_t)[target_t]`` for class targets
+  ``[T, B]``, from the logits ``z_t = W_hy x^L_t + b_y`` (stably), with the
+  output activation ``"identity"`` or ``"softmax"``;
+* ``"squared_error"``: ``L_t = sum_o (y_t - target_t)_o^2`` for targets ``[T, B, O]``.
 
-``w_t`` is 0 past a sequence's length and outside an optional ``target_mask``
-(tasks with a target at some steps only); ``reduction="sum"`` is the seed's
-``L = sum_t L_t`` (summed over the batch too), ``"mean"`` divides by the number
-of live ``(t, b)`` steps. Under ``jit``, where values cannot be checked, a
-class outside ``[0, O)``, a length outside ``[0, T]`` or a ``target_mask``
-entry other than 0 or 1 makes the loss NaN, never a plausible number.
+``w_t`` is 0 past a sequence's end and outside ``target_mask``;
+``reduction="sum"`` is the seed's ``L = sum_t L_t`` (over the batch too),
+``"mean"`` divides by the live ``(t, b)`` steps. Under ``jit``, where values
+cannot be checked, a class outside ``[0, O)``, a length outside ``[0, T]`` or a
+``target_mask`` entry other than 0 or 1 makes the loss NaN, never a plausible number.
 """
-
-from __future__ import annotations
 
 import dataclasses
 from typing import Any, NamedTuple
@@ -33,14 +28,9 @@ from jaxrnn.unroll import forward
 
 
 class Problem(NamedTuple):
-  """A checked batch's per-row extras, ready for the loss body; split along ``B`` with it.
-
-  Attributes:
-    h0: ``[L*D, B, H]``.
-    mask: ``[T, B]`` from ``lengths``, or ``None``.
-    weights: ``w_t`` of each ``L_t`` in ``L``, ``[T, B]`` (``"mean"`` already divided in).
-    masks: dropout masks of the whole batch, or ``None``.
-  """
+  """A checked batch's extras for the loss body, split along ``B`` with it: ``h0 [L*D, B, H]``,
+  the length ``mask [T, B]`` (or ``None``), the loss ``weights`` ``w_t [T, B]`` and the dropout
+  ``masks`` of the whole batch (or ``None``)."""
   h0: jax.Array
   mask: jax.Array | None
   weights: jax.Array
@@ -48,49 +38,26 @@ class Problem(NamedTuple):
 
 
 def check_targets(batch: Batch, shape: Shape, dtype: Any, loss: LossSpec) -> None:
-  """Checks the targets and ``target_mask`` of a :class:`jaxrnn.Batch` whose ``xs`` are checked.
-
-  Class targets outside ``[0, O)`` on a live step and NaN real targets raise
-  when the arrays are concrete.
-  """
+  """Checks the shapes and dtypes of ``batch.targets`` and ``batch.target_mask`` (and that
+  they are finite, 0/1 where the arrays are concrete)."""
   num_steps, size = jnp.shape(batch.xs)[:2]
   if batch.target_mask is not None:
     checks.check_mask("batch.target_mask", batch.target_mask, num_steps, size)
   targets = batch.targets
-  checks.check_array("batch.targets", targets)
   if loss.loss == "cross_entropy":
-    checks.check_rank("batch.targets", targets, 2, "[T, B] (class indices)")
+    checks.check_shape("batch.targets", targets, "[T, B] (class indices)", (num_steps, size))
     if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
       raise TypeError(f"cross_entropy targets must be integer class indices, "
                       f"got dtype {jnp.result_type(targets)}")
   else:
-    checks.check_rank("batch.targets", targets, 3, "[T, B, O]")
-    checks.check_size("batch.targets", targets, 2, shape.output_size,
-                      "the output size O of params.W_hy")
-    checks.check_same_dtype("batch.targets", targets, dtype, "params")
-    checks.check_finite("batch.targets", targets)
-  checks.check_size("batch.targets", targets, 0, num_steps, "the number of steps T of xs")
-  checks.check_size("batch.targets", targets, 1, size, "the batch size B of xs")
-  if loss.loss == "cross_entropy" and checks.is_concrete(targets, batch.lengths,
-                                                         batch.target_mask):
-    live = np.ones((num_steps, size), bool)
-    if batch.lengths is not None:
-      live &= np.arange(num_steps)[:, None] < np.asarray(batch.lengths)[None, :]
-    if batch.target_mask is not None:
-      live &= np.asarray(batch.target_mask) != 0
-    values = np.asarray(targets)
-    if np.any(live & ((values < 0) | (values >= shape.output_size))):
-      raise ValueError(f"batch.targets must be class indices in [0, {shape.output_size}) on "
-                       "every live step")
+    checks.check_array("batch.targets", targets, "[T, B, O]", (num_steps, size, shape.output_size),
+                       dtype)
 
 
 def loss_weights(mask: jax.Array | None, target_mask: jax.Array | None, shape: tuple[int, int],
                  loss: LossSpec, dtype: jnp.dtype) -> jax.Array:
-  """``w_t``: the length mask times ``target_mask``, over their count for ``"mean"``; ``[T, B]``.
-
-  An all-zero mask gives zero weights, not NaN; a ``target_mask`` entry other
-  than 0 or 1 (possible only under ``jit``) gives NaN.
-  """
+  """``w_t [T, B]``: the length mask times ``target_mask`` (NaN where it is not 0 or 1), over
+  their sum for ``"mean"`` (zero weights stay zero)."""
   weights = jnp.ones(shape, dtype) if mask is None else mask.astype(dtype)
   if target_mask is not None:
     target_mask = jnp.asarray(target_mask, dtype)
@@ -108,29 +75,26 @@ def prepare(params: RNNParams, batch: Batch, h0: jax.Array | None, key: jax.Arra
   checks.check_type("batch", batch, Batch)
   shape, h0, mask = checks.check_inputs(params, batch.xs, h0, batch.lengths, "batch.xs")
   check_specs(shape, model, loss, compute)
-  if key is not None:
-    checks.check_key("key", key)
+  if compute.gradient == "bptt" and (key is not None or compute.checkpoint_every is not None
+                                     or compute.dtype is not None):
+    raise ValueError("compute.gradient='bptt' is the plain hand-derived oracle: it takes no "
+                     "dropout key, checkpoint_every or compute dtype")
   dtype = params.W_hy.dtype
   check_targets(batch, shape, dtype, loss)
   num_steps, size = jnp.shape(batch.xs)[:2]
   weights = loss_weights(mask, batch.target_mask, (num_steps, size), loss, dtype)
+  if loss.loss == "cross_entropy" and checks.is_concrete(weights, batch.targets):
+    classes = np.asarray(batch.targets)
+    if np.any((np.asarray(weights) != 0) & ((classes < 0) | (classes >= shape.output_size))):
+      raise ValueError(f"batch.targets must be class indices in [0, {shape.output_size}) on "
+                       "every live step")
   masks = draw_masks(key, model, shape, num_steps, size, compute.dtype or dtype)
   return Problem(h0, mask, weights, masks)
 
 
 def step_losses(z: jax.Array, targets: jax.Array, model: ModelSpec, loss: LossSpec) -> jax.Array:
-  """``L_t(y_t, target_t)`` for every step and sequence, from ``z_t = W_hy x^L_t + b_y``.
-
-  Args:
-    z: output pre-activations, ``[T, B, O]``.
-    targets: ``[T, B]`` class indices (cross-entropy) or ``[T, B, O]`` values.
-    model: its ``out_act``, with ``y_t = out_act(z_t)``.
-    loss: its ``loss``.
-
-  Returns:
-    ``[T, B]`` losses, unweighted. A class index outside ``[0, O)`` gives
-    ``NaN``, never a plausible number.
-  """
+  """``L_t(y_t, target_t) [T, B]`` from the logits ``z [T, B, O]`` and ``targets`` (``[T, B]``
+  classes or ``[T, B, O]`` values), unweighted; a class outside ``[0, O)`` gives NaN."""
   if loss.loss == "cross_entropy":
     num_out = z.shape[-1]
     valid = (targets >= 0) & (targets < num_out)
@@ -166,14 +130,11 @@ def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: Model
                  loss: LossSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
   """``(L, final)`` with each chunk of ``k = compute.checkpoint_every`` steps rematerialised.
 
-  A ``lax.scan`` over chunks carries the states of every layer from one chunk
-  to the next; each chunk runs the forward body, the read-out and its loss
-  under ``jax.checkpoint``, so the forward pass keeps only ``T/k`` boundary
-  states and the backward pass recomputes ``k`` steps at a time (memory
-  ``~T/k + k``, one extra forward pass of compute). ``T`` is padded to a
-  multiple of ``k`` with frozen, zero-weight steps, which change nothing.
-  The dropout masks are the whole sequence's, so the numbers equal the
-  unchunked loss's.
+  A ``lax.scan`` over chunks carries every layer's state; each chunk's
+  forward, read-out and loss run under ``jax.checkpoint``, so memory is
+  ``~T/k + k`` for one extra forward pass. ``T`` is padded to a multiple of
+  ``k`` with frozen, zero-weight steps; the dropout masks are the whole
+  sequence's, so the numbers are the unchunked loss's.
   """
   chunk_size = compute.checkpoint_every
   num_steps, size = batch.xs.shape[:2]
@@ -213,23 +174,20 @@ def sequence_loss(params: RNNParams, batch: Batch, h0: jax.Array | None = None, 
                   key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """``L = sum_t w_t L_t(y_t, target_t)`` over a batch, and the final states.
 
-  ``jax.grad`` of this function is the gradient the library trains with; with
-  ``compute.gradient="fused"`` (the default) each layer's recurrent part is
-  the hand-derived BPTT of :mod:`jaxrnn.bptt`, otherwise ``lax.scan``'s own.
+  Its ``jax.grad`` (``has_aux=True``) is the gradient the library trains
+  with: with ``compute.gradient="fused"`` (the default) each layer's chain
+  differentiates by the hand-derived BPTT, otherwise by ``lax.scan``'s own.
 
   Args:
     params: :class:`jaxrnn.RNNParams`.
     batch: :class:`jaxrnn.Batch` (``xs [T, B, I]``, ``targets``, optional
       ``lengths [B]`` and ``target_mask [T, B]``).
     h0: ``[L*D, B, H]`` initial states, or ``None`` for zeros.
-    model: :class:`jaxrnn.ModelSpec`.
-    loss: :class:`jaxrnn.LossSpec`.
-    compute: :class:`jaxrnn.ComputeSpec` (``checkpoint_every`` rematerialises).
+    model, loss, compute: the specs.
     key: a ``jax.random`` key for dropout; ``None`` applies none.
 
   Returns:
-    ``(L, final [L*D, B, H])``; differentiate with
-    ``jax.grad(sequence_loss, has_aux=True)``.
+    ``(L, final [L*D, B, H])``.
 
   Example:
     >>> grads, final = jax.grad(jaxrnn.sequence_loss, has_aux=True)(params, batch)

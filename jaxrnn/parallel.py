@@ -1,34 +1,20 @@
 """Batch split over devices: one recurrence chain per device (a CPU core, a GPU), any model.
 
-The per-step cost of ``h_t = act(a_t + W_hh h_{t-1})`` bounds this model, and
-splitting each small ``[B, H] x [H, H]`` matmul over two threads costs a sync
-per step. Splitting the *batch* instead gives each device its own chain of
-``[B/n, H] x [H, H]`` matmuls with no communication until one ``psum`` of the
-loss and gradients at the end.
-
-XLA exposes the cores of a CPU as separate devices only when asked, before
-JAX's backend starts (right after ``import jax``, before any computation)::
-
-  jax.config.update("jax_num_cpu_devices", os.cpu_count())
-
-(or ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` before ``import
-jax``). The library itself never does this; the ``jaxrnn`` command does
-(``--devices``). With one device everything still works (and equals the
-unsplit step). The train and eval steps, :func:`jaxrnn.loss_and_grad`,
-:func:`jaxrnn.evaluate` and truncated BPTT take ``mesh=`` (a mesh or a device
-count) and wrap their own body with :func:`split`.
+Splitting each small ``[B, H] x [H, H]`` matmul of the chain over threads
+costs a sync per step; splitting the *batch* gives each device its own chain
+and one ``psum`` at the end. The train and eval steps, :func:`jaxrnn.loss_and_grad`,
+:func:`jaxrnn.evaluate` and truncated BPTT take ``mesh=`` and wrap their own
+body with :func:`split`. A CPU's cores are separate devices only when asked
+before JAX starts, e.g. ``jax.config.update("jax_num_cpu_devices", 2)`` right
+after ``import jax``; the library never does this, the ``jaxrnn`` command does.
 """
 
-from __future__ import annotations
-
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxrnn import checks
@@ -36,12 +22,13 @@ from jaxrnn.losses import Problem
 from jaxrnn.pytrees import Batch, RNNParams
 
 AXIS = "batch"
+ROWS = P(None, AXIS)                # a [T, B, ...] or [L*D, B, H] array, split along B
 
 
 def batch_mesh(num_devices: int | None = None) -> Mesh:
   """A 1-D mesh named ``"batch"`` over the first ``num_devices`` devices (all when ``None``)."""
   if num_devices is not None:
-    checks.check_positive_int("num_devices", num_devices)
+    checks.check_int("num_devices", num_devices)
     if num_devices > jax.device_count():
       raise ValueError(f"num_devices={num_devices} but only {jax.device_count()} devices exist")
   return Mesh(jax.devices()[:num_devices], (AXIS,))
@@ -61,18 +48,13 @@ def check_divisible(batch_size: int, mesh: Mesh) -> None:
 
 def batch_specs(batch: Batch) -> Batch:
   """How each field of ``batch`` is split: along ``B``, axis 1 of ``[T, B, ...]``, axis 0 of ``lengths``."""
-  time_major = P(None, AXIS)
-  return Batch(time_major, time_major, None if batch.lengths is None else P(AXIS),
-               None if batch.target_mask is None else time_major)
+  return Batch(ROWS, ROWS, None if batch.lengths is None else P(AXIS),
+               None if batch.target_mask is None else ROWS)
 
 
 def put(x: Any, sharding: NamedSharding) -> Any:
-  """The array ``x`` placed as ``sharding`` says (a no-op where it already is).
-
-  In a job of several processes (``jax.distributed``) every process holds
-  the same value of ``x`` and transfers only the pieces that its own devices
-  hold: its rows of a batch, its copy of replicated parameters.
-  """
+  """The array ``x`` placed as ``sharding`` says (a no-op where it already is); in a job of
+  several processes each process holds the same value and transfers only its devices' pieces."""
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.sharding == sharding:
     return x                                     # already there: skips device_put's cost
   if jax.process_count() == 1 or isinstance(x, jax.core.Tracer):
@@ -92,12 +74,8 @@ def shard_batch(batch: Batch, mesh: Mesh) -> tuple[Batch, Batch]:
 
 
 def placed_batches(batches: Callable[[int], Batch], mesh: Mesh) -> Callable[[int], Batch]:
-  """``step -> batch`` computed straight into its split over ``mesh``; ``batches`` must be jittable.
-
-  Each device computes only its own sequences, so no step first builds the
-  whole batch on one device and then copies it out. JAX's partitionable
-  random numbers make the values those of the unsplit call.
-  """
+  """``step -> batch`` computed straight into its split over ``mesh`` (``batches`` jittable):
+  no step builds the whole batch on one device and copies it out."""
   shape = jax.eval_shape(batches, 0)
   check_divisible(shape.xs.shape[1], mesh)
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), batch_specs(shape))
@@ -105,11 +83,7 @@ def placed_batches(batches: Callable[[int], Batch], mesh: Mesh) -> Callable[[int
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """``tree`` with every array on all devices of ``mesh`` (a no-op for arrays already there).
-
-  Arrays committed to one device (e.g. restored from a checkpoint) must be
-  moved before a jitted split step takes them.
-  """
+  """``tree`` with every array on all devices of ``mesh`` (a no-op for arrays already there)."""
   return jax.tree.map(lambda x: put(x, NamedSharding(mesh, P())), tree)
 
 
@@ -125,10 +99,6 @@ def place_step_arguments(mesh: Mesh) -> Callable[..., tuple[Any, ...]]:
   return lambda params, opt_state, batch, key: (
       replicate(params, mesh), replicate(opt_state, mesh), shard_batch(batch, mesh)[1],
       None if key is None else replicate(key, mesh))
-
-
-ROWS = P(None, AXIS)
-"""How a ``[T, B, ...]`` or ``[L*D, B, H]`` array is split: along ``B``, its axis 1."""
 
 
 def problem_specs(problem: Problem) -> Problem:
@@ -149,17 +119,18 @@ Body = Callable[[RNNParams, Batch, Problem], tuple[Any, jax.Array]]
 def split(body: Body, mesh: Mesh | int | None) -> Body:
   """``body`` with the batch split over the devices of ``mesh``: the data-parallel transformation.
 
-  ``body(params, batch, problem) -> (sums, rows)`` runs on each device with
-  its ``B / n`` sequences (its rows of ``batch`` and of ``problem``: ``h0``,
-  masks, loss weights, dropout masks, all drawn for the whole batch first, so
-  a row gets the same numbers wherever it runs); one ``psum`` adds the
-  ``sums`` (a loss and its gradient, evaluation counts), which therefore
-  equal the unsplit ones to float rounding; ``rows`` (the final states
-  ``[L*D, B, H]``) stay split along ``B``.
+  ``body(params, batch, problem) -> (sums, rows)`` runs on each device with its
+  ``B / n`` rows of ``batch`` and ``problem`` (whose masks, loss weights and
+  dropout masks were drawn for the whole batch, so a row gets the same numbers
+  wherever it runs); one ``psum`` adds the ``sums`` (a loss and its gradient,
+  evaluation counts), equal to the unsplit ones to rounding; ``rows`` (final
+  states ``[L*D, B, H]``) stay split. ``mesh=None``: ``body`` itself.
 
   Raises:
     ValueError: ``B`` not divisible by the number of devices in ``mesh``.
   """
+  if mesh is None:
+    return body
   mesh = as_mesh(mesh)
 
   def local(params, batch, problem):

@@ -1,17 +1,11 @@
 """The pytrees of jaxrnn: the parameters of every model, and a batch of sequences.
 
-Layer ``l = 0..L-1`` has one Elman RNN per direction ``d`` (0 forward in time,
-1 backward), each with the seed's three arrays; the read-out is shared:
-
+Layer ``l`` has one Elman RNN per direction ``d`` (0 forward in time, 1
+backward), each with the seed's three arrays, and the read-out is shared:
 ``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-+1} + b_h^{l,d})``,
-``x^0_t = x_t``, ``x^{l+1}_t = [h^{l,0}_t; h^{l,1}_t]`` (torch's concatenation),
-``y_t = out_act(W_hy x^L_t + b_y)``.
-
-With ``L = 1`` and ``D = 1`` this is the seed's model, and
-``params.layers[0][0].W_hh`` is its ``W_hh``.
+``x^0_t = x_t``, ``x^{l+1}_t = [h^{l,0}_t; h^{l,1}_t]``, ``y_t = out_act(W_hy x^L_t + b_y)``.
+With ``L = D = 1`` this is the seed's model.
 """
-
-from __future__ import annotations
 
 from typing import NamedTuple
 
@@ -27,29 +21,18 @@ class CellParams(NamedTuple):
 
 
 class RNNParams(NamedTuple):
-  """An Elman RNN of ``L >= 1`` layers and ``D = 1`` or ``2`` directions, with a read-out.
-
-  Attributes:
-    layers: ``layers[l][d]`` is the :class:`CellParams` of layer ``l``,
-      direction ``d``. Layer 0 reads ``I`` inputs, layer ``l > 0`` reads ``D*H``.
-    W_hy: read-out weights, ``[O, D*H]``.
-    b_y: read-out bias, ``[O]``.
-  """
+  """An Elman RNN of ``L >= 1`` layers and ``D = 1`` or ``2`` directions: ``layers[l][d]``, the
+  :class:`CellParams` of layer ``l`` (reading ``I`` inputs, or ``D*H`` above layer 0) in
+  direction ``d``, and the read-out ``W_hy [O, D*H]``, ``b_y [O]``."""
   layers: tuple[tuple[CellParams, ...], ...]
   W_hy: jax.Array
   b_y: jax.Array
 
 
 class Batch(NamedTuple):
-  """One batch of sequences, time-major.
-
-  Attributes:
-    xs: inputs, ``[T, B, I]``.
-    targets: ``[T, B]`` integer classes or ``[T, B, O]`` values (``None`` for a
-      forward pass).
-    lengths: ``[B]`` sequence lengths, or ``None`` (all ``T``).
-    target_mask: ``[T, B]``, 1 on the steps that have a target, or ``None`` (all).
-  """
+  """One batch of sequences, time-major: inputs ``xs [T, B, I]``, ``targets`` (``[T, B]``
+  classes or ``[T, B, O]`` values), ``lengths [B]`` (``None``: all ``T``) and ``target_mask
+  [T, B]``, 1 on the steps that have a target (``None``: all)."""
   xs: jax.Array
   targets: jax.Array | None = None
   lengths: jax.Array | None = None

@@ -1,21 +1,12 @@
 """The hidden-state chain ``h_t = act(a_t + W_hh h_{t-1})`` of one layer, forward and backward.
 
-``a_t = W_xh x_t + b_h`` does not depend on ``h``: ``W_xh x_t`` is one
-``[T*B, I] x [I, H]`` matmul for all steps, and only the truly sequential part
-runs step by step, in ``lax.scan`` or in the persistent Pallas kernels of
-:mod:`jaxrnn.kernels` (``ComputeSpec.recurrence`` picks, in
-:func:`chain_forward` and :func:`chain_backward`).
-
-Variable-length sequences carry a mask ``m_t`` (1 inside the sequence, 0
-after its end); a masked step freezes the state:
-``h_t = m_t act(a_t + W_hh h_{t-1}) + (1 - m_t) h_{t-1}``.
-
-:func:`fused_layer` (the training path) is a layer whose gradient is the
-hand-derived backward recursion. Every matmul here runs at
-``ComputeSpec.precision``, the backward pass included.
+``W_xh x_t`` is one ``[T*B, I] x [I, H]`` matmul for all steps; only the chain
+runs step by step, in ``lax.scan`` or in the Pallas kernels of
+:mod:`jaxrnn.kernels` (``ComputeSpec.recurrence`` picks). A step past a
+sequence's end (mask ``m_t = 0``) freezes the state,
+``h_t = m_t act(a_t + W_hh h_{t-1}) + (1 - m_t) h_{t-1}``. :func:`fused_layer`
+is a layer whose gradient is the hand-derived backward recursion.
 """
-
-from __future__ import annotations
 
 import functools
 
@@ -30,22 +21,14 @@ from jaxrnn.spec import ComputeSpec, ModelSpec, precision_scope
 
 def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
                 model: ModelSpec, compute: ComputeSpec, bias: jax.Array | None = None) -> jax.Array:
-  """Runs ``h_t = act(a_t + W_hh h_{t-1})`` for ``t = 1..T`` with ``lax.scan``.
+  """``hs = [h_1, ..., h_T] [T, B, H]`` of ``h_t = act(a_t + W_hh h_{t-1})`` by ``lax.scan``.
 
   Args:
-    pre: ``a_t`` for all steps, ``[T, B, H]`` (without ``b_h`` when ``bias`` is given).
-    W_hh: ``[H, H]``.
-    h0: ``[B, H]``.
-    mask: ``[T, B]`` of 0/1, or ``None`` (every step live). A masked step keeps
-      ``h_t = h_{t-1}``.
-    model: its ``activation``.
-    compute: its ``scan_unroll`` and ``precision``.
-    bias: ``b_h``, ``[H]``, added to ``a_t`` inside each step (in the same
-      order, so the numbers are the same), which saves a pass over
-      ``[T, B, H]``; ``None``: ``pre`` holds it.
-
-  Returns:
-    ``hs = [h_1, ..., h_T]``, ``[T, B, H]``.
+    pre: ``a_t [T, B, H]``, without ``b_h`` when ``bias`` is given.
+    W_hh: ``[H, H]``; h0: ``[B, H]``.
+    mask: ``[T, B]`` of 0/1, or ``None`` (every step live).
+    model, compute: the activation; ``scan_unroll`` and ``precision``.
+    bias: ``b_h [H]``, added inside each step (saves a pass over ``[T, B, H]``).
   """
   W_hh_T = W_hh.T
 
@@ -70,19 +53,13 @@ def backward_hidden(W_hh: jax.Array, hs: jax.Array, g: jax.Array, mask: jax.Arra
   ``delta_{T+1} = 0``, and ``dL/dh_0 = W_hh^T delta_1``.
 
   This is the seed's ``dh_t/dh_k = prod_{i=k+1}^t W_hh^T diag(act'(.))``
-  applied right to left, one factor per step. ``act'`` is read off the stored
-  ``h_t`` (:func:`jaxrnn.cell.activation_derivative`). With a mask, a frozen
-  step passes the whole gradient of ``h_t`` on to ``h_{t-1}``: writing
-  ``e_t = g_t + c_t`` for the full ``dL/dh_t`` (``c_t`` what comes from later
-  steps), ``delta_t = m_t e_t act'_t`` and
-  ``c_{t-1} = W_hh^T delta_t + (1 - m_t) e_t``.
+  applied right to left, ``act'`` read off the stored ``h_t``. A frozen step
+  passes the whole gradient on: with ``e_t = g_t + c_t`` the full ``dL/dh_t``,
+  ``delta_t = m_t e_t act'_t`` and ``c_{t-1} = W_hh^T delta_t + (1 - m_t) e_t``.
 
   Args:
-    W_hh: ``[H, H]``.
-    hs: the forward states ``h_1..h_T``, ``[T, B, H]``.
-    g: ``dL_t/dh_t``, ``[T, B, H]``.
-    mask: ``[T, B]`` of 0/1, or ``None``.
-    model, compute: as :func:`scan_hidden`'s.
+    W_hh: ``[H, H]``; hs: ``h_1..h_T [T, B, H]``; g: ``dL_t/dh_t [T, B, H]``.
+    mask, model, compute: as :func:`scan_hidden`'s.
 
   Returns:
     ``(delta [T, B, H], dL/dh_0 [B, H])``.
@@ -131,22 +108,11 @@ def weight_gradients(delta: jax.Array, xs: jax.Array, hs: jax.Array,
                      h0: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(dW_xh, db_h, dW_hh)`` of one layer from ``delta_t = dL/da_t``, one matmul each.
 
-  ``dW_xh = sum_t delta_t x_t^T``, ``db_h = sum_t delta_t`` and
-  ``dW_hh = sum_t delta_t h_{t-1}^T`` (``h_{t-1}`` from
-  :func:`previous_states`), each summed over every step and sequence at once.
-  Both products contract over the ``T*B`` rows, so both read ``delta^T``
-  (``[H, T*B]``), laid out once behind an optimisation barrier (without it
-  XLA's CPU backend runs the first as a slower transposed-operand dot and
-  transposes ``delta`` again for the second).
-
-  Args:
-    delta: ``[T, B, H]``.
-    xs: the layer's inputs, ``[T, B, I]``.
-    hs: its states ``h_1..h_T``, ``[T, B, H]``.
-    h0: ``[B, H]``.
-
-  Returns:
-    ``([H, I], [H], [H, H])``.
+  ``dW_xh = sum_t delta_t x_t^T [H, I]``, ``db_h = sum_t delta_t [H]``,
+  ``dW_hh = sum_t delta_t h_{t-1}^T [H, H]``, over all steps and sequences at
+  once, from ``delta, xs, hs = h_1..h_T [T, B, .]`` and ``h0 [B, H]``. Both
+  products read one ``[H, T*B]`` layout of ``delta^T``, kept behind an
+  optimisation barrier (else XLA:CPU transposes ``delta`` twice).
   """
   hidden = delta.shape[-1]
   delta_T = jax.lax.optimization_barrier(delta.reshape(-1, hidden).T)     # [H, T*B]
@@ -160,21 +126,10 @@ def fused_layer(xs: jax.Array, cell: CellParams, h0: jax.Array, mask: jax.Array 
                 model: ModelSpec, compute: ComputeSpec) -> jax.Array:
   """One layer's ``h_t = act(W_xh x_t + b_h + W_hh h_{t-1})`` whose gradient is the hand-derived BPTT.
 
-  The forward pass is ``W_xh x_t`` for all steps at once, then
-  :func:`chain_forward` with ``b_h`` added inside each step, and saves only
-  ``hs`` (no per-step intermediates). The backward pass runs the ``delta``
-  recursion (:func:`chain_backward`), then forms the weight gradients with
-  one matmul each (:func:`weight_gradients`) and ``dL/dx_t = W_xh^T delta_t``
-  (what a lower layer receives).
-
-  Args:
-    xs: the layer's inputs, ``[T, B, I]``.
-    cell: :class:`jaxrnn.CellParams` ``(W_xh [H, I], W_hh [H, H], b_h [H])``.
-    h0: ``[B, H]``.
-    mask, model, compute: as :func:`scan_hidden`'s.
-
-  Returns:
-    ``hs = [h_1, ..., h_T]``, ``[T, B, H]``.
+  The forward pass saves only ``hs = [h_1..h_T] [T, B, H]``; the backward
+  pass runs the ``delta`` recursion (:func:`chain_backward`), then the weight
+  gradients (:func:`weight_gradients`) and ``dL/dx_t = W_xh^T delta_t``.
+  ``xs [T, B, I]``, ``h0 [B, H]``; the rest as :func:`scan_hidden`'s.
   """
   return _fused_fwd(xs, cell, h0, mask, model, compute)[0]
 

@@ -1,22 +1,13 @@
-"""The static options of a model, its loss, how it is computed and how it starts: small specs.
+"""The static options of a model (:class:`ModelSpec`), its loss (:class:`LossSpec`), how it is
+computed (:class:`ComputeSpec`: speed and memory, never the numbers beyond rounding) and how
+it starts (:class:`InitSpec`).
 
 Each spec is a frozen dataclass of Python scalars: hashable, so it can be a
-static argument of ``jax.jit``, and checked field by field when it is built,
-so a bad option fails where it is written, with a ``ValueError`` or
-``TypeError`` that names it. Change a field with ``dataclasses.replace``.
-
-* :class:`ModelSpec`: what the network computes (activations, dropout);
-* :class:`LossSpec`: what training minimises;
-* :class:`ComputeSpec`: how it is computed (gradient path, remat, precision),
-  which changes speed and memory, never the numbers beyond float rounding;
-* :class:`InitSpec`: how :func:`jaxrnn.init_params` draws the weights.
-
-The layers and directions of a model are not options: they are read off the
-parameter pytree (:class:`jaxrnn.RNNParams`), as ``torch.nn.RNN``'s are off
-its weights.
+static argument of ``jax.jit``, and checked when it is built, so a bad option
+fails where it is written, with an error that names it. Change a field with
+``dataclasses.replace``. The layers and directions of a model are not
+options: they are read off the parameters, as ``torch.nn.RNN``'s are.
 """
-
-from __future__ import annotations
 
 import dataclasses
 from typing import Any, Literal, get_args
@@ -36,14 +27,8 @@ Precision = Literal["highest", "default"]
 Recurrence = Literal["auto", "scan", "kernel"]
 Scheme = Literal["normal", "glorot", "orthogonal", "identity"]
 
-ACTIVATION_NAMES: tuple[str, ...] = get_args(Activation)
-OUTPUT_ACTIVATION_NAMES: tuple[str, ...] = get_args(OutputActivation)
-GRADIENTS: tuple[str, ...] = get_args(Gradient)
-SCHEMES: tuple[str, ...] = get_args(Scheme)
-LOSSES: dict[str, tuple[str, ...]] = {
-    "cross_entropy": ("identity", "softmax"),
-    "squared_error": OUTPUT_ACTIVATION_NAMES,
-}
+ACTIVATION_NAMES, GRADIENTS, SCHEMES = get_args(Activation), get_args(Gradient), get_args(Scheme)
+LOSSES = {"cross_entropy": ("identity", "softmax"), "squared_error": get_args(OutputActivation)}
 """Each loss and the output activations it accepts."""
 
 
@@ -54,17 +39,13 @@ class ModelSpec:
   Attributes:
     activation: ``act`` in ``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)``.
     output_activation: ``out_act`` in ``y_t = out_act(W_hy h_t + b_y)``.
-    dropout: torch's ``nn.RNN(dropout=p)``: on every layer's output except
-      the last, a fresh mask per step.
+    dropout: torch's ``nn.RNN(dropout=p)`` on every layer's output but the last.
     input_dropout: variational dropout (Gal & Ghahramani, 2016) on every
-      layer's input: one ``[B, I_l]`` mask per layer and direction, the same
-      at every step.
-    state_dropout: variational dropout on ``h_{t-1}`` in ``W_hh h_{t-1}``:
-      one ``[H]`` mask per layer and direction, the same at every step and
-      for the whole batch (``W_hh diag(m)``, so the hand BPTT still applies).
+      layer's input: one ``[B, I_l]`` mask per cell, the same at every step.
+    state_dropout: variational dropout on ``h_{t-1}``: one ``[H]`` mask per
+      cell for all steps and sequences (``W_hh diag(m)``).
 
-  Dropout is applied only where a ``key`` is passed; without one (evaluation)
-  the rates are ignored.
+  Dropout applies only where a ``key`` is passed (not in evaluation).
   """
   activation: Activation = "tanh"
   output_activation: OutputActivation = "identity"
@@ -75,9 +56,9 @@ class ModelSpec:
   def __post_init__(self):
     checks.check_choice("model.activation", self.activation, ACTIVATION_NAMES)
     checks.check_choice("model.output_activation", self.output_activation,
-                        OUTPUT_ACTIVATION_NAMES)
+                        get_args(OutputActivation))
     for name in ("dropout", "input_dropout", "state_dropout"):
-      checks.check_rate(f"model.{name}", getattr(self, name))
+      checks.check_real(f"model.{name}", getattr(self, name), 0, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +66,7 @@ class LossSpec:
   """``L = sum_t w_t L_t(y_t, target_t)``.
 
   Attributes:
-    loss: ``"cross_entropy"`` (integer class targets, output activation
-      ``identity`` or ``softmax``) or ``"squared_error"`` (real targets, any
-      output activation).
+    loss: ``"cross_entropy"`` (class targets) or ``"squared_error"`` (real targets).
     reduction: ``"sum"`` (the seed's ``L``) or ``"mean"`` over live steps.
   """
   loss: Loss = "cross_entropy"
@@ -103,27 +82,21 @@ class ComputeSpec:
   """How the forward and backward passes run; never what they compute.
 
   Attributes:
-    gradient: ``"fused"`` (``jax.grad`` through the hand-derived BPTT of each
-      layer, the fast default), ``"autodiff"`` (``jax.grad`` through
-      ``lax.scan``) or ``"bptt"`` (the hand-derived oracle
-      :func:`jaxrnn.bptt`, for training steps only).
+    gradient: ``"fused"`` (``jax.grad`` through each layer's hand-derived
+      BPTT, the default), ``"autodiff"`` (through ``lax.scan``) or ``"bptt"``
+      (the oracle :func:`jaxrnn.bptt`, for training steps).
     scan_unroll: time steps per ``lax.scan`` iteration.
-    checkpoint_every: ``None``, or a chunk length ``k``: keep only every
-      ``k``-th state and recompute the rest in the backward pass (memory
-      ``~T/k + k``; unidirectional models).
-    dtype: e.g. ``"bfloat16"``: the layers run in this dtype, the readout,
-      loss and gradients stay in the params' dtype; ``None``: the params'.
-    precision: of every matmul of the forward and backward pass (input
-      projection, recurrence, read-out, weight gradients, and the kernels'
-      ``dot``): ``"highest"`` (the default) is exact float32; ``"default"``
-      is JAX's ``Precision.DEFAULT``, TF32 on NVIDIA GPUs since Ampere
-      (faster, about 1e-3 relative error). On a CPU both are exact.
-    recurrence: how the chain ``h_t = act(a_t + W_hh h_{t-1})`` and its
-      hand-derived backward run with ``gradient="fused"``, and the forward
-      chain everywhere: ``"auto"`` (the persistent Pallas kernels of
-      :mod:`jaxrnn.kernels` on a GPU when ``W_hh`` fits on chip,
-      ``lax.scan`` otherwise), ``"scan"`` or ``"kernel"`` (forced; Pallas
-      interpret mode off a GPU, slow, for tests).
+    checkpoint_every: ``None``, or ``k``: keep every ``k``-th state and
+      recompute the rest backward (memory ``~T/k + k``; unidirectional models).
+    dtype: e.g. ``"bfloat16"``, the layers' dtype (read-out, loss and
+      gradients stay in the params'); ``None``: the params'.
+    precision: of every matmul, forward and backward: ``"highest"`` (exact
+      float32) or ``"default"`` (TF32 on NVIDIA GPUs, faster, ~1e-3 relative
+      error); on a CPU both are exact.
+    recurrence: how the chain runs, forward and (``"fused"``) backward:
+      ``"auto"`` (the Pallas kernels of :mod:`jaxrnn.kernels` on a GPU where
+      ``W_hh`` fits on chip, else ``lax.scan``), ``"scan"`` or ``"kernel"``
+      (interpret mode off a GPU: slow, for tests).
   """
   gradient: Gradient = "fused"
   scan_unroll: int = 1
@@ -134,14 +107,14 @@ class ComputeSpec:
 
   def __post_init__(self):
     checks.check_choice("compute.gradient", self.gradient, GRADIENTS)
-    checks.check_positive_int("compute.scan_unroll", self.scan_unroll)
+    checks.check_int("compute.scan_unroll", self.scan_unroll)
     checks.check_choice("compute.precision", self.precision, get_args(Precision))
     checks.check_choice("compute.recurrence", self.recurrence, get_args(Recurrence))
     if self.recurrence == "kernel" and self.gradient != "fused":
       raise ValueError(f"compute.recurrence='kernel' needs gradient='fused' (the kernels run the "
                        f"hand-derived backward; {self.gradient!r} differentiates lax.scan)")
     if self.checkpoint_every is not None:
-      checks.check_positive_int("compute.checkpoint_every", self.checkpoint_every)
+      checks.check_int("compute.checkpoint_every", self.checkpoint_every)
     if self.dtype is not None:
       try:
         dtype = jnp.dtype(self.dtype)
@@ -157,14 +130,12 @@ class InitSpec:
 
   Attributes:
     scheme: ``"normal"``: every weight ``~ N(0, scale^2)`` (the seed's
-      ``np.random.randn(...) * 0.01``); ``"glorot"``: Glorot/Xavier-uniform
-      (Glorot & Bengio, 2010); ``"orthogonal"``: ``W_hh = scale * Q`` with
-      ``Q`` random orthogonal (Saxe et al., 2014), the other weights Glorot;
-      ``"identity"``: the IRNN of Le, Jaitly & Hinton (2015), meant for
-      ReLU: ``W_hh = scale * I``, the other weights ``~ N(0, 0.001^2)``.
-    scale: ``None`` for the scheme's default (0.01 for ``"normal"``, 1 for
-      ``"orthogonal"`` and ``"identity"``), or a finite number ``> 0``;
-      ``"glorot"`` takes none.
+      ``randn * 0.01``); ``"glorot"``: Glorot-uniform (Glorot & Bengio, 2010);
+      ``"orthogonal"``: ``W_hh = scale * Q``, ``Q`` random orthogonal (Saxe et
+      al., 2014), the rest Glorot; ``"identity"``: the IRNN (Le, Jaitly &
+      Hinton, 2015; for ReLU): ``W_hh = scale * I``, the rest ``~ N(0, 0.001^2)``.
+    scale: ``None`` for the default (0.01 for ``"normal"``, else 1), or a
+      finite number ``> 0``; ``"glorot"`` takes none.
   """
   scheme: Scheme = "normal"
   scale: float | None = None
@@ -172,19 +143,18 @@ class InitSpec:
   def __post_init__(self):
     checks.check_choice("init.scheme", self.scheme, SCHEMES)
     if self.scale is not None:
-      checks.check_positive_number("init.scale", self.scale)
+      checks.check_real("init.scale", self.scale)
       if self.scheme == "glorot":
         raise ValueError("init.scale: the 'glorot' scheme has no scale")
 
 
-def check_specs(shape: Shape | None, model: Any, loss: Any = None, compute: Any = None) -> None:
-  """Checks the types of the specs an entry point was given, and that they suit each other.
+PLAIN = ComputeSpec(gradient="autodiff", recurrence="scan")
+"""``lax.scan`` and its autodiff: the path the hand-derived BPTT and the diagnostics trace."""
 
-  Raises:
-    TypeError: a spec of the wrong type (e.g. a ``dict``).
-    ValueError: an output activation the loss does not accept, or
-      ``compute.checkpoint_every`` for a bidirectional model of ``shape``.
-  """
+
+def check_specs(shape: Shape | None, model: Any, loss: Any = None, compute: Any = None) -> None:
+  """Raises ``TypeError`` for a spec of the wrong type, ``ValueError`` for specs that do not
+  suit each other or the model of ``shape`` (e.g. an output activation the loss refuses)."""
   checks.check_type("model", model, ModelSpec)
   if loss is not None:
     checks.check_type("loss", loss, LossSpec)
@@ -200,9 +170,5 @@ def check_specs(shape: Shape | None, model: Any, loss: Any = None, compute: Any 
 
 
 def precision_scope(compute: ComputeSpec):
-  """``jax.default_matmul_precision(compute.precision)`` for the code traced inside.
-
-  Every matmul of the forward and backward pass runs in it; it overrides
-  ``jax_default_matmul_precision`` inside jaxrnn's functions.
-  """
+  """``jax.default_matmul_precision(compute.precision)``: every matmul of jaxrnn runs in it."""
   return jax.default_matmul_precision(compute.precision)

@@ -1,19 +1,12 @@
 """Truncated BPTT over long streams (Williams & Peng, 1990; Karpathy's min-char-rnn).
 
-A stream ``x_1..x_T`` is cut into ``N = T / k`` consecutive chunks of ``k``
-steps. Chunk ``c`` starts from the states the previous chunk ended in,
-``h^{(c)}_0 = h^{(c-1)}_k`` (every layer's), but the gradient stops there:
-the update after chunk ``c`` uses
-
-``g^{(c)} = sum_{t in c} dL^{(c)}/dtheta_t``, ``L^{(c)} = sum_{t' in c} L_{t'}``,
-
-the full BPTT gradient of the chunk's loss with the parameters' uses
-``theta_t`` restricted to the chunk's own steps (``h^{(c)}_0`` a constant).
-This is Keras' ``stateful=True``: the state carries over, the graph does not.
-It needs a state that runs forward in time, so a unidirectional model.
+A stream is cut into ``N = T / k`` chunks of ``k`` steps. Chunk ``c`` starts
+from the states the previous one ended in, ``h^{(c)}_0 = h^{(c-1)}_k``, but the
+gradient stops there: the update after chunk ``c`` is the BPTT gradient of
+``L^{(c)} = sum_{t in c} L_t`` with ``h^{(c)}_0`` a constant (Keras'
+``stateful=True``: the state carries over, the graph does not). The state
+runs forward in time, so the model is unidirectional.
 """
-
-from __future__ import annotations
 
 import functools
 from collections.abc import Callable
@@ -27,18 +20,13 @@ from jaxrnn import checks, parallel
 from jaxrnn.losses import prepare
 from jaxrnn.pytrees import Batch, RNNParams, Shape
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec, check_specs
-from jaxrnn.train import check_bptt, value_and_grad
+from jaxrnn.train import value_and_grad
 
 
 class TBPTTResult(NamedTuple):
-  """What :func:`tbptt_epoch` returns.
-
-  Attributes:
-    params: the params after one update per chunk.
-    opt_state: the optimizer state after them.
-    h: the states the stream ended in, ``[L, B, H]``, to carry into the next epoch.
-    losses: each chunk's loss (before its update), ``[N]``.
-  """
+  """What :func:`tbptt_epoch` returns: ``params`` and ``opt_state`` after one update per chunk,
+  the states ``h [L, B, H]`` the stream ended in (for the next epoch), each chunk's loss
+  before its update, ``losses [N]``."""
   params: RNNParams
   opt_state: Any
   h: jax.Array
@@ -55,7 +43,7 @@ def tbptt_chunks(xs: jax.Array, chunk_length: int) -> jax.Array:
     ValueError: ``chunk_length`` is not a positive int that divides ``T``.
   """
   num_steps = jnp.shape(xs)[0]
-  checks.check_positive_int("chunk_length", chunk_length)
+  checks.check_int("chunk_length", chunk_length)
   if num_steps % chunk_length:
     raise ValueError(f"chunk_length must divide T={num_steps}, got {chunk_length!r}; trim or pad "
                      "the stream first")
@@ -75,25 +63,17 @@ def make_tbptt_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
   """One chunk of truncated BPTT and its update:
   ``(params, opt_state, h, chunk, key=None) -> (params, opt_state, h_next, L^{(c)})``.
 
-  The chunk's loss starts from ``h`` (the states the previous chunk ended
-  in, ``[L, B, H]``), and its gradient stops there. Pure and traceable: jit
-  it, or run it inside :func:`tbptt_epoch`'s ``lax.scan``.
-
-  Args:
-    optimizer: any ``optax.GradientTransformation``.
-    model, loss, compute: the static specs (as :func:`jaxrnn.sequence_loss`'s).
-    mesh: ``None``, or a ``jax.sharding.Mesh`` / device count: the ``B``
-      streams (and ``h``) split over its devices, one ``psum`` of the loss and
-      gradient (:func:`jaxrnn.parallel.split`); ``h_next`` stays split along
-      ``B``. The same numbers to float rounding.
+  The chunk's loss starts from ``h [L, B, H]`` and its gradient stops there.
+  Pure and traceable (jit it, or run it in :func:`tbptt_epoch`). ``optimizer``,
+  the specs and ``mesh`` are :func:`jaxrnn.make_train_step`'s; with a mesh,
+  ``h`` and ``h_next`` are split along ``B`` with the streams.
   """
   check_specs(None, model, loss, compute)
-  body = functools.partial(value_and_grad, model=model, loss=loss, compute=compute)
-  body = body if mesh is None else parallel.split(body, mesh)
+  body = parallel.split(functools.partial(value_and_grad, model=model, loss=loss,
+                                          compute=compute), mesh)
 
   def tbptt_step(params, opt_state, h, chunk, key=None):
     check_stateful(params)
-    check_bptt(compute, key)
     problem = prepare(params, chunk, jax.lax.stop_gradient(h), key, model, loss, compute)
     (value, grads), h_next = body(params, chunk, problem)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -112,22 +92,18 @@ def tbptt_epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, stream: Batc
 
   Args:
     step: from :func:`make_tbptt_step`.
-    params: a unidirectional :class:`jaxrnn.RNNParams` of any depth.
-    opt_state: the optimizer's state for ``params``.
-    stream: ``xs [T, B, I]`` (``B`` parallel streams) and ``targets``
-      ``[T, B]`` or ``[T, B, O]``; no ``lengths`` or ``target_mask``.
+    params, opt_state: a unidirectional model of any depth, and its optimizer state.
+    stream: ``xs [T, B, I]`` (``B`` parallel streams) and ``targets``; no
+      ``lengths`` or ``target_mask``.
     chunk_length: ``k``, which must divide ``T``.
-    h0: the states to start from, ``[L, B, H]`` (e.g. the last epoch's ``h``); zeros if ``None``.
+    h0: the states to start from, ``[L, B, H]``; zeros if ``None``.
     key: a ``jax.random`` key for dropout: chunk ``c`` uses ``fold_in(key, c)``.
-
-  Returns:
-    :class:`TBPTTResult` ``(params, opt_state, h, losses [T / k])``.
 
   Example:
     >>> optimizer = optax.adam(1e-2)
     >>> step = jaxrnn.make_tbptt_step(optimizer)
-    >>> result = jaxrnn.tbptt_epoch(step, params, optimizer.init(params), batch, chunk_length=2)
-    >>> result.losses.shape
+    >>> result = jaxrnn.tbptt_epoch(step, params, optimizer.init(params), batch, chunk_length=3)
+    >>> result.losses.shape                      # T = 6 steps in 2 chunks
     (2,)
   """
   shape = check_stateful(params)

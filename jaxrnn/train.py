@@ -1,14 +1,9 @@
 """Training with optax: jit-compiled train and eval steps, and a ``fit`` loop, for every model.
 
-A train step is ``(params, opt_state, batch, key) -> (params, opt_state, metrics)``:
-pure, compiled once, with ``params`` and ``opt_state`` donated so XLA updates
-them in place. Any ``optax.GradientTransformation`` works; :func:`make_optimizer`
-builds the usual "clip by global norm, then Adam/SGD/..." chain. ``mesh=``
-splits the batch over devices (:func:`jaxrnn.parallel.split`), for every
-function here, with the same numbers to float rounding.
+Any ``optax.GradientTransformation`` works; :func:`make_optimizer` builds the
+usual "clip by global norm, then Adam/SGD/..." chain. ``mesh=`` splits the
+batch over devices (:func:`jaxrnn.parallel.split`), the same numbers to rounding.
 """
-
-from __future__ import annotations
 
 import functools
 import math
@@ -44,25 +39,19 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
                    clip_norm: float | None = None, **kwargs: Any) -> optax.GradientTransformation:
   """``optax.chain(clip_by_global_norm(clip_norm), <name>(learning_rate, **kwargs))``.
 
-  Gradient clipping by global norm is Pascanu, Mikolov & Bengio (2013), the
-  standard remedy for the exploding gradients of :mod:`jaxrnn.diagnostics`.
-  The clip acts on the gradient, before the optimizer sees it.
+  Clipping the gradient's global norm (Pascanu, Mikolov & Bengio, 2013) is the
+  standard remedy for exploding gradients; the clip acts before the optimizer.
 
   Args:
     name: a key of :data:`OPTIMIZERS`.
     learning_rate: a finite float ``> 0`` or an ``optax`` schedule.
-    clip_norm: clip the global gradient norm to this (``> 0``); ``None`` for no clipping
-      stage, ``inf`` for a stage that never clips (so the optimizer state has
-      the same structure as with a finite ``clip_norm``).
-    **kwargs: passed to the optimizer (e.g. ``momentum`` for SGD); numbers
-      must be finite reals.
-
-  Returns:
-    An ``optax.GradientTransformation``.
+    clip_norm: the norm to clip to (``> 0``); ``None``: no clipping stage;
+      ``inf``: a stage that never clips (the state keeps its structure).
+    **kwargs: finite numbers passed to the optimizer (e.g. ``momentum``).
   """
   checks.check_choice("optimizer", name, OPTIMIZERS)
   if not callable(learning_rate):
-    checks.check_positive_number("learning_rate", learning_rate)
+    checks.check_real("learning_rate", learning_rate)
   for option, value in kwargs.items():
     if not isinstance(value, (bool, int, float, type(None))) or (
         isinstance(value, float) and not math.isfinite(value)):
@@ -74,20 +63,15 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
   if clip_norm is None:
     return optimizer
   if clip_norm != float("inf"):
-    checks.check_positive_number("clip_norm", clip_norm)
+    checks.check_real("clip_norm", clip_norm)
   return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
 
 
 def value_and_grad(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
                    loss: LossSpec, compute: ComputeSpec) -> tuple[tuple[jax.Array, RNNParams],
                                                                    jax.Array]:
-  """``((L, dL/dparams), final)`` on checked inputs, by ``compute.gradient``.
-
-  ``"fused"`` and ``"autodiff"`` are ``jax.grad`` of the loss body (through
-  the hand-derived BPTT of each layer, or through ``lax.scan``); ``"bptt"``
-  is :func:`jaxrnn.bptt`'s hand-derived gradient (no dropout). All give the
-  same numbers.
-  """
+  """``((L, dL/dparams), final)`` on checked inputs: ``jax.grad`` of the loss body
+  (``compute.gradient`` ``"fused"`` or ``"autodiff"``) or :func:`jaxrnn.bptt`'s (``"bptt"``)."""
   if compute.gradient == "bptt":
     value, final = loss_body(params, batch, problem, model, loss, compute)
     return (value, hand_gradients(params, batch, problem, model, loss)[0]), final
@@ -96,33 +80,19 @@ def value_and_grad(params: RNNParams, batch: Batch, problem: Problem, model: Mod
   return (value, grads), final
 
 
-def check_bptt(compute: ComputeSpec, key: jax.Array | None) -> None:
-  """Raises ``ValueError`` for what ``gradient="bptt"`` (the plain oracle) cannot do."""
-  if compute.gradient == "bptt" and (key is not None or compute.checkpoint_every is not None
-                                     or compute.dtype is not None):
-    raise ValueError("compute.gradient='bptt' is the plain hand-derived oracle: it takes no "
-                     "dropout key, checkpoint_every or compute dtype")
-
-
 def loss_and_grad(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
                   loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
                   key: jax.Array | None = None, mesh: Any = None) -> tuple[jax.Array, RNNParams]:
-  """The loss of ``batch`` and its gradient with respect to ``params``.
-
-  ``compute.gradient`` picks how (:func:`value_and_grad`); ``mesh`` (a
-  ``jax.sharding.Mesh`` or a device count) splits the batch over devices.
+  """``(L, dL/dparams)`` of ``batch``; ``mesh`` (a ``Mesh`` or a device count) splits the batch.
 
   Example:
     >>> value, grads = jaxrnn.loss_and_grad(params, batch)
     >>> grads.layers[0][0].W_hh.shape
     (5, 5)
   """
-  check_bptt(compute, key)
   problem = prepare(params, batch, None, key, model, loss, compute)
   body = functools.partial(value_and_grad, model=model, loss=loss, compute=compute)
-  if mesh is not None:
-    body = parallel.split(body, mesh)
-  return body(params, batch, problem)[0]
+  return parallel.split(body, mesh)(params, batch, problem)[0]
 
 
 def shapes_of(tree: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
@@ -134,28 +104,20 @@ def shapes_of(tree: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
 def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec = ModelSpec(),
                     loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
                     donate: bool = True, mesh: Any = None) -> Step:
-  """Builds a jit-compiled step ``(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``.
+  """A jit-compiled step ``(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``.
 
-  ``metrics = {"loss", "grad_norm", "param_max"}``: the loss and the
-  gradient's global norm before the update, and the largest ``|p|`` of the
-  updated parameters (NaN or inf exactly when an update produced one).
+  ``metrics``: the ``"loss"`` and the gradient's ``"grad_norm"`` before the
+  update, and ``"param_max"``, the largest ``|p|`` after it (NaN or inf
+  exactly when the update made one). A ``key`` (fresh per step) applies dropout.
 
   Args:
     optimizer: any ``optax.GradientTransformation``.
     model, loss, compute: the static specs (see :func:`jaxrnn.sequence_loss`).
-    donate: donate ``params`` and ``opt_state`` to the step, so XLA updates
-      them in place: the arrays passed in are deleted by the call and must
-      not be used after it (use the ones it returns). ``donate=False`` keeps
-      them, at the cost of a copy; params whose leaves share one buffer
-      (tied weights) need it.
-    mesh: ``None`` (one device), or a ``jax.sharding.Mesh`` / device count to
-      split the batch over (:func:`jaxrnn.parallel.split`: parameters
-      replicated, one ``psum`` of the gradients, the same numbers to float
-      rounding; ``B`` divisible by the device count).
-
-  Returns:
-    The compiled step. Pass a ``key`` (a fresh one per step) to apply the
-    model's dropout.
+    donate: update ``params`` and ``opt_state`` in place: the arrays passed in
+      are deleted by the call (use those it returns). ``False`` keeps them, at
+      the cost of a copy (tied weights need it).
+    mesh: ``None``, or a ``jax.sharding.Mesh`` / device count to split the
+      batch over (:func:`jaxrnn.parallel.split`; ``B`` divisible by it).
 
   Example:
     >>> optimizer = jaxrnn.make_optimizer("adam", 1e-2, clip_norm=1.0)
@@ -165,12 +127,11 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
     ['grad_norm', 'loss', 'param_max']
   """
   check_specs(None, model, loss, compute)
-  body = functools.partial(value_and_grad, model=model, loss=loss, compute=compute)
-  body = body if mesh is None else parallel.split(body, mesh)
+  body = parallel.split(functools.partial(value_and_grad, model=model, loss=loss,
+                                          compute=compute), mesh)
   place = None if mesh is None else parallel.place_step_arguments(parallel.as_mesh(mesh))
 
   def train_step(params, opt_state, batch, key=None):
-    check_bptt(compute, key)
     problem = prepare(params, batch, None, key, model, loss, compute)
     (value, grads), _ = body(params, batch, problem)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -192,15 +153,12 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
                        "optimizer.init(params)'s (another optimizer or another model?)")
     if donate:
       leaves = jax.tree.leaves((params, opt_state))
-      if any(checks.is_deleted(leaf) for leaf in leaves):
+      if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in leaves):
         raise ValueError("params or opt_state were donated to an earlier step and deleted: pass "
                          "the ones that step returned, or build the step with donate=False")
       if len({id(leaf) for leaf in leaves}) < len(leaves):
-        raise ValueError("params or opt_state hold one array in two places (tied weights?), "
-                         "which a donating step cannot update in place: build the step with "
-                         "donate=False")
-    if key is not None:
-      checks.check_key("key", key)
+        raise ValueError("params or opt_state hold one array twice (tied weights?): a donating "
+                         "step cannot update it in place; build the step with donate=False")
     if place is not None:
       params, opt_state, batch, key = place(params, opt_state, batch, key)
     return compiled(params, opt_state, batch, key)
@@ -210,14 +168,8 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
 
 def evaluation_sums(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
                     loss: LossSpec, compute: ComputeSpec) -> tuple[Metrics, jax.Array]:
-  """What :func:`evaluate` adds up over a batch (sums of shards add up to the batch's), and
-  the final states.
-
-  Returns:
-    ``({"loss": L, "live": live steps, "score": hits (cross-entropy) or
-    per-step mean squared errors (squared error) summed over live steps},
-    final)``. A class outside ``[0, O)`` makes the score NaN, as it does the loss.
-  """
+  """``({"loss": L, "live": live steps, "score": hits or squared errors over them}, final)``:
+  what :func:`evaluate` adds up (over shards too). A class outside ``[0, O)`` makes it NaN."""
   z, final = logits(params, batch, problem, model, compute)              # [T, B, O]
   value = weighted_sum(problem.weights, step_losses(z, batch.targets, model, loss))
   live = problem.weights != 0                                            # [T, B]
@@ -237,15 +189,10 @@ def evaluate(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
              mesh: Any = None) -> Metrics:
   """Loss and a task metric on ``batch``, over the steps that have a target (no dropout).
 
-  Args:
-    params, batch, model, loss: as :func:`jaxrnn.sequence_loss`'s.
-    compute: the recurrence and precision (as training's).
-    mesh: ``None``, or a ``jax.sharding.Mesh`` / device count to split the batch over.
-
-  Returns:
-    ``{"loss": L}`` plus ``"accuracy"`` (cross-entropy: fraction of live
-    steps whose arg-max output is the target) or ``"mse"`` (squared error:
-    mean over live steps and outputs of ``(y_t - target_t)^2``).
+  Returns ``{"loss": L}`` and ``"accuracy"`` (cross-entropy: the fraction of
+  live steps whose arg-max is the target) or ``"mse"`` (squared error: the mean
+  of ``(y_t - target_t)^2`` over live steps and outputs). The arguments are
+  :func:`jaxrnn.sequence_loss`'s; ``mesh`` splits the batch (a ``Mesh`` or a count).
 
   Example:
     >>> sorted(jaxrnn.evaluate(params, batch))
@@ -253,9 +200,7 @@ def evaluate(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
   """
   problem = prepare(params, batch, None, None, model, loss, compute)
   body = functools.partial(evaluation_sums, model=model, loss=loss, compute=compute)
-  if mesh is not None:
-    body = parallel.split(body, mesh)
-  sums, _ = body(params, batch, problem)
+  sums, _ = parallel.split(body, mesh)(params, batch, problem)
   name = "accuracy" if loss.loss == "cross_entropy" else "mse"
   return {"loss": sums["loss"], name: sums["score"] / jnp.maximum(sums["live"], 1)}
 
@@ -263,11 +208,7 @@ def evaluate(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
 def make_eval_step(*, model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
                    compute: ComputeSpec = ComputeSpec(),
                    mesh: Any = None) -> Callable[[RNNParams, Batch], Metrics]:
-  """``jax.jit`` of :func:`evaluate` for fixed specs: ``(params, batch) -> metrics``.
-
-  With ``mesh`` (a ``jax.sharding.Mesh`` or a device count) the batch is
-  split over its devices: the same metrics, ``B`` divisible by the device count.
-  """
+  """``jax.jit`` of :func:`evaluate` for fixed specs and ``mesh``: ``(params, batch) -> metrics``."""
   check_specs(None, model, loss, compute)
   mesh = None if mesh is None else parallel.as_mesh(mesh)
   compiled = jax.jit(functools.partial(evaluate, model=model, loss=loss, compute=compute,
@@ -293,28 +234,21 @@ def fit(params: RNNParams, opt_state: Any, train_step: Step,
   """Runs ``train_step`` over ``steps``, with a progress bar that shows the loss.
 
   Args:
-    params: initial :class:`jaxrnn.RNNParams` (not modified; buffers are copied).
-    opt_state: the optimizer state, e.g. ``optimizer.init(params)`` (copied too).
-    train_step: a step from :func:`make_train_step` (it carries the optimizer,
-      the specs and the mesh).
-    batches: ``step -> Batch`` (indexing by step, not an iterator, makes a
-      run reproducible and resumable from any step), or a sequence of
-      batches indexed by step.
-    steps: how many steps to run from step 0, or a ``range`` of step indices
-      (``range(start, stop)`` resumes at ``start``).
+    params, opt_state: where to start (copied, not modified).
+    train_step: from :func:`make_train_step` (it carries optimizer, specs and mesh).
+    batches: ``step -> Batch`` (indexed by step, so a run is reproducible and
+      resumable from any step), or a sequence of batches.
+    steps: a count from step 0, or ``range(start, stop)``.
     key: a ``jax.random`` key for dropout; step ``s`` uses ``fold_in(key, s)``.
-    progress: show a tqdm progress bar (its rate leaves out the first step,
-      which compiles).
-    callback: called after every step as ``callback(step, params, opt_state, metrics)``.
+    progress: a tqdm bar (its rate leaves out the first step, which compiles).
+    callback: ``callback(step, params, opt_state, metrics)`` after every step.
 
   Returns:
-    :class:`FitResult` with ``history["loss"]``, ``["grad_norm"]`` and
-    ``["param_max"]``, one entry per step.
+    :class:`FitResult`, ``history`` with the metrics of every step.
 
   Raises:
-    FloatingPointError: the loss, the gradient or the updated parameters
-      became NaN/inf; the message names the step. ``callback`` is not called
-      for that step, so nothing non-finite is ever handed on (e.g. saved).
+    FloatingPointError: a metric became NaN/inf; the message names the step,
+      and ``callback`` is not called for it (nothing non-finite is saved).
 
   Example:
     >>> optimizer = jaxrnn.make_optimizer("adam", 1e-2)
@@ -324,7 +258,7 @@ def fit(params: RNNParams, opt_state: Any, train_step: Step,
     (3,)
   """
   if isinstance(steps, int) and not isinstance(steps, bool):
-    checks.check_count("steps", steps)
+    checks.check_int("steps", steps, 0)
     steps = range(steps)
   if not isinstance(steps, range) or steps.step != 1 or steps.start < 0:
     raise ValueError(f"steps must be an int >= 0 or a range(start, stop), got {steps!r}")

@@ -1,23 +1,15 @@
 """The forward pass of every model: one body, ``lax.scan`` over time in each layer.
 
-Each (layer, direction) runs ``a_t = W_xh x^l_t + b_h`` for all steps at once,
-then the chain ``h_t = act(a_t + W_hh h_{t-1})`` in ``lax.scan``
-(:mod:`jaxrnn.recurrence`); the reverse direction reads time backwards. The
-layer's output ``x^{l+1}_t = [h^{l,0}_t; h^{l,1}_t]`` feeds the next layer and
-the top one the read-out ``y_t = out_act(W_hy x^L_t + b_y)``.
+Each (layer, direction) runs the chain of :mod:`jaxrnn.recurrence`, the
+reverse direction reading time backwards; ``x^{l+1}_t = [h^{l,0}_t; h^{l,1}_t]``
+feeds the next layer and the top one the read-out. Time is the leading axis.
 
-**Steps past a sequence's end** (``t >= lengths[b]``): every layer's output
-and ``y_t`` are zero (as torch's packed sequences), the state stops at the
-sequence's last live step, and the final state is that state; the reverse
-direction starts at each sequence's own last step. Under ``jit``, where a
-length cannot be checked, a length outside ``[0, T]`` makes that sequence's
-``hs``, ``ys`` and final state NaN, never a plausible number.
-
-Time is the leading axis (``[T, B, ...]``); compile time does not depend on
-``T``.
+**Past a sequence's end** (``t >= lengths[b]``) every layer's output and
+``y_t`` are zero (torch's packed sequences), the state stops at the last live
+step and is the final state; the reverse direction starts at each sequence's
+own last step. Under ``jit`` a length outside ``[0, T]`` (which cannot be
+checked there) makes that sequence's ``hs``, ``ys`` and final state NaN.
 """
-
-from __future__ import annotations
 
 from typing import NamedTuple
 
@@ -33,29 +25,18 @@ from jaxrnn.spec import ComputeSpec, ModelSpec, check_specs, precision_scope
 
 
 class Outputs(NamedTuple):
-  """What :func:`unroll` returns.
-
-  Attributes:
-    hs: the top layer's output ``x^L_t``, ``[T, B, D*H]`` (torch's ``output``).
-    ys: ``y_t = out_act(W_hy x^L_t + b_y)``, ``[T, B, O]``.
-    final: every layer's and direction's final state, ``[L*D, B, H]`` (row
-      ``l*D + d``, torch's ``h_n``).
-  """
+  """What :func:`unroll` returns: the top layer's output ``hs = x^L [T, B, D*H]`` (torch's
+  ``output``), ``ys [T, B, O]`` and every cell's ``final`` state ``[L*D, B, H]`` (row ``l*D + d``,
+  torch's ``h_n``)."""
   hs: jax.Array
   ys: jax.Array
   final: jax.Array
 
 
 class Trace(NamedTuple):
-  """Everything the forward body computed, for the hand-derived backward pass.
-
-  Attributes:
-    inputs: ``x^l`` as fed to layer ``l``, ``[T, B, I_l]`` each.
-    states: ``states[l][d]``, that cell's ``h_t`` in time order, ``[T, B, H]``,
-      held (not zeroed) past each sequence's end.
-    top: ``x^L``, ``[T, B, D*H]``, zero past each sequence's end.
-    final: ``[L*D, B, H]``.
-  """
+  """What the forward body computed: each layer's ``inputs`` ``x^l [T, B, I_l]``, each cell's
+  ``states[l][d]`` ``[T, B, H]`` in time order (held past a sequence's end), the ``top``
+  output ``x^L [T, B, D*H]`` (zero there) and the ``final`` states ``[L*D, B, H]``."""
   inputs: tuple[jax.Array, ...]
   states: tuple[tuple[jax.Array, ...], ...]
   top: jax.Array
@@ -84,20 +65,10 @@ def layer_states(cell: CellParams, xs: jax.Array, h0: jax.Array, mask: jax.Array
 def forward(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
             model: ModelSpec, compute: ComputeSpec,
             masks: DropoutMasks | None = None) -> Trace:
-  """The layers of every model on checked inputs, without the read-out.
-
-  Args:
-    params: checked :class:`jaxrnn.RNNParams`.
-    xs: ``[T, B, I]``.
-    h0: ``[L*D, B, H]``.
-    mask: ``[T, B]`` of 0/1, or ``None`` (every step live).
-    model: the activation is used here; dropout comes as ``masks``.
-    compute: ``gradient``, ``scan_unroll`` and ``dtype`` (the layers run in it).
-    masks: from :func:`jaxrnn.dropout.draw_masks`, or ``None``.
-
-  Returns:
-    :class:`Trace`; ``top`` and ``final`` in the params' dtype.
-  """
+  """The layers of every model on checked ``xs [T, B, I]``, ``h0 [L*D, B, H]`` and ``mask
+  [T, B]`` (or ``None``), without the read-out; the layers run in ``compute.dtype``, with the
+  dropout ``masks`` of :func:`jaxrnn.dropout.draw_masks` (or ``None``). Returns a
+  :class:`Trace`, ``top`` and ``final`` in the params' dtype."""
   dtype = params.W_hy.dtype
   work = dtype if compute.dtype is None else jnp.dtype(compute.dtype)
   num_dirs = len(params.layers[0])
@@ -118,7 +89,7 @@ def forward(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | N
     states.append(tuple(cells))
     x = jnp.concatenate(cells, axis=-1) if num_dirs == 2 else cells[0]  # [T, B, D*H]
     if mask is not None:
-      x = jnp.where(mask[..., None] > 0, x, 0 * mask[..., None])         # 0, NaN for a bad length
+      x = jnp.where(mask[..., None] > 0, x, (0 * mask[..., None]).astype(x.dtype))  # NaN: bad length
     if masks is not None and masks.between is not None and l < len(params.layers) - 1:
       x = x * masks.between[l]
   final = jnp.stack(finals)                                              # [L*D, B, H]
@@ -138,12 +109,10 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
 
   Args:
     params: :class:`jaxrnn.RNNParams`.
-    xs: inputs, ``[T, B, I]``, in the params' dtype.
+    xs: inputs ``[T, B, I]`` in the params' dtype.
     h0: initial states ``[L*D, B, H]`` (row ``l*D + d``); zeros when ``None``.
-    lengths: ``[B]`` integers in ``[0, T]``, or ``None`` for all ``T``. See
-      the module docstring for what happens past each sequence's end.
-    model: :class:`jaxrnn.ModelSpec` (activations, dropout rates).
-    compute: :class:`jaxrnn.ComputeSpec` (gradient path, ``scan_unroll``, ``dtype``).
+    lengths: ``[B]`` integers in ``[0, T]``, or ``None`` for all ``T``.
+    model, compute: :class:`jaxrnn.ModelSpec`, :class:`jaxrnn.ComputeSpec`.
     key: a ``jax.random`` key for dropout; ``None`` applies none.
 
   Returns:
@@ -158,8 +127,6 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   """
   shape, h0, mask = checks.check_inputs(params, xs, h0, lengths)
   check_specs(shape, model, None, compute)
-  if key is not None:
-    checks.check_key("key", key)
   num_steps, batch = jnp.shape(xs)[:2]
   masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or params.W_hy.dtype)
   trace = forward(params, xs, h0, mask, model, compute, masks)
@@ -170,12 +137,8 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
 
 def unroll_batch_first(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
                        lengths: jax.Array | None = None, **kwargs) -> Outputs:
-  """:func:`unroll` for batch-first ``xs [B, T, I]``: ``hs [B, T, D*H]``, ``ys [B, T, O]``.
-
-  ``h0`` and ``final`` stay ``[L*D, B, H]``, as torch's with ``batch_first=True``.
-  Keyword arguments are :func:`unroll`'s.
-  """
-  checks.check_array("xs", xs)
-  checks.check_rank("xs", xs, 3, "[B, T, I]")
+  """:func:`unroll` for batch-first ``xs [B, T, I]``: ``hs [B, T, D*H]``, ``ys [B, T, O]``;
+  ``h0`` and ``final`` stay ``[L*D, B, H]``, as torch's with ``batch_first=True``."""
+  checks.check_shape("xs", xs, "[B, T, I]", (None, None, None))
   hs, ys, final = unroll(params, jnp.swapaxes(xs, 0, 1), h0, lengths, **kwargs)
   return Outputs(jnp.swapaxes(hs, 0, 1), jnp.swapaxes(ys, 0, 1), final)

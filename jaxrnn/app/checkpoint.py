@@ -1,14 +1,5 @@
-"""Checkpoints of a training run with orbax-checkpoint: atomic, keeping the last N.
-
-A checkpoint is a pytree ``state`` (params, optimizer state, RNG key, step)
-plus the run's config as JSON, saved as step ``k`` (the number of completed
-training steps) under ``directory/k``. Orbax writes each one into a temporary
-directory and renames it into place only once every file is on disk, so a
-process killed during a save leaves the previous checkpoint loadable (and the
-partial one is ignored and cleaned up by the next save).
-"""
-
-from __future__ import annotations
+"""Checkpoints with orbax-checkpoint: atomic (a save killed midway leaves the previous one
+loadable), keeping the last N, each a pytree ``state`` plus the run's config as JSON."""
 
 import contextlib
 import errno
@@ -64,15 +55,10 @@ def non_finite(state: Any) -> str | None:
 
 
 def save(checkpoints: Any, step: int, state: Any, config: dict[str, Any]) -> None:
-  """Saves ``state`` (a pytree of arrays) and ``config`` as step ``step``; returns when on disk.
-
-  Raises:
-    ValueError: ``state`` holds NaN or inf (nothing is written).
-    CheckpointError: the write failed (e.g. a full disk); the earlier
-      checkpoints are untouched.
-  """
-  bad = non_finite(state)
-  if bad is not None:
+  """Saves ``state`` and ``config`` as step ``step``; returns when on disk. ``ValueError`` (nothing
+  written) when ``state`` holds NaN or inf, :class:`CheckpointError` when the write fails (e.g. a
+  full disk; earlier checkpoints are untouched)."""
+  if (bad := non_finite(state)) is not None:
     raise ValueError(f"refusing to save step {step}: {bad} holds NaN or inf")
   ocp = orbax()
   try:
@@ -98,16 +84,9 @@ def newest_first(checkpoints: Any) -> list[int]:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-  """Silences what orbax's background threads print while a read or write fails.
-
-  A failed read or write (a damaged file, a full disk) leaves tensorstore
-  callbacks and orbax threads that report on stderr and through logging
-  ("Event loop is closed", "_SignalingThread.run() raised an exception");
-  the caller reports the failure itself, in one line. A failing block ends
-  with a short wait for those stragglers.
-  """
-  loggers = [logging.getLogger(name) for name in ("asyncio", "absl")]
-  levels = [log.level for log in loggers]
+  """Silences what orbax's and tensorstore's threads print (stderr, logging) while a read or write
+  fails, waiting briefly for them when the block fails; the caller reports in one line."""
+  loggers = {log: log.level for log in map(logging.getLogger, ("asyncio", "absl"))}
   for log in loggers:
     log.setLevel(logging.CRITICAL)
   try:
@@ -118,7 +97,7 @@ def quiet() -> Iterator[None]:
         time.sleep(0.2)
         raise
   finally:
-    for log, level in zip(loggers, levels):
+    for log, level in loggers.items():
       log.setLevel(level)
 
 
@@ -139,17 +118,12 @@ def saved_config(checkpoints: Any, step: int) -> dict[str, Any]:
 
 
 def restore(checkpoints: Any, step: int, like: Any) -> Any:
-  """The state saved as step ``step``, with the tree structure, shapes and dtypes of ``like``.
-
-  Raises:
-    ValueError: the saved arrays have other shapes than ``like``'s.
-    CheckpointError: the saved arrays hold NaN or inf.
-  """
+  """The state saved as step ``step``, structured as ``like``; ``ValueError`` when the shapes
+  differ, :class:`CheckpointError` when it holds NaN or inf."""
   ocp = orbax()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   state = checkpoints.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract))).state
-  bad = non_finite(state)
-  if bad is not None:
+  if (bad := non_finite(state)) is not None:
     raise CheckpointError(f"{bad} holds NaN or inf")
   return state

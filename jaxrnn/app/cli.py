@@ -1,24 +1,6 @@
-"""The ``jaxrnn`` command: a thin shell over :mod:`jaxrnn.app.training` and the functional API.
-
-* ``jaxrnn train TASK [options]``: trains, evaluates on held-out data, prints
-  the metric against the task's trivial baseline, and writes ``metrics.jsonl``,
-  ``loss.png``, ``summary.json`` and checkpoints into a run directory.
-* ``jaxrnn resume RUN_DIR``: continues a run from its last checkpoint,
-  bit-identically to an uninterrupted run.
-* ``train`` and ``resume`` with ``--coordinator HOST:PORT --num-processes N
-  --process-id I``: one process of an ``N``-process job (``jax.distributed``;
-  gloo collectives between CPUs), data parallel over every device of the job.
-* ``jaxrnn sample RUN_DIR``: generates text from a ``text`` run.
-* ``jaxrnn gradients``: plots ``||dh_T/dh_k||`` against its bound.
-* ``jaxrnn demo`` (also ``python -m jaxrnn``): the adding problem in under a minute.
-
-Bad input ends with a one-line ``jaxrnn: error: ...`` and exit status 2;
-a non-finite loss with exit status 1; Ctrl-C with 130. matplotlib, orbax,
-scikit-learn and statsmodels (the ``tasks`` extra) are imported only by the
-commands that need them.
-"""
-
-from __future__ import annotations
+"""The ``jaxrnn`` command: ``train``, ``resume``, ``sample``, ``gradients`` and ``demo``; bad input
+ends with one line ``jaxrnn: error: ...`` and exit status 2, a non-finite loss with 1, Ctrl-C
+with 130."""
 
 import argparse
 import contextlib
@@ -28,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +18,8 @@ import numpy as np
 
 import jaxrnn
 from jaxrnn.app import checkpoint
-from jaxrnn.app.config import FIELDS, MAX_STEPS, TASK_DEFAULTS, Config, resolve_config
+from jaxrnn.app.config import (CHOICES, FIELDS, MAX_STEPS, TASK_DEFAULTS, Config, flag,
+                               resolve_config)
 from jaxrnn.app.plots import plot_gradients
 from jaxrnn.app.rundir import (JobFailed, RunError, TrainingStopped, is_primary, locked,
                                require_extras, restore_state, run_config)
@@ -44,12 +28,28 @@ from jaxrnn.checks import device_memory
 from jaxrnn.diagnostics import gradient_flow
 from jaxrnn.inference import generate
 from jaxrnn.init import init_params
-from jaxrnn.spec import ACTIVATION_NAMES, SCHEMES, InitSpec, ModelSpec
-from jaxrnn.train import OPTIMIZERS
+from jaxrnn.spec import ACTIVATION_NAMES, InitSpec, ModelSpec
 
 DEMO = dict(steps=1500, hidden_size=64, seq_len=50, eval_every=500)
 TASK_OPTIONS = {"delay": ("copy",), "read": ("digits",), "text_file": ("text",)}
 TRAIN_OPTIONS = tuple(f for f in FIELDS if f not in ("task", "vocab", "data_fingerprint"))
+RESUME_OVERRIDES = {"steps": "new total number of steps",
+                    "learning_rate": "a new learning rate from here on (recorded in metrics.jsonl)",
+                    "clip_norm": "a new global-norm clipping from here on; 0 disables"}
+HELP = {
+    "steps": "training steps (task default)", "num_layers": "stacked layers (default 1)",
+    "bidirectional": "two directions per layer (adding, copy, digits)",
+    "dropout": "dropout between layers (needs --layers >= 2)",
+    "clip_norm": "global-norm clipping; 0 disables", "dtype": "float32 (default) or float64",
+    "gradient": "fused (hand BPTT, default), autodiff or bptt",
+    "seq_len": "T (adding, sine), symbols to copy (copy), training window (sunspots, text)",
+    "delay": "copy: steps between reading and writing", "keep": "checkpoints to keep",
+    "read": "digits: rows (8 steps x 8) or pixels (64 steps x 1)",
+    "text_file": "text: the corpus (default: Python's pydoc topics)",
+    "eval_every": "steps between test evaluations", "save_every": "steps between checkpoints"}
+DEVICES_HELP = ("split each batch over N devices (default: every CPU core when the model is "
+                "large enough for the split to pay, else 1); fewer when N does not divide the "
+                "batch size")
 
 
 def configured(task: str, **options) -> Config:
@@ -64,17 +64,6 @@ def check_seed(seed: int) -> None:
   """Raises :class:`RunError` unless ``seed`` is a valid ``jax.random`` seed."""
   if not 0 <= seed < 2**32:
     raise RunError(f"--seed must be a whole number from 0 to {2**32 - 1}")
-
-
-def check_run_dir(run_dir: Path) -> None:
-  """Raises :class:`RunError` unless ``run_dir`` is, or can be made, a directory."""
-  for folder in (run_dir, *run_dir.parents):
-    if folder.exists():
-      if not folder.is_dir():
-        raise RunError(f"--run-dir: {folder} is a file, not a directory")
-      if not os.access(folder, os.W_OK):
-        raise RunError(f"--run-dir: {folder} is not writable")
-      return
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -99,16 +88,19 @@ def cmd_train(args: argparse.Namespace) -> None:
   else:
     task = None
   run_dir = Path(args.run_dir or f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-  check_run_dir(run_dir)
+  for folder in (run_dir, *run_dir.parents):  # the nearest that exists: a writable directory
+    if folder.exists():
+      if not folder.is_dir():
+        raise RunError(f"--run-dir: {folder} is a file, not a directory")
+      if not os.access(folder, os.W_OK):
+        raise RunError(f"--run-dir: {folder} is not writable")
+      break
   train_run(config, run_dir, progress=not args.no_progress, task=task, devices=args.devices)
-
-
-RESUME_OVERRIDES = ("steps", "learning_rate", "clip_norm")
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
   run_dir = Path(args.run_dir)
-  # Read under the run's lock: a train still running there deletes old checkpoints as it goes.
+  # Under the run's lock: a train still running there deletes old checkpoints as it goes.
   reading = (locked(run_dir) if is_primary() and (run_dir / "checkpoints").is_dir()
              else contextlib.nullcontext())
   with reading:
@@ -142,15 +134,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
   check_seed(args.seed)
   missing = sorted(set(args.prompt) - set(config.vocab))
   if missing or not args.prompt:
-    raise RunError(f"the prompt must be non-empty, from the run's vocabulary (not {''.join(missing)!r})")
+    raise RunError("the prompt must be non-empty, from the run's vocabulary "
+                   f"(not {''.join(missing)!r})")
   if config.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
   params, optimizer = fresh_model(config, len(config.vocab), len(config.vocab))
   checkpoints = checkpoint.manager(run_dir / "checkpoints")
   params = restore_state(checkpoints, step, config, params, optimizer, run_dir)["params"]
   checkpoints.close()
-  codes = {c: i for i, c in enumerate(config.vocab)}
-  prompt = jnp.asarray([codes[c] for c in args.prompt])
+  prompt = jnp.asarray([config.vocab.index(c) for c in args.prompt])
   sampled = generate(params, jax.random.key(args.seed), prompt, args.length, args.temperature,
                      model=ModelSpec(config.activation))
   print(args.prompt + "".join(config.vocab[int(i)] for i in np.asarray(sampled)))
@@ -197,15 +189,8 @@ def cmd_gradients(args: argparse.Namespace) -> None:
 
 
 def join_job(args: argparse.Namespace) -> bool:
-  """Joins the ``jax.distributed`` job that ``--coordinator``, ``--num-processes`` and
-  ``--process-id`` name (before JAX's first computation); ``False`` when they are not given.
-
-  Each process of a job on CPUs is one device; CPU collectives go through gloo.
-
-  Raises:
-    RunError: the three options are not given together, are out of range, or
-      the job cannot be joined.
-  """
+  """Joins the ``jax.distributed`` job the job options name (gloo between CPUs), ``False`` when
+  none is given; :class:`RunError` when they are incomplete, out of range or the join fails."""
   options = {"--coordinator": getattr(args, "coordinator", None),
              "--num-processes": getattr(args, "num_processes", None),
              "--process-id": getattr(args, "process_id", None)}
@@ -231,29 +216,9 @@ def join_job(args: argparse.Namespace) -> bool:
   return True
 
 
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-  """``--coordinator``, ``--num-processes``, ``--process-id`` (see :func:`join_job`)."""
-  parser.add_argument("--coordinator", metavar="HOST:PORT",
-                      help="join a job of several processes: process 0's address and a free port")
-  parser.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
-  parser.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
-
-
-DEVICES_HELP = ("split each batch over N devices (default: every CPU core when the model is "
-                "large enough for the split to pay, else 1); fewer when N does not divide the "
-                "batch size")
-
-
 def use_every_core() -> None:
-  """Makes every CPU core a JAX device, if JAX's backend has not started yet in this process.
-
-  One chain of the recurrence keeps one core busy, so the command splits the
-  batch over the cores (:mod:`jaxrnn.parallel`). The library never does
-  this; it must happen before JAX's first computation, so when ``main`` runs
-  inside a process that already used JAX (a test, a notebook), the devices
-  that exist are used. ``XLA_FLAGS=--xla_force_host_platform_device_count``
-  set by the user wins.
-  """
+  """Makes every CPU core a JAX device (one chain of the recurrence keeps one core busy),
+  unless the user's ``XLA_FLAGS`` set the count or JAX's backend has already started."""
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return
   try:
@@ -266,6 +231,34 @@ def use_every_core() -> None:
     pass
 
 
+def add_option(parser: argparse.ArgumentParser, name: str, help_text: str | None = None) -> None:
+  """Adds the option of config field ``name``, typed as its default."""
+  default = Config.__dataclass_fields__[name].default
+  names = (flag(name), *{"learning_rate": ("--learning-rate",),
+                         "save_every": ("--checkpoint-every",)}.get(name, ()))  # 0.2.0's name
+  kind = (dict(action="store_true", default=None) if isinstance(default, bool)
+          else dict(type=type(default)) if isinstance(default, (int, float)) else {})
+  choices = f"one of: {', '.join(CHOICES[name])}" if name in CHOICES else None
+  parser.add_argument(*names, dest=name, help=help_text or HELP.get(name, choices), **kind)
+
+
+def add_defaults(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+  """Adds an option ``--NAME`` per keyword, typed as its default."""
+  for name, default in defaults.items():
+    parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+
+
+def add_run_options(parser: argparse.ArgumentParser, devices_help: str, job: bool) -> None:
+  """``--devices`` and ``--no-progress``, and with ``job`` the options of :func:`join_job`."""
+  parser.add_argument("--devices", type=int, metavar="N", help=devices_help)
+  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  if job:
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="join a job of several processes: process 0's address and a free port")
+    parser.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    parser.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The ``jaxrnn`` argument parser, one sub-parser per command."""
   parser = argparse.ArgumentParser(prog="jaxrnn", description="Train and inspect Elman RNNs.")
@@ -273,66 +266,32 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
   train = commands.add_parser("train", help="train a task into a run directory")
   train.add_argument("task", metavar="TASK", help=f"one of: {', '.join(TASK_DEFAULTS)}")
-  train.add_argument("--steps", type=int, help="training steps (task default)")
-  train.add_argument("--epochs", type=float, help="instead of --steps: passes over the training "
-                     "set (digits, sunspots, text)")
-  train.add_argument("--batch-size", type=int)
-  train.add_argument("--hidden-size", type=int)
-  train.add_argument("--layers", dest="num_layers", type=int, help="stacked layers (default 1)")
-  train.add_argument("--bidirectional", action="store_true", default=None,
-                     help="two directions per layer (adding, copy, digits)")
-  train.add_argument("--dropout", type=float, help="dropout between layers (needs --layers >= 2)")
-  train.add_argument("--optimizer", help=f"one of: {', '.join(OPTIMIZERS)}")
-  train.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float)
-  train.add_argument("--clip-norm", type=float, help="global-norm clipping; 0 disables")
-  train.add_argument("--activation", help="tanh or relu")
-  train.add_argument("--init", help=f"one of: {', '.join(SCHEMES)}")
-  train.add_argument("--gradient", help="fused (hand BPTT, default), autodiff or bptt")
-  train.add_argument("--seed", type=int)
-  train.add_argument("--seq-len", type=int, help="T (adding, sine), symbols to copy (copy), "
-                     "training window (sunspots, text)")
-  train.add_argument("--delay", type=int, help="copy: steps between reading and writing")
-  train.add_argument("--read", help="digits: rows (8 steps x 8) or pixels (64 steps x 1)")
-  train.add_argument("--text-file", help="text: the corpus (default: Python's pydoc topics)")
-  train.add_argument("--eval-every", type=int, help="steps between test evaluations")
-  train.add_argument("--save-every", type=int, help="steps between checkpoints")
-  train.add_argument("--keep", type=int, help="checkpoints to keep")
-  train.add_argument("--dtype", help="float32 (default) or float64")
+  for name in TRAIN_OPTIONS:
+    add_option(train, name)
+    if name == "steps":
+      train.add_argument("--epochs", type=float, help="instead of --steps: passes over the "
+                         "training set (digits, sunspots, text)")
   train.add_argument("--run-dir", help="default: runs/TASK-DATE-TIME")
-  train.add_argument("--devices", type=int, metavar="N", help=DEVICES_HELP)
-  train.add_argument("--no-progress", action="store_true", help="no progress bar")
-  add_job_arguments(train)
+  add_run_options(train, DEVICES_HELP, job=True)
   train.set_defaults(handler=cmd_train)
   resume = commands.add_parser("resume", help="continue a run from its last checkpoint")
   resume.add_argument("run_dir", metavar="RUN_DIR")
-  resume.add_argument("--steps", type=int, help="new total number of steps")
-  resume.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
-                      help="a new learning rate from here on (recorded in metrics.jsonl)")
-  resume.add_argument("--clip-norm", type=float,
-                      help="a new global-norm clipping from here on; 0 disables")
-  resume.add_argument("--devices", type=int, metavar="N",
-                      help=DEVICES_HELP + "; need not be the count the run started with")
-  resume.add_argument("--no-progress", action="store_true")
-  add_job_arguments(resume)
+  for name, help_text in RESUME_OVERRIDES.items():
+    add_option(resume, name, help_text)
+  add_run_options(resume, DEVICES_HELP + "; need not be the count the run started with", job=True)
   resume.set_defaults(handler=cmd_resume)
   sample = commands.add_parser("sample", help="generate text from a text run")
   sample.add_argument("run_dir", metavar="RUN_DIR")
-  sample.add_argument("--prompt", default="The ")
-  sample.add_argument("--length", type=int, default=400)
-  sample.add_argument("--temperature", type=float, default=0.8)
-  sample.add_argument("--seed", type=int, default=0)
+  add_defaults(sample, prompt="The ", length=400, temperature=0.8, seed=0)
   sample.set_defaults(handler=cmd_sample)
   gradients = commands.add_parser("gradients", help="plot vanishing/exploding gradients")
   gradients.add_argument("--radii", type=float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5])
   gradients.add_argument("--steps", type=int, default=50, help="sequence length T")
-  gradients.add_argument("--hidden-size", type=int, default=64)
-  gradients.add_argument("--seed", type=int, default=0)
-  gradients.add_argument("--out", default="gradients.png")
+  add_defaults(gradients, hidden_size=64, seed=0, out="gradients.png")
   gradients.set_defaults(handler=cmd_gradients)
   demo = commands.add_parser("demo", help="the adding problem in under a minute")
-  demo.add_argument("--seed", type=int, default=0)
-  demo.add_argument("--devices", type=int, metavar="N", help=DEVICES_HELP)
-  demo.add_argument("--no-progress", action="store_true")
+  add_defaults(demo, seed=0)
+  add_run_options(demo, DEVICES_HELP, job=False)
   demo.set_defaults(handler=cmd_demo)
   return parser
 
@@ -340,14 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the ``jaxrnn`` command line; returns the exit status."""
   args = build_parser().parse_args(argv)
-  status = 0
   try:
     if not join_job(args):
       use_every_core()
     args.handler(args)
+    return 0
   except RunError as error:
     print(f"jaxrnn: error: {error}", file=sys.stderr)
-    status = 2
+    return 2
   except TrainingStopped as error:
     print(f"jaxrnn: {error}", file=sys.stderr)
     if isinstance(error, JobFailed):
@@ -355,9 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       sys.stdout.flush()
       sys.stderr.flush()
       os._exit(1)
-    status = 1
+    return 1
   except KeyboardInterrupt:
     print("\njaxrnn: interrupted; continue from the last checkpoint with: jaxrnn resume RUN_DIR",
           file=sys.stderr)
-    status = 130
-  return status
+    return 130

@@ -1,12 +1,5 @@
-"""A run's :class:`Config`: every option that defines it, checked when it is built.
-
-A config is saved, as JSON, in every checkpoint, and read back on resume; a
-value that no run can use (a bad name, a count below 1, a string where a
-number belongs, from a damaged file too) fails when the config is built, with
-a ``ValueError`` that names the command-line option.
-"""
-
-from __future__ import annotations
+"""A run's :class:`Config`: every option that defines it, checked when it is built (from the
+command line or from the JSON saved in every checkpoint)."""
 
 import dataclasses
 import math
@@ -25,15 +18,13 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sunspots": dict(steps=1000, batch_size=32, hidden_size=32, learning_rate=3e-3, seq_len=40,
                      eval_every=100),
     "text": dict(steps=2000, batch_size=32, hidden_size=256, learning_rate=3e-3, seq_len=64,
-                 eval_every=500),
-}
+                 eval_every=500)}
 """Each task's defaults, over :class:`Config`'s own."""
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "task": tuple(TASK_DEFAULTS), "optimizer": tuple(OPTIMIZERS), "activation": ACTIVATION_NAMES,
     "init": SCHEMES, "gradient": GRADIENTS, "read": ("rows", "pixels"),
-    "dtype": ("float32", "float64"),
-}
+    "dtype": ("float32", "float64")}
 COUNTS = ("steps", "batch_size", "hidden_size", "num_layers", "seq_len", "delay", "eval_every",
           "save_every", "keep")
 RENAMED = {"checkpoint_every": "save_every"}
@@ -42,24 +33,15 @@ RENAMED = {"checkpoint_every": "save_every"}
 
 def flag(name: str) -> str:
   """The command-line option of config field ``name``."""
-  return {"num_layers": "--layers", "learning_rate": "--lr"}.get(name, "--" + name.replace("_", "-"))
+  short = {"num_layers": "--layers", "learning_rate": "--lr"}
+  return short.get(name) or "--" + name.replace("_", "-")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything that defines a run.
-
-  ``seq_len`` is the task's length: T for ``adding`` and ``sine``, the number
-  of symbols to copy for ``copy``, the training window for ``sunspots`` and
-  ``text``. ``clip_norm=0`` disables clipping. ``dropout`` is torch's
-  between-layer dropout (it needs ``num_layers >= 2``). ``save_every`` is the
-  number of steps between checkpoints. ``vocab`` (the characters of a
-  ``text`` corpus, in code order) and ``data_fingerprint`` (a hash of data
-  read from files) are filled in from the data when a run starts.
-
-  Raises:
-    ValueError: a value no run can use; the message names its option.
-  """
+  """Everything that defines a run; a value no run can use is a ``ValueError`` naming its option.
+  ``vocab`` (a text corpus's characters) and ``data_fingerprint`` (a hash of data read from
+  files) are filled in when a run starts; the other fields are the options of ``jaxrnn train``."""
   task: str = "adding"
   steps: int = 2000
   batch_size: int = 64
@@ -90,13 +72,10 @@ class Config:
       if getattr(self, name) not in allowed:
         raise ValueError(f"unknown {flag(name)[2:]} {getattr(self, name)!r}; choose from "
                          f"{', '.join(allowed)}")
-    for name in COUNTS:
+    for name, low, high in (*((name, 1, MAX_STEPS) for name in COUNTS), ("seed", 0, 2**32 - 1)):
       value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_STEPS:
-        raise ValueError(f"{flag(name)} must be a whole number from 1 to {MAX_STEPS}, got "
-                         f"{value!r}")
-    if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
-      raise ValueError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {self.seed!r}")
+      if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{flag(name)} must be a whole number from {low} to {high}, got {value!r}")
     for name, ok, rule in (("learning_rate", lambda v: v > 0, "> 0"),
                            ("clip_norm", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
                            ("dropout", lambda v: 0 <= v < 1, "in [0, 1)")):
@@ -115,7 +94,7 @@ class Config:
     if self.dropout and self.gradient == "bptt":
       raise ValueError("--gradient bptt is the plain hand-derived oracle: it takes no --dropout")
 
-  def replace(self, **changes: Any) -> Config:
+  def replace(self, **changes: Any) -> "Config":
     """This config with ``changes`` (checked again)."""
     return dataclasses.replace(self, **changes)
 
@@ -128,11 +107,8 @@ FIELDS = tuple(field.name for field in dataclasses.fields(Config))
 
 
 def resolve_config(task: str, **options: Any) -> Config:
-  """The :class:`Config` of ``task``: its :data:`TASK_DEFAULTS`, overridden by non-``None`` options.
-
-  Raises:
-    ValueError: unknown task or option, or a value no run can use.
-  """
+  """The :class:`Config` of ``task``: its :data:`TASK_DEFAULTS`, overridden by non-``None``
+  options; ``ValueError`` for an unknown task or option or a value no run can use."""
   if task not in TASK_DEFAULTS:
     raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASK_DEFAULTS)}")
   unknown = set(options) - set(FIELDS)
@@ -143,11 +119,8 @@ def resolve_config(task: str, **options: Any) -> Config:
 
 
 def from_saved(saved: Any) -> Config:
-  """The :class:`Config` a checkpoint saved (fields renamed since 0.2.0 renamed back).
-
-  Raises:
-    ValueError: not a config of this version's fields, or a value no run can use.
-  """
+  """The :class:`Config` a checkpoint saved (fields renamed since 0.2.0 renamed back);
+  ``ValueError`` when its fields are another version's or a value no run can use."""
   if not isinstance(saved, dict):
     raise ValueError("the saved config is not a JSON object")
   saved = {RENAMED.get(k, k): v for k, v in saved.items()}

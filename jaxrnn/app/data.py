@@ -1,14 +1,6 @@
-"""Data for the command-line tasks, as :class:`jaxrnn.Batch` es (time-major).
-
-Generators (:func:`adding_problem`, :func:`copy_task`, :func:`noisy_sines`)
-are pure functions of a ``jax.random`` key: the same key gives the same batch,
-so a run is reproducible from its seed. Loaders read data shipped inside
-installed packages (scikit-learn's digits, statsmodels' sunspots, Python's own
-``pydoc_data`` topics) and never download anything; their optional
-dependencies are imported only when called.
-"""
-
-from __future__ import annotations
+"""Data for the command-line tasks, as time-major :class:`jaxrnn.Batch` es: generators, pure
+functions of a ``jax.random`` key, and loaders of data shipped inside installed packages (their
+optional dependencies imported only when called; nothing is downloaded)."""
 
 from pathlib import Path
 
@@ -25,17 +17,8 @@ def last_step_mask(num_steps: int, batch_size: int) -> jax.Array:
 
 
 def adding_problem(key: jax.Array, batch_size: int, num_steps: int, dtype=None) -> Batch:
-  """Hochreiter & Schmidhuber's (1997) adding problem.
-
-  Each step carries a value ``u ~ U(0, 1)`` and a marker; exactly two markers
-  are 1, one in each half of the sequence. The target, read at the last step
-  only, is the sum of the two marked values. Predicting the mean (1.0) gives an
-  MSE of ``1/6 ~ 0.167``; doing better needs memory over ``num_steps`` steps.
-
-  Returns:
-    ``Batch(xs [T, B, 2], targets [T, B, 1], target_mask [T, B])`` with the
-    target at step ``T - 1`` only (``targets`` holds it at every step).
-  """
+  """Hochreiter & Schmidhuber's (1997) adding problem: sum the two marked ``U(0, 1)`` values (one
+  in each half): ``Batch(xs [T, B, 2], targets [T, B, 1], target_mask [T, B])``, live at T - 1."""
   if num_steps < 2:
     raise ValueError(f"num_steps must be at least 2, got {num_steps}")
   dtype = default_dtype() if dtype is None else dtype
@@ -54,27 +37,17 @@ def adding_problem(key: jax.Array, batch_size: int, num_steps: int, dtype=None) 
 
 def copy_task(key: jax.Array, batch_size: int, length: int, delay: int, num_symbols: int = 8,
               dtype=None) -> Batch:
-  """The copy (memory) task: read ``length`` symbols, wait ``delay`` steps, write them back.
-
-  Inputs are one-hot over ``num_symbols + 2`` codes: the symbols ``0..K-1``, a
-  blank ``K`` and a go marker ``K + 1``. The sequence is the ``length`` symbols,
-  ``delay - 1`` blanks, the marker, then ``length`` blanks during which the
-  targets are the symbols in order. Chance accuracy is ``1 / num_symbols``.
-
-  Returns:
-    ``Batch(xs [T, B, K + 2], targets [T, B], target_mask [T, B])`` with
-    ``T = 2 * length + delay`` and targets on the last ``length`` steps only.
-  """
+  """The copy task: read ``length`` symbols, ``delay - 1`` blanks and a go marker (one-hot over
+  ``K + 2`` codes), then write the symbols back: ``Batch(xs [T, B, K + 2], targets [T, B],
+  target_mask [T, B])``, ``T = 2 * length + delay``."""
   if length < 1 or delay < 1 or num_symbols < 2:
     raise ValueError(f"need length >= 1, delay >= 1 and num_symbols >= 2, got "
                      f"{length}, {delay}, {num_symbols}")
   dtype = default_dtype() if dtype is None else dtype
   num_steps = 2 * length + delay
   symbols = jax.random.randint(key, (length, batch_size), 0, num_symbols)     # [L, B]
-  blank, go = num_symbols, num_symbols + 1
-  codes = jnp.concatenate([symbols, jnp.full((delay - 1, batch_size), blank),
-                           jnp.full((1, batch_size), go),
-                           jnp.full((length, batch_size), blank)])              # [T, B]
+  rest = jnp.full((delay + length, batch_size), num_symbols).at[delay - 1].set(num_symbols + 1)
+  codes = jnp.concatenate([symbols, rest])                     # symbols, blanks, go, blanks [T, B]
   answer = jnp.arange(num_steps) >= length + delay                             # [T]
   targets = jnp.concatenate([jnp.zeros((length + delay, batch_size), symbols.dtype), symbols])
   return Batch(xs=jax.nn.one_hot(codes, num_symbols + 2, dtype=dtype), targets=targets,
@@ -83,15 +56,8 @@ def copy_task(key: jax.Array, batch_size: int, length: int, delay: int, num_symb
 
 def noisy_sines(key: jax.Array, batch_size: int, num_steps: int, noise: float = 0.1,
                 dtype=None) -> Batch:
-  """Next-step prediction of noisy sine waves.
-
-  Each sequence is ``a sin(w t + phi) + noise * N(0, 1)`` with ``a ~ U(0.5, 1)``,
-  ``w ~ U(0.1, 0.6)`` rad/step and ``phi ~ U(0, 2 pi)``; the input at step ``t``
-  is the observation at ``t``, the target the observation at ``t + 1``.
-
-  Returns:
-    ``Batch(xs [T, B, 1], targets [T, B, 1])``.
-  """
+  """Next-step prediction of ``a sin(w t + phi) + noise * N(0, 1)``, ``a ~ U(0.5, 1)``,
+  ``w ~ U(0.1, 0.6)``, ``phi ~ U(0, 2 pi)``: ``Batch(xs [T, B, 1], targets [T, B, 1])``."""
   dtype = default_dtype() if dtype is None else dtype
   k_amp, k_freq, k_phase, k_noise = jax.random.split(key, 4)
   amp = jax.random.uniform(k_amp, (batch_size,), dtype, 0.5, 1.0)
@@ -109,11 +75,7 @@ def sample_rows(key: jax.Array, num_rows: int, batch_size: int) -> jax.Array:
 
 
 def labelled_sequences(xs: jax.Array, labels: jax.Array) -> Batch:
-  """Many-to-one classification: ``xs [T, N, I]`` with one class per sequence ``labels [N]``.
-
-  Returns:
-    ``Batch(xs, targets [T, N], target_mask [T, N])``, the label at the last step.
-  """
+  """Many-to-one classification of ``xs [T, N, I]`` by ``labels [N]``, live at the last step."""
   num_steps, count = xs.shape[:2]
   return Batch(xs=xs, targets=jnp.broadcast_to(labels, (num_steps, count)),
                target_mask=last_step_mask(num_steps, count))
@@ -131,11 +93,7 @@ def forecast_batch(windows: jax.Array) -> Batch:
 
 
 def text_batch(windows: jax.Array, vocab_size: int, dtype=None) -> Batch:
-  """Next-character prediction from character codes ``windows [T + 1, B]``.
-
-  Returns:
-    ``Batch(xs [T, B, V] one-hot, targets [T, B] codes)``.
-  """
+  """Next-character prediction from codes ``windows [T + 1, B]``: one-hot ``xs``, code targets."""
   dtype = default_dtype() if dtype is None else dtype
   return Batch(xs=jax.nn.one_hot(windows[:-1], vocab_size, dtype=dtype), targets=windows[1:])
 
@@ -148,12 +106,10 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def digit_sequences(images: np.ndarray, read: str = "rows") -> np.ndarray:
-  """Images ``[N, 8, 8]`` as sequences: ``"rows"`` gives ``[8, N, 8]``, ``"pixels"`` ``[64, N, 1]``."""
-  if read == "rows":
-    return np.transpose(images, (1, 0, 2))
-  if read == "pixels":
-    return np.transpose(images.reshape(len(images), -1, 1), (1, 0, 2))
-  raise ValueError(f"unknown read order {read!r}; expected 'rows' or 'pixels'")
+  """Images ``[N, 8, 8]`` as sequences: ``rows`` gives ``[8, N, 8]``, ``pixels`` ``[64, N, 1]``."""
+  if read not in ("rows", "pixels"):
+    raise ValueError(f"unknown read order {read!r}; expected 'rows' or 'pixels'")
+  return np.transpose(images if read == "rows" else images.reshape(len(images), -1, 1), (1, 0, 2))
 
 
 def load_sunspots() -> np.ndarray:
@@ -163,11 +119,8 @@ def load_sunspots() -> np.ndarray:
 
 
 def load_text(path: str | None = None) -> str:
-  """The text of ``path``, or by default Python's own ``pydoc_data.topics`` (~465k characters).
-
-  Raises:
-    ValueError: the file is missing, unreadable, not UTF-8, or has fewer than two characters.
-  """
+  """The text of ``path``, or by default Python's own ``pydoc_data.topics``; ``ValueError`` when
+  the file is missing, unreadable, not UTF-8, or has fewer than two characters."""
   if path is None:
     from pydoc_data.topics import topics
     return "".join(topics[name] for name in sorted(topics))
@@ -185,7 +138,6 @@ def load_text(path: str | None = None) -> str:
 def encode_text(text: str, vocab: str) -> np.ndarray:
   """Character codes ``[N]`` (int32) of ``text`` in ``vocab``; every character must be in it."""
   index = {c: i for i, c in enumerate(vocab)}
-  missing = sorted(set(text) - index.keys())
-  if missing:
+  if missing := sorted(set(text) - index.keys()):
     raise ValueError(f"characters {''.join(missing)!r} are not in the vocabulary")
   return np.fromiter((index[c] for c in text), np.int32, len(text))

@@ -1,9 +1,5 @@
-"""The pictures of the command line: a run's loss curves, and the vanishing/exploding gradients.
-
-matplotlib (the ``tasks`` extra) is imported only when a picture is drawn.
-"""
-
-from __future__ import annotations
+"""The pictures of the command line: a run's loss curves, and the vanishing/exploding gradients
+(matplotlib, of the ``tasks`` extra, imported only when a picture is drawn)."""
 
 from pathlib import Path
 from typing import Any

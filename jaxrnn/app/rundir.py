@@ -1,13 +1,5 @@
-"""A run directory: its lock, its metrics file, its checkpoints, and the errors a run reports.
-
-``RUN_DIR/lock`` (an OS lock, released when the process ends, however it
-ends) gives one process at a time the directory; ``metrics.jsonl`` holds one
-JSON record per step (a torn last line is dropped); ``checkpoints/`` holds
-orbax checkpoints with the run's config beside each (a damaged newest one is
-set aside for the newest one that restores).
-"""
-
-from __future__ import annotations
+"""A run directory: its lock (one process at a time), ``metrics.jsonl`` (a JSON record per
+step), ``checkpoints/``, and the errors a run reports."""
 
 import contextlib
 import fcntl
@@ -56,12 +48,8 @@ def require_extras(*modules: str) -> None:
 
 @contextlib.contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
-  """Holds an exclusive OS lock on ``run_dir/lock`` (creating ``run_dir``) for the block.
-
-  Raises:
-    RunError: another process holds it (the message names its pid), or
-      ``run_dir`` cannot be created.
-  """
+  """Holds an exclusive OS lock on ``run_dir/lock`` (creating ``run_dir``) for the block;
+  :class:`RunError` when another process (named by its pid) holds it or the mkdir fails."""
   try:
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / "lock", "a+", encoding="utf-8")
@@ -75,21 +63,15 @@ def locked(run_dir: Path) -> Iterator[None]:
       holder = handle.read().strip() or "unknown"
       raise RunError(f"{run_dir} is in use by process {holder} (a train or resume); wait for it "
                      "to finish or use another --run-dir") from None
-    handle.seek(0)
-    handle.truncate()
+    handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()
     yield
 
 
 def read_metrics(path: Path, up_to: int) -> list[dict[str, Any]]:
-  """The records of ``metrics.jsonl`` with ``step <= up_to``; none when there is no file.
-
-  A torn last line (a process killed while writing it) is dropped.
-
-  Raises:
-    RunError: the file cannot be read (e.g. it is a directory).
-  """
+  """The records of ``metrics.jsonl`` with ``step <= up_to`` (torn lines dropped; none without a
+  file); :class:`RunError` when it cannot be read."""
   if not path.exists():
     return []
   try:
@@ -108,8 +90,7 @@ def read_metrics(path: Path, up_to: int) -> list[dict[str, Any]]:
 
 
 def checkpoint_state(params: Any, opt_state: Any, seed: int, step: int) -> dict[str, Any]:
-  """What a checkpoint holds besides the config: params, optimizer state, RNG key, step
-  (in a job of several processes, replicated over all its devices: orbax writes it once)."""
+  """A checkpoint's state (replicated over a multi-process job's devices: orbax writes it once)."""
   state = {"params": params, "opt_state": opt_state,
            "key": jax.random.key_data(jax.random.key(seed)), "step": jnp.asarray(step, jnp.int32)}
   return replicate(state, batch_mesh()) if jax.process_count() > 1 else state
@@ -117,16 +98,15 @@ def checkpoint_state(params: Any, opt_state: Any, seed: int, step: int) -> dict[
 
 def restore_state(checkpoints: Any, step: int, config: Config, params: Any, optimizer: Any,
                   run_dir: Path) -> dict[str, Any]:
-  """The state of checkpoint ``step``, checked against the shapes ``config`` implies."""
+  """The state of checkpoint ``step``; :class:`RunError` when it does not fit ``config``."""
   like = checkpoint_state(params, optimizer.init(params), config.seed, 0)
   try:
-    state = checkpoint.restore(checkpoints, step, like)
+    return checkpoint.restore(checkpoints, step, like)
   except ValueError as error:
     if "shape" not in str(error).lower():
       raise
     raise RunError(f"checkpoint {step} in {run_dir} does not fit its config: "
                    f"{checkpoint.reason(error)}") from None
-  return state
 
 
 def run_config(run_dir: Path) -> tuple[Config, int]:
@@ -157,11 +137,8 @@ def run_config(run_dir: Path) -> tuple[Config, int]:
 
 def restore_newest(checkpoints: Any, config: Config, params: Any, optimizer: Any,
                    run_dir: Path) -> dict[str, Any]:
-  """The state of the newest checkpoint whose config and state both restore cleanly.
-
-  A damaged checkpoint is moved to ``RUN_DIR/damaged/STEP`` (nothing is
-  deleted) and named in one line on stderr; the run goes on from the next older one.
-  """
+  """The state of the newest checkpoint that restores; a damaged one is moved to
+  ``RUN_DIR/damaged/STEP`` and named in one line on stderr."""
   for step in checkpoint.newest_first(checkpoints):
     try:
       with checkpoint.quiet():

@@ -1,13 +1,5 @@
-"""The command-line tasks: per task, its data, metric and baseline.
-
-:func:`build_task` turns a :class:`jaxrnn.app.config.Config` into a :class:`Task`: a training
-batch for every step (``step -> Batch``, drawn with
-``jax.random.fold_in(key, step)``, so a run resumed at step ``k`` sees exactly
-the batches an uninterrupted run would), a held-out test batch, and the
-task's metric next to a trivial baseline it must beat.
-"""
-
-from __future__ import annotations
+"""The command-line tasks: per task, its data, metric and baseline. The training batch of step
+``k`` is drawn with ``fold_in(key, k)``, so a resumed run sees an uninterrupted run's batches."""
 
 import hashlib
 import math
@@ -29,24 +21,11 @@ TEXT_TEST_CHUNKS = 128
 
 
 class Task(NamedTuple):
-  """A task built for one :class:`Config`.
-
-  Attributes:
-    input_size, output_size: ``I`` and ``O`` of the model.
-    loss: ``"cross_entropy"`` or ``"squared_error"``.
-    batches: ``step -> Batch``, the training batch of each step.
-    test: the held-out :class:`Batch`.
-    metric: what :attr:`score` reports: ``"mse"``, ``"accuracy"``, ``"rmse"`` or ``"bits/char"``.
-    score: ``jaxrnn.evaluate`` metrics of :attr:`test` -> the metric.
-    baseline: the metric of the trivial predictor named by :attr:`baseline_name`.
-    train_size: examples in one epoch, ``None`` for generated tasks (fresh data every step).
-    vocab: the characters of a text task, ``""`` otherwise.
-    predicts_next: the target at step ``t`` is the input at ``t + 1`` (sine,
-      sunspots, text), so a bidirectional model would read its own answers.
-    fingerprint: a hash of the data read from files (``""`` for generated
-      data, a pure function of the seed), so a run can refuse to resume on
-      data that changed.
-  """
+  """A task built for one :class:`Config`: ``batches`` (``step -> Batch``) and a ``test`` batch,
+  whose eval metrics ``score`` turns into ``metric`` (mse, accuracy, rmse or bits/char), to beat
+  ``baseline`` (the trivial predictor ``baseline_name``). ``train_size`` is ``None`` for generated
+  data; ``predicts_next`` (target ``t`` is input ``t + 1``) rules out bidirectional models;
+  ``fingerprint`` hashes data read from files."""
   input_size: int
   output_size: int
   loss: str
@@ -82,7 +61,7 @@ def _per_step(sample: Callable[[jax.Array], Batch], key: jax.Array) -> Callable[
 
 def _generated(make: Callable[[jax.Array, int], Batch], config: Config,
                key: jax.Array) -> tuple[Callable[[int], Batch], Batch]:
-  """Training batches ``step -> make(key_step, batch_size)`` and a test set from a key of its own."""
+  """Training batches ``step -> make(key_step, batch_size)`` and a test set from its own key."""
   k_train, k_test = jax.random.split(key)
   test = jax.jit(make, static_argnums=1)(k_test, TEST_SEQUENCES)
   return _per_step(lambda k: make(k, config.batch_size), k_train), test
@@ -166,7 +145,7 @@ def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
   windows = held_out[np.arange(count)[None, :] * chunk + np.arange(chunk + 1)[:, None]]
   test = jax.jit(data.text_batch, static_argnums=(1, 2))(windows, len(vocab), dtype)
   counts = np.bincount(codes[:num_train], minlength=len(vocab)) + 1.0
-  unigram = float(-np.mean(np.log2(counts / counts.sum())[windows[1:]]))
+  unigram = float(-np.mean(np.log2(counts / counts.sum())[windows[1:]])) + 0.0    # not -0.0
   sample = lambda k: data.text_batch(
       data.random_windows(k, train, config.batch_size, config.seq_len), len(vocab), dtype)
   return Task(len(vocab), len(vocab), "cross_entropy", _per_step(sample, key), test, "bits/char",
@@ -175,15 +154,11 @@ def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
 
 
 TASKS: dict[str, Callable[[Config, jax.Array, Any], Task]] = {
-    "adding": _adding, "copy": _copy, "sine": _sine, "digits": _digits,
-    "sunspots": _sunspots, "text": _text,
-}
+    "adding": _adding, "copy": _copy, "sine": _sine, "digits": _digits, "sunspots": _sunspots,
+    "text": _text}
 
 
 def build_task(config: Config, key: jax.Array) -> Task:
-  """The :class:`Task` of ``config``, its data drawn from ``key`` (a pure function of both).
-
-  Raises:
-    ValueError: data that cannot serve (a missing or empty text file).
-  """
+  """The :class:`Task` of ``config``, its data drawn from ``key``; ``ValueError`` for data that
+  cannot serve (a missing or empty text file)."""
   return TASKS[config.task](config, key, jnp.dtype(config.dtype))

@@ -1,21 +1,6 @@
-"""A training run of the command line: open (fresh or resumed), the loop, finish.
-
-A run is a :class:`jaxrnn.app.config.Config` trained into a run directory
-(:mod:`jaxrnn.app.rundir`): ``metrics.jsonl``, ``checkpoints/`` and at the
-end ``summary.json`` and ``loss.png``. Everything a run computes is a pure
-function of its config: the data key, the parameter key and the dropout key
-all come from ``config.seed``, so a resumed run is bit-identical to an
-uninterrupted one. Nothing non-finite is ever saved; a run refuses to resume
-on data that changed; a finished run whose summary or plot is missing gets
-them back from ``resume``.
-
-A run may be one job of several processes (``jax.distributed``): every
-process computes the same data, feeds its own rows of each batch to its
-devices and takes part in each orbax save and restore; process 0 alone holds
-the lock, writes ``metrics.jsonl``, the summary and the plot, and prints.
-"""
-
-from __future__ import annotations
+"""A training run of the command line: open (fresh or resumed), the loop, finish. All its keys
+come from ``config.seed``, so a resumed run is bit-identical to an uninterrupted one; in a
+multi-process job only process 0 holds the lock, writes the files and prints."""
 
 import contextlib
 import json
@@ -43,8 +28,7 @@ from jaxrnn.spec import ComputeSpec, InitSpec, LossSpec, ModelSpec
 from jaxrnn.train import fit, make_eval_step, make_optimizer, make_train_step
 
 MIN_SPLIT_WORK = 2**18
-"""Multiply-adds of ``W_hh h_{t-1}`` per time step and device below which a split does not pay
-(measured: ``docs/scaling.md``)."""
+"""Multiply-adds of ``W_hh h_{t-1}`` per step and device below which a split does not pay."""
 
 
 def run_keys(config: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -53,19 +37,10 @@ def run_keys(config: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
   return data_key, init_key, jax.random.fold_in(init_key, 1)
 
 
-def specs(config: Config, task: Task) -> tuple[ModelSpec, LossSpec, ComputeSpec]:
-  """The model, loss and compute specs of a run (losses averaged over live steps)."""
-  return (ModelSpec(config.activation, dropout=config.dropout), LossSpec(task.loss, "mean"),
-          ComputeSpec(gradient=config.gradient))
-
-
 def fresh_model(config: Config, input_size: int,
                 output_size: int) -> tuple[RNNParams, optax.GradientTransformation]:
-  """``(params, optimizer)`` at the start of a run of ``config`` (params drawn from its seed).
-
-  The optimizer always clips (``clip_norm=0``: by ``inf``, i.e. not at all),
-  so its state has the same structure whatever ``--clip-norm`` a resume sets.
-  """
+  """``(params, optimizer)`` at the start of a run; the optimizer always clips (by ``inf`` for
+  ``clip_norm=0``), so its state has one structure whatever ``--clip-norm`` a resume sets."""
   params = init_params(run_keys(config)[1], input_size, config.hidden_size, output_size,
                        num_layers=config.num_layers, bidirectional=config.bidirectional,
                        init=InitSpec(config.init), dtype=jnp.dtype(config.dtype))
@@ -74,18 +49,14 @@ def fresh_model(config: Config, input_size: int,
 
 
 def check_memory(config: Config) -> None:
-  """Raises :class:`RunError` when the data, params, optimizer state and activations of
-  ``config`` clearly exceed this machine's memory (an estimate from the config alone, before
-  any data is made)."""
+  """Raises :class:`RunError` when ``config`` clearly needs more than this machine's memory."""
   hidden, dirs, layers = config.hidden_size, 1 + config.bidirectional, config.num_layers
-  width, io = dirs * hidden, 16                                          # I + O, roughly
+  seq, batch, width, io = config.seq_len, config.batch_size, dirs * hidden, 16  # io: I + O, roughly
   num_params = layers * dirs * hidden * (width + hidden + 1) + io * (width + 1)
-  steps = {"copy": 2 * config.seq_len + config.delay, "digits": 64}.get(config.task,
-                                                                         config.seq_len)
-  sequences = config.batch_size if config.task == "text" else max(config.batch_size,
-                                                                  TEST_SEQUENCES)
-  needed = (4 * num_params + steps * sequences * (3 * width * layers + io)) * (
-      jnp.dtype(config.dtype).itemsize)
+  steps = {"copy": 2 * seq + config.delay, "digits": 64}.get(config.task, seq)
+  sequences = batch if config.task == "text" else max(batch, TEST_SEQUENCES)
+  activations = steps * sequences * (3 * width * layers + io)
+  needed = (4 * num_params + activations) * jnp.dtype(config.dtype).itemsize
   available = device_memory()
   if needed > available:
     raise RunError(f"this run needs about {needed / 2**30:.1f} GiB (data, parameters, optimizer "
@@ -116,19 +87,10 @@ def largest_divisor(size: int, limit: int) -> int:
 
 
 def device_counts(requested: int | None, config: Config, test_size: int) -> tuple[int, int]:
-  """``(train, test)``: the devices the training batch and the test batch are split over.
-
-  In a job of several processes every device of the job is used (``requested``
-  may only repeat their count, and it must divide the batch size) and the test
-  batch is scored by each process alone. Otherwise ``requested`` must exist.
-  ``None`` (the default) splits over every device JAX has (which the command
-  line makes every CPU core) when each device's share of the recurrence,
-  ``(B/n) L D H^2`` multiply-adds per step, is at least
-  :data:`MIN_SPLIT_WORK`, and uses one device otherwise. The training batch
-  uses the largest count ``<= requested`` that divides the batch size (with
-  a one-line note on stderr when an explicit request gets fewer), the test
-  batch the largest that divides its size too.
-  """
+  """``(train, test)``: the device counts the two batches are split over (in a multi-process job,
+  all its devices and one). ``None`` means every device when each one's share, ``(B/n) L D H^2``
+  multiply-adds per step, reaches :data:`MIN_SPLIT_WORK`, else one; each batch gets the largest
+  count ``<= requested`` dividing its size. :class:`RunError` for a count no run can use."""
   available = jax.device_count()
   batch_size = config.batch_size
   if jax.process_count() > 1:
@@ -166,11 +128,8 @@ class Opened(NamedTuple):
 
 def open_run(config: Config, task: Task, run_dir: Path | None, resume: bool,
              overrides: dict[str, Any] | None) -> Opened:
-  """A fresh model, or the newest good checkpoint of ``run_dir`` with its metrics so far.
-
-  Raises:
-    RunError: ``run_dir`` already holds a run (for a fresh one), or nothing to resume.
-  """
+  """A fresh model, or the newest good checkpoint of ``run_dir`` with its metrics so far;
+  :class:`RunError` when a fresh run's ``run_dir`` holds a run, or nothing resumes."""
   params, optimizer = fresh_model(config, task.input_size, task.output_size)
   opened = Opened(params, optimizer.init(params), 0, None, [])
   if run_dir is None:
@@ -191,10 +150,16 @@ def open_run(config: Config, task: Task, run_dir: Path | None, resume: bool,
   return opened._replace(checkpoints=checkpoints, records=records)
 
 
-def print_table(config: Config, task: Task, score: float, steps: int, seconds: float) -> None:
-  """Prints the final metric next to the trivial baseline."""
+def finish(config: Config, task: Task, score: float, records: list[dict[str, Any]],
+           run_dir: Path | None, steps_run: int, seconds: float) -> dict[str, Any]:
+  """Prints ``score`` against the baseline and writes ``summary.json`` and ``loss.png`` (primary
+  process only); returns the summary."""
+  summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
+             "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
+  if not is_primary():
+    return summary
   better = score > task.baseline if higher_is_better(task.metric) else score < task.baseline
-  print(f"\n{config.task}: {steps} steps in {seconds:.1f} s")
+  print(f"\n{config.task}: {steps_run} steps in {seconds:.1f} s")
   print(f"  {'':32} {'test ' + task.metric:>14}")
   print(f"  {'model':32} {score:>14.4f}")
   print(f"  {'baseline (' + task.baseline_name + ')':32} {task.baseline:>14.4f}")
@@ -202,17 +167,6 @@ def print_table(config: Config, task: Task, score: float, steps: int, seconds: f
             else f"{score - task.baseline:>+14.4f}")
   print(f"  {'model vs baseline':32} {change}  "
         f"({'beats' if better else 'does not beat'} the baseline)")
-
-
-def finish(config: Config, task: Task, score: float, records: list[dict[str, Any]],
-           run_dir: Path | None, steps_run: int, seconds: float) -> dict[str, Any]:
-  """Prints the final test ``score`` against the baseline and writes ``summary.json`` and
-  ``loss.png`` (on the primary process only); returns the summary."""
-  summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
-             "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
-  if not is_primary():
-    return summary
-  print_table(config, task, score, steps_run, seconds)
   if run_dir is not None:
     try:
       plot_run(records, task, run_dir / "loss.png")
@@ -225,25 +179,13 @@ def finish(config: Config, task: Task, score: float, records: list[dict[str, Any
   return summary
 
 
-def train_run(config: Config, run_dir: Path | None, resume: bool = False,
-              progress: bool = True, task: Task | None = None,
-              overrides: dict[str, Any] | None = None,
+def train_run(config: Config, run_dir: Path | None, resume: bool = False, progress: bool = True,
+              task: Task | None = None, overrides: dict[str, Any] | None = None,
               devices: int | None = None) -> dict[str, Any]:
-  """Trains ``config`` (from the newest good checkpoint in ``run_dir`` when ``resume``).
-
-  Without a ``run_dir`` nothing is written (the demo). Otherwise the run holds
-  the directory's lock throughout; every step's metrics go to
-  ``metrics.jsonl``, the test metric every ``eval_every`` steps, a checkpoint
-  every ``save_every`` steps and at the end, then ``summary.json`` and
-  ``loss.png``. ``task`` is ``load_task(config)`` when ``None``.
-  ``overrides`` (``resume`` only: the config fields the user changed) are
-  recorded in ``metrics.jsonl``. ``devices``: how many devices to split each
-  batch over (:func:`device_counts`). It is not part of the config: a run
-  resumed on another device count goes on, equal to float rounding.
-
-  Returns:
-    The summary.
-  """
+  """Trains ``config`` under ``run_dir``'s lock (from its newest good checkpoint when ``resume``;
+  without ``run_dir`` nothing is written) and returns the summary. ``task`` defaults to
+  ``load_task(config)``; ``overrides`` (resume) are recorded in metrics.jsonl; ``devices``
+  (:func:`device_counts`) is not part of the config, so a run may resume on another count."""
   task = load_task(config) if task is None else task
   counts = device_counts(devices, config, int(task.test.xs.shape[1]))
   if resume and config.data_fingerprint != task.fingerprint:
@@ -262,9 +204,10 @@ def train_run(config: Config, run_dir: Path | None, resume: bool = False,
 
 def train_loop(config: Config, task: Task, run_dir: Path | None, opened: Opened,
                counts: tuple[int, int], progress: bool) -> dict[str, Any]:
-  """Runs the steps left from ``opened.start`` to ``config.steps``, recording and saving as it
-  goes, then :func:`finish`."""
-  model, loss, compute = specs(config, task)
+  """Runs the steps from ``opened.start`` to ``config.steps``, recording and saving, then
+  :func:`finish`."""
+  model, loss = ModelSpec(config.activation, dropout=config.dropout), LossSpec(task.loss, "mean")
+  compute = ComputeSpec(gradient=config.gradient)
   train_mesh, eval_mesh = (None if n == 1 else as_mesh(n) for n in counts)
   eval_step = make_eval_step(model=model, loss=loss, compute=compute, mesh=eval_mesh)
   score = lambda params: task.score({k: float(v) for k, v in
