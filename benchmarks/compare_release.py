@@ -130,7 +130,7 @@ def import_previous(checkout: Path, name: str = "jaxrnn_prev"):
   return module
 
 
-def old_step(prev, weights, optimizer: optax.GradientTransformation):
+def old_step(prev, weights, optimizer: optax.GradientTransformation, mesh: int | None = None):
   """``(step, params)``: the previous release's default fused step and its params of ``weights``."""
   if hasattr(prev, "CellParams"):                                  # 0.2.0 on: layered params
     params = prev.RNNParams(layers=((prev.CellParams(*(jnp.asarray(a) for a in (
@@ -138,14 +138,16 @@ def old_step(prev, weights, optimizer: optax.GradientTransformation):
                             b_y=jnp.asarray(weights.b_y))
     step = prev.make_train_step(optimizer, model=prev.ModelSpec(),
                                 loss=prev.LossSpec(loss="cross_entropy", reduction="sum"),
-                                compute=prev.ComputeSpec())
+                                compute=prev.ComputeSpec(), mesh=mesh)
     return step, params
+  if mesh is not None:
+    raise ValueError("the 0.1.0 release has no data-parallel step: compare with --devices 1")
   params = prev.RNNParams(*(jnp.asarray(a) for a in weights))  # 0.1.0: W_xh, W_hh, W_hy, b_h, b_y
   return prev.make_train_step(optimizer, prev.LossSpec(loss="cross_entropy", activation="tanh",
                                                        reduction="sum")), params
 
 
-def old_and_new_steps(prev, sizes: tuple[int, ...], extra: bool = False,
+def old_and_new_steps(prev, sizes: tuple[int, ...], extra: bool = False, mesh: int | None = None,
                       ) -> tuple[dict[str, Callable[[], float]], dict[str, Any]]:
   """Blocking steppers ``{"old": ..., "new": ...}`` on the same problem, and the raw pieces.
 
@@ -156,12 +158,12 @@ def old_and_new_steps(prev, sizes: tuple[int, ...], extra: bool = False,
   problem = make_problem(*sizes)
   w = problem.params
   optimizer = optax.adam(LEARNING_RATE)
-  old, old_params = old_step(prev, w, optimizer)
+  old, old_params = old_step(prev, w, optimizer, mesh)
   old_batch = prev.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
   new_params = rnn_params(w)
   new_batch = jaxrnn.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
   new_step = jaxrnn.make_train_step(optimizer, model=jaxrnn.ModelSpec(), loss=LOSS,
-                                    compute=jaxrnn.ComputeSpec())
+                                    compute=jaxrnn.ComputeSpec(), mesh=mesh)
 
   def loss_only(step):
     def run(params, opt_state, batch):
@@ -198,9 +200,9 @@ def hlo_op_counts(step, params, opt_state, batch) -> collections.Counter:
 
 
 def run_config(prev, sizes: tuple[int, ...], rounds: int, warmup: int,
-               hlo: bool = False, extra: bool = False) -> dict[str, Any]:
+               hlo: bool = False, extra: bool = False, mesh: int | None = None) -> dict[str, Any]:
   """Times old and new interleaved on one configuration; medians, ratios, first losses."""
-  calls, pieces = old_and_new_steps(prev, sizes, extra)
+  calls, pieces = old_and_new_steps(prev, sizes, extra, mesh)
   first = {name: call() for name, call in calls.items()}
   wall, cpu = interleaved_times(calls, rounds, warmup)
   med = {k: float(np.median(v)) for k, v in wall.items()}
@@ -237,6 +239,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                      help="a commit of this repository to compare against (default: the newest "
                           "commit of another jaxrnn version)")
   parser.add_argument("--hlo", action="store_true", help="also count the compiled HLO ops")
+  parser.add_argument("--devices", type=int, default=None, metavar="N",
+                      help="split each batch over N CPU devices in both versions (mesh=N)")
   parser.add_argument("--extra", action="store_true",
                       help="also time the new loss_and_grad in the old step body (old metrics)")
   parser.add_argument("--output", default=None)
@@ -245,6 +249,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
+  if args.devices is not None:
+    jax.config.update("jax_num_cpu_devices", args.devices)      # before JAX's first computation
   if args.previous is not None:
     source, prev = str(args.previous), import_previous(args.previous)
   else:
@@ -257,12 +263,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     configs, rounds, warmup = {n: CONFIGS[n] for n in args.configs}, args.rounds, args.warmup
   payload = {"machine": machine_info(), "prev_version": prev.__version__, "prev_source": source,
              "new_version": jaxrnn.__version__, "rounds": rounds, "warmup": warmup,
-             "configs": {}}
+             "devices": args.devices or 1, "configs": {}}
   for name, sizes in configs.items():
-    payload["configs"][name] = run_config(prev, sizes, rounds, warmup, args.hlo, args.extra)
+    payload["configs"][name] = run_config(prev, sizes, rounds, warmup, args.hlo, args.extra,
+                                          args.devices)
     print(f"{name} done", flush=True)
-  print(f"\njaxrnn {jaxrnn.__version__} (new) vs {prev.__version__} (old), default fused step, "
-        f"median of {rounds} interleaved rounds")
+  print(f"\njaxrnn {jaxrnn.__version__} (new) vs {prev.__version__} (old), default fused step "
+        f"on {args.devices or 1} device(s), median of {rounds} interleaved rounds")
   print_table(["config", "(T, B, I, H, O)", "old ms", "new ms", "new / old",
                "paired new / old", "old CPU ms", "new CPU ms", "CPU new / old",
                "first loss old / new"],

@@ -114,10 +114,8 @@ def check_params(params: Any) -> Shape:
     raise TypeError("params.layers[l][d] must be jaxrnn.CellParams")
   hidden = jnp.shape(layers[0][0].W_hh)[0] if jnp.ndim(layers[0][0].W_hh) == 2 else None
   width = None if hidden is None else num_dirs * hidden
-  check_shape("params.W_hy", params.W_hy, "[O, D*H]", (None, width))
+  check_shape("params.W_hy", params.W_hy, "[O, D*H]", (None, None))
   dtype = params.W_hy.dtype
-  check_array("params.W_hy", params.W_hy, "[O, D*H]", (None, width), dtype, "params.W_hy")
-  check_array("params.b_y", params.b_y, "[O]", params.W_hy.shape[:1], dtype, "params.W_hy")
   for l, layer in enumerate(layers):
     for d, cell in enumerate(layer):
       name = f"params.layers[{l}][{d}]"
@@ -125,6 +123,8 @@ def check_params(params: Any) -> Shape:
       check_array(f"{name}.W_xh", cell.W_xh, "[H, I_l]", (hidden, None if l == 0 else width),
                   dtype, "params.W_hy")
       check_array(f"{name}.b_h", cell.b_h, "[H]", (hidden,), dtype, "params.W_hy")
+  check_array("params.W_hy", params.W_hy, "[O, D*H]", (None, width), dtype, "params.W_hy")
+  check_array("params.b_y", params.b_y, "[O]", params.W_hy.shape[:1], dtype, "params.W_hy")
   return Shape(jnp.shape(layers[0][0].W_xh)[1], hidden, jnp.shape(params.W_hy)[0], len(layers),
                num_dirs)
 

@@ -56,8 +56,8 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
     >>> rnn = torch.nn.RNN(3, 8, num_layers=2, bidirectional=True)
     >>> params = jaxrnn.from_torch(rnn.state_dict())
   """
-  for name, value in (("state_dict", state_dict), ("linear", linear)):
-    if value is not None and not isinstance(value, Mapping):
+  for name, value in (("state_dict", state_dict), ("linear", {} if linear is None else linear)):
+    if not isinstance(value, Mapping):
       raise TypeError(f"{name} must be a torch state dict (a mapping), got {type(value).__name__}")
   found: dict[tuple[int, int], dict[str, np.ndarray]] = {}
   for name, tensor in state_dict.items():

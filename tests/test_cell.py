@@ -73,7 +73,7 @@ def test_bad_arguments_name_the_argument():
     jaxrnn.rnn_cell(params, jnp.zeros((2, 5)), jnp.zeros((7, 3)))
   with pytest.raises(ValueError, match="x_t"):
     jaxrnn.rnn_cell(params, jnp.zeros((2, 5)), jnp.zeros(4))
-  with pytest.raises(ValueError, match="batch shape"):
+  with pytest.raises(ValueError, match=r"h_prev must have shape \[L, ..., H\] = \(2, 7, 5\)"):
     jaxrnn.rnn_cell(params, jnp.zeros((2, 6, 5)), jnp.zeros((7, 3)))
   with pytest.raises(ValueError, match="model.activation"):
     jaxrnn.rnn_cell(params, jnp.zeros((2, 5)), jnp.zeros(3), jaxrnn.ModelSpec(activation="elu"))

@@ -183,14 +183,6 @@ def test_string_arrays_raise_a_type_error():
     jaxrnn.from_torch(bad)
 
 
-NOT_A_STATE_DICT = pytest.mark.xfail(
-    strict=True, raises=(AttributeError, IndexError),
-    reason="library bug: jaxrnn/interop.py from_torch calls state_dict.items() and "
-           "arrays['weight_hh'].shape[0] unchecked, so a non-mapping raises AttributeError and a "
-           "rank-0 (e.g. string) weight IndexError, not a ValueError/TypeError naming it")
-
-
-@NOT_A_STATE_DICT
 @pytest.mark.parametrize("state_dict", [object(), None, 3, "weight_ih_l0",
                                         [("weight_ih_l0", np.zeros((H, I)))]],
                          ids=["object", "None", "int", "str", "list of pairs"])
@@ -199,7 +191,6 @@ def test_a_state_dict_that_is_not_a_mapping_raises_naming_it(state_dict):
     jaxrnn.from_torch(state_dict)
 
 
-@NOT_A_STATE_DICT
 @pytest.mark.parametrize("values", [("abc", "def"), (np.zeros((H, I)), "abcd"),
                                     (np.zeros((H, I)), np.float32(0.0))],
                          ids=["strings", "a string weight_hh", "a scalar weight_hh"])

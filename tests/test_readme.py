@@ -4,8 +4,7 @@ Every ```python block of README.md is executed, top to bottom, in one
 namespace (a block may use what an earlier block defined), in a fresh Python
 interpreter: the test session's ``jax_enable_x64`` (see ``conftest.py``) does
 not leak into them, so they run with jax's defaults, as a reader's would.
-Blocks that ``import torch`` are self-contained; they run on their own, each in
-a fresh interpreter, and are skipped without torch. The ``jaxrnn`` command
+The ``jaxrnn`` command
 lines of the ```sh blocks are parsed by the real argument parser.
 """
 
@@ -38,10 +37,6 @@ def blocks(language: str) -> list[str]:
   return [body for lang, body in BLOCK.findall(README.read_text()) if lang == language]
 
 
-def needs_torch(source: str) -> bool:
-  return re.search(r"^\s*import .*\btorch\b|^\s*from torch\b", source, re.MULTILINE) is not None
-
-
 def run_blocks(sources: list[str]) -> str:
   """Runs ``sources`` cumulatively in one fresh interpreter; returns its stdout."""
   import json  # pylint: disable=import-outside-toplevel
@@ -56,24 +51,18 @@ def run_blocks(sources: list[str]) -> str:
   return result.stdout
 
 
-def test_readme_has_examples():
-  python = blocks("python")
-  assert len(python) >= 10
-  assert any(needs_torch(b) for b in python)
+def test_readme_has_the_api_example_and_the_two_set_up_commands():
+  assert len(blocks("python")) >= 1
+  shell = "\n".join(blocks("sh"))
+  assert "pip install -e . && python -m jaxrnn" in shell            # install + demo
+  assert 'pip install -e ".[test]" && python -m pytest -q -n 2' in shell
 
 
 def test_python_blocks_run_in_order():
-  sources = [b for b in blocks("python") if not needs_torch(b)]
+  sources = blocks("python")
   out = run_blocks(sources)
   for i in range(len(sources)):
     assert f"README block {i} ran" in out
-
-
-@pytest.mark.parametrize("index", [i for i, b in enumerate(blocks("python")) if needs_torch(b)])
-def test_torch_blocks_run_alone(index):
-  pytest.importorskip("torch")
-  out = run_blocks([blocks("python")[index]])
-  assert "README block 0 ran" in out
 
 
 def test_shell_command_lines_parse():
