@@ -205,18 +205,28 @@ def irnn_adding(results: list[Result]) -> str:
   return table(head, rows, "r" * len(head)) + "\n\n" + source(path, payload, extra)
 
 
+def newest_per_devices(pattern: str) -> list[Result]:
+  """For each device count, the newest result measured on it, fewest devices first."""
+  chosen: dict[int, Result] = {}
+  for path, payload in load(pattern):
+    chosen.setdefault(payload.get("devices", 1), (path, payload))
+  return [chosen[n] for n in sorted(chosen)]
+
+
 def compare_release(results: list[Result]) -> str:
-  (path, payload), = results
-  old, new = payload["prev_version"], payload["new_version"]
-  rows = []
-  for name, r in payload["configs"].items():
-    rows.append([f"{name} {sizes(r['sizes'])}", number(r["old_ms"]), number(r["new_ms"]),
-                 number(r["ratio_new_over_old"], 3), number(r.get("paired_median_ratio"), 3),
-                 number(r["cpu_ratio_new_over_old"], 3)])
-  head = ["config (T, B, I, H, O)", f"{old} ms", f"{new} ms", f"{new} / {old}, wall",
-          "paired", f"{new} / {old}, CPU"]
-  rounds = f"median of {payload['rounds']} rounds after {payload['warmup']} warm-up"
-  return table(head, rows, "lrrrrr") + "\n\n" + source(path, payload, rounds)
+  parts = []
+  for path, payload in results:
+    old, new = payload["prev_version"], payload["new_version"]
+    devices = payload.get("devices", 1)
+    rows = [[f"{name} {sizes(r['sizes'])}", str(devices), number(r["old_ms"]),
+             number(r["new_ms"]), number(r["ratio_new_over_old"], 3),
+             number(r.get("paired_median_ratio"), 3), number(r["cpu_ratio_new_over_old"], 3)]
+            for name, r in payload["configs"].items()]
+    head = ["config (T, B, I, H, O)", "devices", f"{old} ms", f"{new} ms",
+            f"{new} / {old}, wall", "paired", f"{new} / {old}, CPU"]
+    rounds = f"median of {payload['rounds']} rounds after {payload['warmup']} warm-up"
+    parts.append(table(head, rows, "lrrrrrr") + "\n\n" + source(path, payload, rounds))
+  return "\n\n".join(parts)
 
 
 GPU_IMPLS = ["jaxrnn_scan_highest", "jaxrnn_scan_default", "jaxrnn_scan_bf16",
@@ -268,7 +278,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[R
     "scaling": ("scaling*.json", newest, scaling),
     "inference": ("inference*.json", newest, inference),
     "irnn_adding": ("irnn_adding*.json", newest, irnn_adding),
-    "compare_release": ("compare_release*.json", newest, compare_release),
+    "compare_release": ("compare_release*.json", newest_per_devices, compare_release),
     "gpu": ("gpu*.json", newest_per_config, gpu),
 }
 """Name -> (results pattern, which results to use, renderer)."""
