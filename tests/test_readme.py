@@ -75,3 +75,9 @@ def test_shell_command_lines_parse():
   for line in commands:
     args = parser.parse_args(shlex.split(line)[1:])
     assert args.handler is not None, line
+
+
+def test_the_pages_stay_short():
+  """The README and the benchmarks page are for users: at most 200 and 150 lines."""
+  assert len(README.read_text().splitlines()) <= 200
+  assert len((README.parent / "benchmarks" / "README.md").read_text().splitlines()) <= 150
