@@ -86,13 +86,13 @@ def version_at(rev: str, repository: Path = REPOSITORY) -> str | None:
 
 
 def previous_release(repository: Path = REPOSITORY, current: str = jaxrnn.__version__) -> str:
-  """The newest commit of ``repository`` whose ``jaxrnn.__version__`` is not ``current``.
+  """The newest commit of ``repository`` whose ``jaxrnn.__version__`` is not ``current`` (the
+  released state of the previous version, not the commit that first set it).
 
   Raises:
     RuntimeError: no such commit in the history this checkout has (or no git).
   """
-  for rev in git("log", "--format=%H", "--", "jaxrnn/__init__.py",
-                 repository=repository).decode().split():
+  for rev in git("log", "--format=%H", repository=repository).decode().split():
     version = version_at(rev, repository)
     if version is not None and version != current:
       return rev
@@ -138,7 +138,8 @@ def old_step(prev, weights, optimizer: optax.GradientTransformation, mesh: int |
                             b_y=jnp.asarray(weights.b_y))
     step = prev.make_train_step(optimizer, model=prev.ModelSpec(),
                                 loss=prev.LossSpec(loss="cross_entropy", reduction="sum"),
-                                compute=prev.ComputeSpec(), mesh=mesh)
+                                compute=prev.ComputeSpec(),
+                                **({} if mesh is None else {"mesh": mesh}))
     return step, params
   if mesh is not None:
     raise ValueError("the 0.1.0 release has no data-parallel step: compare with --devices 1")

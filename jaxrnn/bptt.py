@@ -66,13 +66,8 @@ def bptt(params: RNNParams, batch: Batch, h0: jax.Array | None = None, *,
   ``dL/dW_hh = sum_t sum_{k<=t} dL_t/dh_t dh_t/dh_k dh_k/dW_hh``: ``delta_k``
   already holds ``sum_{t>=k} dL_t/dh_t dh_t/dh_k`` (times ``act'`` at ``k``).
 
-  Args:
-    Same as :func:`jaxrnn.sequence_loss` (no dropout: this is the oracle of
-    the deterministic model).
-
-  Returns:
-    ``(grads, dh0)``: ``grads`` an :class:`jaxrnn.RNNParams` of ``dL/dparams``,
-    ``dh0 = dL/dh_0`` ``[L*D, B, H]``.
+  The arguments are :func:`jaxrnn.sequence_loss`'s, without dropout. Returns
+  ``(grads, dh0)``: ``dL/dparams`` as :class:`jaxrnn.RNNParams`, ``dL/dh_0 [L*D, B, H]``.
   """
   problem = prepare(params, batch, h0, None, model, loss, PLAIN)
   return hand_gradients(params, batch, problem, model, loss)

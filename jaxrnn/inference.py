@@ -60,17 +60,9 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
   each sampled symbol is fed back, in one ``lax.scan``; symbol ``i`` is drawn
   with ``fold_in(key, i)``, so equal keys give equal text.
 
-  Args:
-    params: a unidirectional :class:`jaxrnn.RNNParams` with ``I == O``.
-    key: a ``jax.random`` key.
-    prompt: ``[P]`` integer symbols in ``[0, O)``, ``P >= 1``.
-    length: how many symbols to sample, ``>= 0``.
-    temperature: a finite number ``> 0``; below 1 sharpens, above 1 flattens.
-    model, compute: the activation; the precision and ``scan_unroll``.
-
-  Returns:
-    ``[length]`` symbols; all ``-1`` if the prompt holds a symbol outside
-    ``[0, O)`` (which only ``jit`` hides from the check).
+  ``params``: unidirectional, ``I == O``; ``prompt``: ``[P >= 1]`` symbols in ``[0, O)``;
+  ``temperature > 0``: below 1 sharpens, above 1 flattens. Returns ``[length]`` symbols, all
+  ``-1`` if the prompt holds one outside ``[0, O)`` (which only ``jit`` hides from the check).
 
   Example:
     >>> lm = jaxrnn.init_params(jax.random.key(0), 6, 8, 6)

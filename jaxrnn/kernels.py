@@ -134,12 +134,9 @@ def forward_kernel(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Arr
                    interpret: bool | None = None) -> jax.Array:
   """:func:`jaxrnn.recurrence.scan_hidden` as one persistent Pallas kernel: ``hs [T, B, H]``.
 
-  Args:
-    pre: ``a_t [T, B, H]``; W_hh: ``[H, H]``; h0: ``[B, H]``; mask: ``[T, B]`` or ``None``.
-    model, compute: the activation; the precision of the in-kernel ``dot``.
-    block_b: batch rows per program (a power of two; ``>= 16`` on a GPU).
-    interpret: Pallas interpret mode; ``None``: on every backend but a GPU.
-  """
+  ``pre = a_t [T, B, H]``, ``W_hh [H, H]``, ``h0 [B, H]``, ``mask [T, B]`` or ``None``;
+  ``block_b`` batch rows per program (a power of two, ``>= 16`` on a GPU); ``interpret``:
+  Pallas interpret mode (``None``: off a GPU)."""
   args = [("seq", pre), ("w", W_hh.T), ("row", h0)] + ([] if mask is None else [("mask", mask)])
   body = functools.partial(_forward_body, model, LAX_PRECISION[compute.precision],
                            mask is not None)
@@ -155,6 +152,5 @@ def backward_kernel(W_hh: jax.Array, hs: jax.Array, g: jax.Array, mask: jax.Arra
   args = [("w", W_hh), ("seq", hs), ("seq", g)] + ([] if mask is None else [("mask", mask)])
   body = functools.partial(_backward_body, model, LAX_PRECISION[compute.precision],
                            mask is not None)
-  delta, dh0 = _launch(body, "jaxrnn_backward", args, ["seq", "row"], hs.dtype, block_b,
-                       interpret)
-  return delta, dh0
+  return tuple(_launch(body, "jaxrnn_backward", args, ["seq", "row"], hs.dtype, block_b,
+                       interpret))

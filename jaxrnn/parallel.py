@@ -1,13 +1,7 @@
-"""Batch split over devices: one recurrence chain per device (a CPU core, a GPU), any model.
-
-Splitting each small ``[B, H] x [H, H]`` matmul of the chain over threads
-costs a sync per step; splitting the *batch* gives each device its own chain
-and one ``psum`` at the end. The train and eval steps, :func:`jaxrnn.loss_and_grad`,
-:func:`jaxrnn.evaluate` and truncated BPTT take ``mesh=`` and wrap their own
-body with :func:`split`. A CPU's cores are separate devices only when asked
-before JAX starts, e.g. ``jax.config.update("jax_num_cpu_devices", 2)`` right
-after ``import jax``; the library never does this, the ``jaxrnn`` command does.
-"""
+"""Batch split over devices: each device (a CPU core, a GPU) runs its own chain on its rows,
+and one ``psum`` ends the step. Every ``mesh=`` of the library goes through :func:`split`. A
+CPU's cores are devices only when asked before JAX starts (``jax.config.update(
+"jax_num_cpu_devices", 2)`` right after ``import jax``): the ``jaxrnn`` command does this."""
 
 from collections.abc import Callable
 from typing import Any

@@ -117,11 +117,11 @@ class ComputeSpec:
       checks.check_int("compute.checkpoint_every", self.checkpoint_every)
     if self.dtype is not None:
       try:
-        dtype = jnp.dtype(self.dtype)
+        floating = jnp.issubdtype(jnp.dtype(self.dtype), jnp.floating)
       except TypeError:
-        raise TypeError(f"compute.dtype must be a floating-point dtype, got {self.dtype!r}") from None
-      if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"compute.dtype must be a floating-point dtype, got {dtype}")
+        floating = False
+      if not floating:
+        raise TypeError(f"compute.dtype must be a floating-point dtype, got {self.dtype!r}")
 
 
 @dataclasses.dataclass(frozen=True)

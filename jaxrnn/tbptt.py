@@ -90,14 +90,10 @@ def tbptt_epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, stream: Batc
   A ``lax.scan`` over the chunks carries ``(params, opt_state, h)``; it is
   pure, so ``jax.jit`` it with ``step`` and ``chunk_length`` static.
 
-  Args:
-    step: from :func:`make_tbptt_step`.
-    params, opt_state: a unidirectional model of any depth, and its optimizer state.
-    stream: ``xs [T, B, I]`` (``B`` parallel streams) and ``targets``; no
-      ``lengths`` or ``target_mask``.
-    chunk_length: ``k``, which must divide ``T``.
-    h0: the states to start from, ``[L, B, H]``; zeros if ``None``.
-    key: a ``jax.random`` key for dropout: chunk ``c`` uses ``fold_in(key, c)``.
+  ``step`` from :func:`make_tbptt_step` runs each chunk of ``chunk_length`` (which divides
+  ``T``) steps of ``stream`` (``xs [T, B, I]``, ``B`` streams, and ``targets``; no ``lengths``
+  or ``target_mask``), from ``h0 [L, B, H]`` (zeros if ``None``); chunk ``c``'s dropout uses
+  ``fold_in(key, c)``.
 
   Example:
     >>> optimizer = optax.adam(1e-2)

@@ -107,16 +107,9 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   ``y_t = out_act(W_hy x^L_t + b_y)``; for one layer the seed's
   ``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)``, ``y_t = out_act(W_hy h_t + b_y)``.
 
-  Args:
-    params: :class:`jaxrnn.RNNParams`.
-    xs: inputs ``[T, B, I]`` in the params' dtype.
-    h0: initial states ``[L*D, B, H]`` (row ``l*D + d``); zeros when ``None``.
-    lengths: ``[B]`` integers in ``[0, T]``, or ``None`` for all ``T``.
-    model, compute: :class:`jaxrnn.ModelSpec`, :class:`jaxrnn.ComputeSpec`.
-    key: a ``jax.random`` key for dropout; ``None`` applies none.
-
-  Returns:
-    :class:`Outputs` ``(hs [T, B, D*H], ys [T, B, O], final [L*D, B, H])``.
+  ``xs [T, B, I]`` in the params' dtype, ``h0 [L*D, B, H]`` (row ``l*D + d``; zeros when
+  ``None``), ``lengths [B]`` in ``[0, T]`` (``None``: all ``T``), a ``key`` for dropout
+  (``None``: none). Returns :class:`Outputs` ``(hs [T, B, D*H], ys [T, B, O], final)``.
 
   Example:
     >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)

@@ -49,7 +49,7 @@ def test_round_trip_keeps_structure_values_and_config(tmp_path):
             "lr": 0.01}
   checkpoints = checkpoint.manager(tmp_path, keep=3)
   checkpoint.save(checkpoints, 7, state, config)
-  assert checkpoint.latest_step(checkpoint.manager(tmp_path, keep=3)) == 7   # a fresh manager
+  assert checkpoint.manager(tmp_path, keep=3).latest_step() == 7   # a fresh manager
   assert checkpoint.saved_config(checkpoints, 7) == config
   like = jax.tree.map(jnp.zeros_like, state)
   restored = checkpoint.restore(checkpoints, 7, like)
@@ -121,7 +121,7 @@ def test_process_killed_before_commit_leaves_previous_checkpoint(tmp_path):
   leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("2")]
   assert leftovers and all("tmp" in name for name in leftovers)   # step 2 died half-written
   checkpoints = checkpoint.manager(tmp_path, keep=10)
-  assert checkpoint.latest_step(checkpoints) == 1
+  assert checkpoints.latest_step() == 1
   assert_trees_equal(checkpoint.restore(checkpoints, 1, state_of(0)), state_of(1))
   checkpoint.save(checkpoints, 2, state_of(2), {"step": 2})      # the next save succeeds
   assert_trees_equal(checkpoint.restore(checkpoints, 2, state_of(0)), state_of(2))
@@ -139,7 +139,7 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path, delay):
   process.send_signal(signal.SIGKILL)
   process.wait()
   checkpoints = checkpoint.manager(tmp_path, keep=10)
-  step = checkpoint.latest_step(checkpoints)
+  step = checkpoints.latest_step()
   assert step >= 2
   assert checkpoint.saved_config(checkpoints, step) == {"step": step}
   assert_trees_equal(checkpoint.restore(checkpoints, step, state_of(0)), state_of(step))
@@ -151,7 +151,7 @@ def test_non_finite_state_is_never_saved_and_never_restored(tmp_path):
   bad["params"] = bad["params"]._replace(W_hy=bad["params"].W_hy.at[0, 0].set(jnp.nan))
   with pytest.raises(ValueError, match=r"refusing to save step 1: \['params'\].W_hy holds NaN"):
     checkpoint.save(checkpoints, 1, bad, {"step": 1})
-  assert checkpoint.latest_step(checkpoints) is None and not list(tmp_path.iterdir())
+  assert checkpoints.latest_step() is None and not list(tmp_path.iterdir())
   checkpoint.save(checkpoints, 2, state_of(2), {"step": 2})
   restored = checkpoint.restore(checkpoints, 2, state_of(0))
   assert_trees_equal(restored, state_of(2))

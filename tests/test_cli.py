@@ -675,3 +675,47 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
   _, _, job = final_state(job_dir, 2, 1)
   _, _, single = final_state(tmp_path / "one", 2, 1)
   chex.assert_trees_all_close(job, single, rtol=1e-6, atol=1e-7)
+
+
+def job_process(argv, port, index, env):
+  """Process ``index`` of a 2-process job of ``python -m jaxrnn argv`` on loopback ``port``."""
+  return subprocess.Popen([sys.executable, "-m", "jaxrnn", *argv, "--coordinator",
+                           f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+                           str(index)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def free_port():
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_a_job_whose_processes_were_given_different_options_stops_each_with_one_line(tmp_path):
+  """Each process gathers every process's config at the start: a different --hidden-size on
+  process 1 stops both with one line naming the option (not gloo's abort on mismatched
+  sizes), and gloo's connection notice stays off stdout."""
+  env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
+  run = ["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB]
+  processes = [job_process(run, port, 0, env), job_process(run + ["--hidden-size", "16"], port,
+                                                           1, env)]
+  for status, out, err in finished(processes, timeout=120):
+    assert status == 2, err
+    assert err.strip().splitlines() == [
+        "jaxrnn: error: the processes of this job were given different --hidden-size: start "
+        "every process with the same options"]
+    assert "Gloo" not in out
+
+
+def test_a_job_with_a_missing_process_stops_with_one_line_within_the_join_timeout(tmp_path):
+  """Only process 0 of 2 started: one line and exit 2 after --join-timeout, not silence for
+  300 s and a C++ abort."""
+  env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
+  process = job_process(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB,
+                         "--join-timeout", "3"], port, 0, env)
+  (status, _, err), = finished([process], timeout=60)
+  assert status == 2
+  assert err.strip().splitlines() == [
+      f"jaxrnn: error: the job at 127.0.0.1:{port} did not gather its 2 processes within 3 s: "
+      "is one missing, or do two share a --process-id?"]

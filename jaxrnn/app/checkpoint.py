@@ -72,11 +72,6 @@ def save(checkpoints: Any, step: int, state: Any, config: dict[str, Any]) -> Non
                           f"{reason(error)}") from None
 
 
-def latest_step(checkpoints: Any) -> int | None:
-  """The newest complete step, or ``None`` when there is none."""
-  return checkpoints.latest_step()
-
-
 def newest_first(checkpoints: Any) -> list[int]:
   """Every complete step, newest first."""
   return sorted(checkpoints.all_steps(), reverse=True)

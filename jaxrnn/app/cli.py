@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -206,14 +207,33 @@ def join_job(args: argparse.Namespace) -> bool:
     raise RunError("--num-processes must be at least 1")
   if not 0 <= args.process_id < args.num_processes:
     raise RunError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
+  if not 0 < args.join_timeout <= 3600:
+    raise RunError("--join-timeout must be in (0, 3600] seconds")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  watchdog = threading.Timer(args.join_timeout, leave, [  # jax's own timeout aborts in C++
+      2, f"jaxrnn: error: the job at {args.coordinator} did not gather its "
+      f"{args.num_processes} processes within {args.join_timeout:g} s: is one missing, or do "
+      "two share a --process-id?"])
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
-                               process_id=args.process_id)
+                               process_id=args.process_id,
+                               initialization_timeout=int(args.join_timeout) + 60)
   except Exception as error:  # jaxlib raises its own error types for a missing coordinator
     raise RunError(f"could not join the job at {args.coordinator}: "
                    f"{checkpoint.reason(error)}") from None
+  finally:
+    watchdog.cancel()
   return True
+
+
+def leave(status: int, message: str) -> None:
+  """Prints ``message`` and ends the process now, past ``jax.distributed``'s exit barrier
+  (which would wait for a dead or missing peer, then abort)."""
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(status)
 
 
 def use_every_core() -> None:
@@ -257,6 +277,8 @@ def add_run_options(parser: argparse.ArgumentParser, devices_help: str, job: boo
                         help="join a job of several processes: process 0's address and a free port")
     parser.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
     parser.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+    parser.add_argument("--join-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long to wait for every process of the job (default 30)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,12 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"jaxrnn: error: {error}", file=sys.stderr)
     return 2
   except TrainingStopped as error:
-    print(f"jaxrnn: {error}", file=sys.stderr)
     if isinstance(error, JobFailed):
-      # Leave now: jax.distributed's exit barrier would wait for the dead process, then abort.
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(1)
+      leave(1, f"jaxrnn: {error}")
+    print(f"jaxrnn: {error}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print("\njaxrnn: interrupted; continue from the last checkpoint with: jaxrnn resume RUN_DIR",

@@ -4,6 +4,7 @@ multi-process job only process 0 holds the lock, writes the files and prints."""
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from jaxrnn.app import checkpoint
-from jaxrnn.app.config import Config
+from jaxrnn.app.config import Config, flag
 from jaxrnn.app.plots import plot_run
 from jaxrnn.app.rundir import (JobFailed, RunError, TrainingStopped, checkpoint_state, is_primary,
                                locked, read_metrics, require_extras, restore_newest,
@@ -128,8 +131,8 @@ class Opened(NamedTuple):
 
 def open_run(config: Config, task: Task, run_dir: Path | None, resume: bool,
              overrides: dict[str, Any] | None) -> Opened:
-  """A fresh model, or the newest good checkpoint of ``run_dir`` with its metrics so far;
-  :class:`RunError` when a fresh run's ``run_dir`` holds a run, or nothing resumes."""
+  """A fresh model, or ``run_dir``'s newest good checkpoint and metrics (:class:`RunError`: a
+  fresh run's ``run_dir`` holds a run, or nothing resumes)."""
   params, optimizer = fresh_model(config, task.input_size, task.output_size)
   opened = Opened(params, optimizer.init(params), 0, None, [])
   if run_dir is None:
@@ -140,7 +143,7 @@ def open_run(config: Config, task: Task, run_dir: Path | None, resume: bool,
     if resume:
       state = restore_newest(checkpoints, config, params, optimizer, run_dir)
       opened = Opened(state["params"], state["opt_state"], int(state["step"]), checkpoints, [])
-    elif (last := checkpoint.latest_step(checkpoints)) is not None:
+    elif (last := checkpoints.latest_step()) is not None:
       raise RunError(existing_run_message(run_dir, config,
                                           checkpoint.saved_config(checkpoints, last)))
     on_error.pop_all()
@@ -152,8 +155,7 @@ def open_run(config: Config, task: Task, run_dir: Path | None, resume: bool,
 
 def finish(config: Config, task: Task, score: float, records: list[dict[str, Any]],
            run_dir: Path | None, steps_run: int, seconds: float) -> dict[str, Any]:
-  """Prints ``score`` against the baseline and writes ``summary.json`` and ``loss.png`` (primary
-  process only); returns the summary."""
+  """Prints ``score`` against the baseline, writes ``summary.json`` and ``loss.png`` (process 0)."""
   summary = {"task": config.task, "metric": task.metric, "test": score, "baseline": task.baseline,
              "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
   if not is_primary():
@@ -179,6 +181,27 @@ def finish(config: Config, task: Task, score: float, records: list[dict[str, Any
   return summary
 
 
+def check_job_agrees(config: Config) -> None:
+  """Raises :class:`RunError` on every process of a job given different options, naming them."""
+  if jax.process_count() == 1:
+    return
+  mine = np.frombuffer(json.dumps(config.asdict(), sort_keys=True).encode(), np.uint8)
+  sys.stdout.flush()
+  saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 1)                  # gloo says "Rank N is connected" on stdout as it connects
+  try:
+    width = int(multihost_utils.process_allgather(np.array([mine.size])).max())
+    rows = multihost_utils.process_allgather(np.pad(mine, (0, width - mine.size)))  # [P, width]
+  finally:
+    os.dup2(saved, 1)
+    os.close(saved)
+    os.close(devnull)
+  configs = [json.loads(bytes(row).rstrip(b"\0")) for row in np.asarray(rows)]
+  if differ := sorted({k for c in configs for k in c if c[k] != configs[0][k]}):
+    raise RunError(f"the processes of this job were given different {', '.join(map(flag, differ))}:"
+                   " start every process with the same options")
+
+
 def train_run(config: Config, run_dir: Path | None, resume: bool = False, progress: bool = True,
               task: Task | None = None, overrides: dict[str, Any] | None = None,
               devices: int | None = None) -> dict[str, Any]:
@@ -186,6 +209,7 @@ def train_run(config: Config, run_dir: Path | None, resume: bool = False, progre
   without ``run_dir`` nothing is written) and returns the summary. ``task`` defaults to
   ``load_task(config)``; ``overrides`` (resume) are recorded in metrics.jsonl; ``devices``
   (:func:`device_counts`) is not part of the config, so a run may resume on another count."""
+  check_job_agrees(config)
   task = load_task(config) if task is None else task
   counts = device_counts(devices, config, int(task.test.xs.shape[1]))
   if resume and config.data_fingerprint != task.fingerprint:
@@ -204,8 +228,7 @@ def train_run(config: Config, run_dir: Path | None, resume: bool = False, progre
 
 def train_loop(config: Config, task: Task, run_dir: Path | None, opened: Opened,
                counts: tuple[int, int], progress: bool) -> dict[str, Any]:
-  """Runs the steps from ``opened.start`` to ``config.steps``, recording and saving, then
-  :func:`finish`."""
+  """Runs the steps left to ``config.steps``, recording and saving, then :func:`finish`."""
   model, loss = ModelSpec(config.activation, dropout=config.dropout), LossSpec(task.loss, "mean")
   compute = ComputeSpec(gradient=config.gradient)
   train_mesh, eval_mesh = (None if n == 1 else as_mesh(n) for n in counts)
