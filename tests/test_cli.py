@@ -719,3 +719,19 @@ def test_a_job_with_a_missing_process_stops_with_one_line_within_the_join_timeou
   assert err.strip().splitlines() == [
       f"jaxrnn: error: the job at 127.0.0.1:{port} did not gather its 2 processes within 3 s: "
       "is one missing, or do two share a --process-id?"]
+
+
+def test_checkpoints_of_garbage_bytes_are_one_line_for_train_and_resume(tmp_path, capsys):
+  """Every checkpoint file overwritten with garbage: a second train there and a resume each
+  say so in one line, exit 2, without orbax's log lines."""
+  run_dir = tmp_path / "run"
+  assert small_run(run_dir, 10) == 0
+  capsys.readouterr()
+  for path in (run_dir / "checkpoints").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"\xf4\xd4\xbd garbage")
+  assert small_run(run_dir, 10) == 2
+  assert one_error_line(capsys) == (f"jaxrnn: error: {run_dir} holds checkpoints that do not "
+                                    "read; use another --run-dir")
+  assert cli.main(["resume", str(run_dir), "--no-progress"]) == 2
+  assert one_error_line(capsys) == f"jaxrnn: error: {run_dir} holds no complete checkpoint"

@@ -31,7 +31,8 @@ def manager(directory: str | Path, keep: int = 3) -> Any:
   ocp = orbax()
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
                                          create=True)
-  return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+  with quiet():                         # it reads every step's metadata, damaged ones too
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
 def reason(error: BaseException) -> str:
@@ -70,11 +71,6 @@ def save(checkpoints: Any, step: int, state: Any, config: dict[str, Any]) -> Non
   except Exception as error:  # orbax and tensorstore raise many types
     raise CheckpointError(f"could not write checkpoint {step} in {checkpoints.directory}: "
                           f"{reason(error)}") from None
-
-
-def newest_first(checkpoints: Any) -> list[int]:
-  """Every complete step, newest first."""
-  return sorted(checkpoints.all_steps(), reverse=True)
 
 
 @contextlib.contextmanager

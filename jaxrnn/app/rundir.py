@@ -120,7 +120,7 @@ def run_config(run_dir: Path) -> tuple[Config, int]:
     raise RunError(f"{run_dir} changed while being read ({checkpoint.reason(error)}); is a run "
                    "writing to it? Try again") from None
   try:
-    for step in checkpoint.newest_first(checkpoints):
+    for step in sorted(checkpoints.all_steps(), reverse=True):
       try:
         with checkpoint.quiet():
           saved = checkpoint.saved_config(checkpoints, step)
@@ -139,7 +139,7 @@ def restore_newest(checkpoints: Any, config: Config, params: Any, optimizer: Any
                    run_dir: Path) -> dict[str, Any]:
   """The state of the newest checkpoint that restores; a damaged one is moved to
   ``RUN_DIR/damaged/STEP`` and named in one line on stderr."""
-  for step in checkpoint.newest_first(checkpoints):
+  for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
       with checkpoint.quiet():
         checkpoint.saved_config(checkpoints, step)
@@ -155,8 +155,13 @@ def restore_newest(checkpoints: Any, config: Config, params: Any, optimizer: Any
   raise RunError(f"no checkpoint in {run_dir} restores; start again with jaxrnn train")
 
 
-def existing_run_message(run_dir: Path, config: Config, saved: dict[str, Any]) -> str:
-  """Why ``train`` refuses ``run_dir``: it already holds this run, or one of another config."""
+def existing_run_message(run_dir: Path, config: Config, checkpoints: Any, step: int) -> str:
+  """Why ``train`` refuses ``run_dir``: it holds this run, one of another config, or damage."""
+  try:
+    with checkpoint.quiet():
+      saved = checkpoint.saved_config(checkpoints, step)
+  except Exception:  # a damaged file: orbax, JSON and OS errors alike
+    return f"{run_dir} holds checkpoints that do not read; use another --run-dir"
   saved = {RENAMED.get(k, k): v for k, v in saved.items()}
   diff = [f"{k} {saved.get(k)!r} there, {v!r} here" for k, v in config.asdict().items()
           if saved.get(k) != v]

@@ -144,8 +144,7 @@ def open_run(config: Config, task: Task, run_dir: Path | None, resume: bool,
       state = restore_newest(checkpoints, config, params, optimizer, run_dir)
       opened = Opened(state["params"], state["opt_state"], int(state["step"]), checkpoints, [])
     elif (last := checkpoints.latest_step()) is not None:
-      raise RunError(existing_run_message(run_dir, config,
-                                          checkpoint.saved_config(checkpoints, last)))
+      raise RunError(existing_run_message(run_dir, config, checkpoints, last))
     on_error.pop_all()
   records = read_metrics(run_dir / "metrics.jsonl", opened.start) if resume else []
   if overrides:
