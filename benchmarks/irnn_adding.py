@@ -24,7 +24,11 @@ held-out batch of ``--test-size`` sequences every ``--eval-every`` steps.
 
 Keep Adam's ``lr * H`` well below 1 for the IRNN: Adam's first update moves
 every entry of ``W_hh = I`` by about ``lr``, a nearly rank-one change of
-spectral norm up to ``lr * H`` (``lr = 1e-2``, ``H = 100`` diverges at step 1).
+spectral norm up to ``lr * H`` (``lr = 1e-2``, ``H = 100`` diverges at step 1;
+over ``T = 400`` steps even ``1e-3`` makes ReLU explode). The recipe: Adam at
+``1e-4``, cosine-decayed to ``1e-5`` over the run, clip 1, batch 32, 20,000
+steps. A run is *solved* when its final test MSE is below 10% of the
+predict-the-mean baseline (``1/60``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 import jaxrnn
 from jaxrnn.app.data import adding_problem
@@ -46,7 +51,7 @@ LENGTHS = (150, 200, 300, 400)
 QUICK_LENGTHS = (10,)
 MODELS = ("irnn", "tanh")
 BASELINE_MSE = 1 / 6                      # predicting E[target] = 1
-SOLVED_MSE = 0.05
+SOLVED_MSE = BASELINE_MSE / 10            # the issue's "solved": 10% of the baseline
 
 
 def model_setup(name: str, hidden: int, tanh_scheme: str, key: jax.Array):
@@ -63,7 +68,8 @@ def train_one(name: str, num_steps: int, args: argparse.Namespace) -> dict[str, 
   k_init, k_data, k_test = jax.random.split(key, 3)
   params, model = model_setup(name, args.hidden, args.tanh_scheme, k_init)
   loss = jaxrnn.LossSpec(loss="squared_error", reduction="mean")
-  optimizer = jaxrnn.make_optimizer(args.optimizer, args.lr, clip_norm=args.clip,
+  lr = optax.cosine_decay_schedule(args.lr, args.steps, alpha=0.1) if args.decay else args.lr
+  optimizer = jaxrnn.make_optimizer(args.optimizer, lr, clip_norm=args.clip,
                                     **({"momentum": 0.9} if args.optimizer == "sgd" else {}))
   make_batch = jax.jit(functools.partial(adding_problem, batch_size=args.batch,
                                          num_steps=num_steps))
@@ -90,7 +96,7 @@ def train_one(name: str, num_steps: int, args: argparse.Namespace) -> dict[str, 
   return {"T": num_steps, "model": name, "status": status, "wall_s": wall,
           "final_test_mse": mses[-1], "best_test_mse": float(np.nanmin(mses)),
           "solved": bool(mses[-1] < SOLVED_MSE),
-          "first_step_below_0.05": next((s for s, m in curve if m < SOLVED_MSE), None),
+          "first_step_solved": next((s for s, m in curve if m < SOLVED_MSE), None),
           "final_train_loss_mean_last_100": float(np.mean(train_loss[-100:])),
           "curve": curve}
 
@@ -123,14 +129,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="T = 10, 20 training steps, H = 8, no plot")
   parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
   parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-  parser.add_argument("--steps", type=int, default=4000, help="training steps per run")
+  parser.add_argument("--steps", type=int, default=20000, help="training steps per run")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--hidden", type=int, default=100)
-  parser.add_argument("--lr", type=float, default=1e-3)
+  parser.add_argument("--lr", type=float, default=1e-4)
+  parser.add_argument("--decay", action=argparse.BooleanOptionalAction, default=True,
+                      help="cosine-decay the learning rate to a tenth over the run")
   parser.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
   parser.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip")
   parser.add_argument("--tanh-scheme", default="orthogonal", choices=["orthogonal", "glorot"])
-  parser.add_argument("--eval-every", type=int, default=200)
+  parser.add_argument("--eval-every", type=int, default=1000)
   parser.add_argument("--test-size", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--output", default=None)
@@ -151,21 +159,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       print(f"T={num_steps} {name}: test MSE {r['final_test_mse']:.4f} in {r['wall_s']:.0f} s "
             f"({r['status']})", flush=True)
   total = time.perf_counter() - start
-  print_table(["T", "model", "test MSE start", "test MSE final", "best", "solved (< 0.05)",
-               "first step < 0.05", "wall s"],
+  print_table(["T", "model", "test MSE start", "test MSE final", "best",
+               f"solved (< {SOLVED_MSE:.4f})", "first step below it", "wall s"],
               [(r["T"], r["model"], f"{r['curve'][0][1]:.4f}", f"{r['final_test_mse']:.4f}",
                 f"{r['best_test_mse']:.4f}", "yes" if r["solved"] else "no",
-                r["first_step_below_0.05"] or "-", r["wall_s"]) for r in runs])
-  budget = {k: getattr(args, k) for k in ("steps", "batch", "hidden", "lr", "optimizer", "clip",
+                r["first_step_solved"] or "-", r["wall_s"]) for r in runs])
+  budget = {k: getattr(args, k) for k in ("steps", "batch", "hidden", "lr", "decay", "optimizer",
+                                          "clip",
                                           "tanh_scheme", "eval_every", "test_size", "seed")}
   print(f"budget: {budget}; total wall {total:.0f} s")
   name = args.output or ("irnn_adding_quick" if args.quick else "irnn_adding")
   payload = {"machine": machine_info(), "budget": budget, "lengths": list(lengths),
-             "baseline_mse": BASELINE_MSE, "total_wall_s": total, "runs": runs}
+             "baseline_mse": BASELINE_MSE, "solved_mse": SOLVED_MSE, "total_wall_s": total,
+             "runs": runs}
   print(f"wrote {write_json(name, payload)}")
   if not args.quick:                        # (scaling.py's rule: no plot in a smoke run)
     png = RESULTS / f"{name}.png"
-    plot(runs, lengths, png, f"adding problem, H={args.hidden}, {args.optimizer} lr={args.lr}, "
+    plot(runs, lengths, png, f"adding problem, H={args.hidden}, {args.optimizer} lr={args.lr}"
+         f"{' cosine' if args.decay else ''}, "
          f"clip {args.clip}, batch {args.batch}, {args.steps} steps")
     print(f"wrote {png}")
   return payload

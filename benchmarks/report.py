@@ -193,15 +193,17 @@ def irnn_adding(results: list[Result]) -> str:
     if r is None:
       return ["", "", ""]
     return [number(r["final_test_mse"], 4), number(r["best_test_mse"], 4),
-            str(r["first_step_below_0.05"] or "not solved")]
+            str(r.get("first_step_solved", r.get("first_step_below_0.05")) or "not solved")]
   rows = [[str(length), *(c for m in models for c in cells(runs.get((length, m))))]
           for length in payload["lengths"]]
+  solved = payload.get("solved_mse", 0.05)
   head = ["T", *(f"{m} {what}" for m in models for what in ("final MSE", "best MSE",
-                                                             "first step < 0.05"))]
+                                                             f"first step < {solved:.4f}"))]
   b = payload["budget"]
   extra = (f"{b['steps']} steps of batch {b['batch']}, H={b['hidden']}, {b['optimizer']} "
-           f"{b['lr']:g}, clip {b['clip']:g}, seed {b['seed']}; predicting 1 scores "
-           f"{payload['baseline_mse']:.3f}; {payload['total_wall_s'] / 60:.0f} min in all")
+           f"{b['lr']:g}{' cosine-decayed' if b.get('decay') else ''}, clip {b['clip']:g}, seed "
+           f"{b['seed']}; predicting 1 scores {payload['baseline_mse']:.3f}; "
+           f"{payload['total_wall_s'] / 60:.0f} min in all")
   return table(head, rows, "r" * len(head)) + "\n\n" + source(path, payload, extra)
 
 
