@@ -149,7 +149,7 @@ def run_jaxrnn_step(problem: Problem, train_step: Callable, mesh: Any = None) ->
     return params, opt_state, metrics["loss"]
   batch = jaxrnn.Batch(jnp.asarray(problem.xs), jnp.asarray(problem.targets))
   if mesh is not None:
-    batch = shard_batch(batch, mesh)[1]
+    batch = shard_batch(batch, mesh)
   return jax_stepper(step, params, optax.adam(LEARNING_RATE).init(params), batch)
 
 

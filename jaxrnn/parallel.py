@@ -60,11 +60,10 @@ def put(x: Any, sharding: NamedSharding) -> Any:
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def shard_batch(batch: Batch, mesh: Mesh) -> tuple[Batch, Batch]:
-  """``(specs, batch placed on mesh)``: each device holds its ``B / n`` sequences."""
+def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
+  """``batch`` placed on ``mesh``: each device holds its ``B / n`` sequences."""
   check_divisible(jnp.shape(batch.xs)[1], mesh)
-  specs = batch_specs(batch)
-  return specs, jax.tree.map(lambda x, s: put(x, NamedSharding(mesh, s)), batch, specs)
+  return jax.tree.map(lambda x, s: put(x, NamedSharding(mesh, s)), batch, batch_specs(batch))
 
 
 def placed_batches(batches: Callable[[int], Batch], mesh: Mesh) -> Callable[[int], Batch]:
@@ -91,7 +90,7 @@ def local_copy(tree: Any) -> Any:
 def place_step_arguments(mesh: Mesh) -> Callable[..., tuple[Any, ...]]:
   """``(params, opt_state, batch, key) ->`` the same, params/state/key replicated, batch split."""
   return lambda params, opt_state, batch, key: (
-      replicate(params, mesh), replicate(opt_state, mesh), shard_batch(batch, mesh)[1],
+      replicate(params, mesh), replicate(opt_state, mesh), shard_batch(batch, mesh),
       None if key is None else replicate(key, mesh))
 
 

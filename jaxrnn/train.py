@@ -216,7 +216,7 @@ def make_eval_step(*, model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(
   if mesh is None:
     return compiled
   return lambda params, batch: compiled(parallel.replicate(params, mesh),
-                                        parallel.shard_batch(batch, mesh)[1])
+                                        parallel.shard_batch(batch, mesh))
 
 
 class FitResult(NamedTuple):
