@@ -26,7 +26,7 @@ Keep Adam's ``lr * H`` well below 1 for the IRNN: Adam's first update moves
 every entry of ``W_hh = I`` by about ``lr``, a nearly rank-one change of
 spectral norm up to ``lr * H`` (``lr = 1e-2``, ``H = 100`` diverges at step 1;
 over ``T = 400`` steps even ``1e-3`` makes ReLU explode). The recipe: Adam at
-``1e-4``, cosine-decayed to ``1e-5`` over the run, clip 1, batch 32, 20,000
+``1e-4``, cosine-decayed to ``1e-5`` over the run, clip 1, batch 32, 32,000
 steps. A run is *solved* when its final test MSE is below 10% of the
 predict-the-mean baseline (``1/60``).
 """
@@ -129,7 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="T = 10, 20 training steps, H = 8, no plot")
   parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
   parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-  parser.add_argument("--steps", type=int, default=20000, help="training steps per run")
+  parser.add_argument("--steps", type=int, default=32000, help="training steps per run")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--hidden", type=int, default=100)
   parser.add_argument("--lr", type=float, default=1e-4)

@@ -595,16 +595,29 @@ JOB = ["--steps", "1200", "--save-every", "300", "--seq-len", "10", "--hidden-si
        "--batch-size", "8", "--eval-every", "600", "--no-progress"]
 
 
-def start_job(argv, env, processes=2):
-  """``processes`` processes of ``python -m jaxrnn argv`` joined into one job on loopback."""
+def free_port():
+  """A loopback port free with its successor (a job's process 0 listens on both)."""
   import socket  # pylint: disable=import-outside-toplevel
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  return [subprocess.Popen([sys.executable, "-m", "jaxrnn", *argv, "--coordinator",
-                            f"127.0.0.1:{port}", "--num-processes", str(processes),
-                            "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True) for i in range(processes)]
+  while True:
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    with socket.socket() as s:
+      if s.connect_ex(("127.0.0.1", port + 1)) != 0:
+        return port
+
+
+def job_process(argv, port, index, env, processes=2, program=("-m", "jaxrnn")):
+  """Process ``index`` of a job of ``processes`` (``python program argv``) on loopback ``port``."""
+  return subprocess.Popen([sys.executable, *program, *argv, "--coordinator", f"127.0.0.1:{port}",
+                           "--num-processes", str(processes), "--process-id", str(index)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def start_job(argv, env, processes=2, program=("-m", "jaxrnn")):
+  """``processes`` processes of ``python program argv`` joined into one job on loopback."""
+  port = free_port()
+  return [job_process(argv, port, i, env, processes, program) for i in range(processes)]
 
 
 def finished(processes, timeout=300):
@@ -642,8 +655,7 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
       assert time.monotonic() < deadline
       time.sleep(0.01)
     # Killed between checkpoints (metrics past step 300 reached the file: the first flush after
-    # the save), so process 0 meets the dead peer in a gradient all-reduce. Inside a checkpoint
-    # barrier it would be JAX's health check that stops it, after its heartbeat timeout.
+    # the save), so process 0 meets the dead peer in a gradient all-reduce.
     processes[1].kill()
     began = time.monotonic()
     code, _, err = finished(processes[:1], timeout=60)[0]
@@ -651,7 +663,7 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
     for p in processes:
       p.kill()
   assert time.monotonic() - began < 30
-  assert code == 1 and "Traceback" not in err, err[-2000:]
+  assert code == 2 and "Traceback" not in err, err[-2000:]
   assert err.strip().splitlines()[-1].startswith(
       "jaxrnn: training stopped: another process of this job failed"), err[-2000:]
   assert err.strip().endswith("start every process again with jaxrnn resume"), err[-2000:]
@@ -677,21 +689,6 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
   chex.assert_trees_all_close(job, single, rtol=1e-6, atol=1e-7)
 
 
-def job_process(argv, port, index, env):
-  """Process ``index`` of a 2-process job of ``python -m jaxrnn argv`` on loopback ``port``."""
-  return subprocess.Popen([sys.executable, "-m", "jaxrnn", *argv, "--coordinator",
-                           f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
-                           str(index)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
-
-
-def free_port():
-  import socket  # pylint: disable=import-outside-toplevel
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_a_job_whose_processes_were_given_different_options_stops_each_with_one_line(tmp_path):
   """Each process gathers every process's config at the start: a different --hidden-size on
   process 1 stops both with one line naming the option (not gloo's abort on mismatched
@@ -708,17 +705,109 @@ def test_a_job_whose_processes_were_given_different_options_stops_each_with_one_
     assert "Gloo" not in out
 
 
-def test_a_job_with_a_missing_process_stops_with_one_line_within_the_join_timeout(tmp_path):
-  """Only process 0 of 2 started: one line and exit 2 after --join-timeout, not silence for
-  300 s and a C++ abort."""
+@pytest.mark.parametrize("started, message", [
+    (0, "the job at 127.0.0.1:{port} did not gather its 2 processes within 3 s: no process with "
+        "--process-id 1 came"),
+    (1, "no process 0 answered at 127.0.0.1:{port} within 3 s: is it started, with this "
+        "--coordinator?")])
+def test_a_job_with_a_missing_process_stops_with_one_line_within_the_join_timeout(
+    started, message, tmp_path):
+  """Only process 0, or only process 1, of 2 started: one line and exit 2 after --join-timeout,
+  not silence for 300 s and a C++ abort."""
   env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
   process = job_process(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB,
-                         "--join-timeout", "3"], port, 0, env)
+                         "--join-timeout", "3"], port, started, env)
   (status, _, err), = finished([process], timeout=60)
-  assert status == 2
-  assert err.strip().splitlines() == [
-      f"jaxrnn: error: the job at 127.0.0.1:{port} did not gather its 2 processes within 3 s: "
-      "is one missing, or do two share a --process-id?"]
+  assert (status, err.strip().splitlines()) == (2, ["jaxrnn: error: " + message.format(port=port)])
+
+
+@pytest.mark.parametrize("ids, counts, message", [
+    ((0, 0), (2, 2), "two processes of this job were given --process-id 0"),
+    ((0, 1, 1), (3, 3, 3), "two processes of this job were given --process-id 1"),
+    ((0, 1), (2, 3), "the processes of this job were given different --num-processes: start "
+                     "every process with the same options")])
+def test_a_job_of_processes_that_do_not_fit_together_stops_each_with_one_line(
+    ids, counts, message, tmp_path):
+  """Two processes with one --process-id (the first one 0 as well), or a process given another
+  --num-processes: every process stops at once with one line (with 0.2.0 the first of two
+  process 0s died in a C++ abort, and another --num-processes went unnoticed)."""
+  env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
+  run = ["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB, "--join-timeout", "60"]
+  processes = [job_process(run, port, i, env, n) for i, n in zip(ids[:-1], counts)]
+  time.sleep(1)                         # the first process is the one that keeps the port
+  processes.append(job_process(run, port, ids[-1], env, counts[-1]))
+  began = time.monotonic()
+  for status, _, err in finished(processes, timeout=60):
+    assert (status, err.strip().splitlines()) == (2, ["jaxrnn: error: " + message]), err
+  assert time.monotonic() - began < 30  # at once, not after --join-timeout
+
+
+def test_a_job_without_a_run_dir_stops_with_one_line():
+  """Each process would name its own default run directory after its own start time."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  for status, _, err in finished(start_job(["train", "adding", *JOB], env), timeout=120):
+    assert (status, err.strip().splitlines()) == (2, [
+        "jaxrnn: error: a job of several processes needs --run-dir, the same in every process"])
+
+
+STOPPED = ("jaxrnn: error: process {} of this job stopped (see its output); start every process "
+           "again (jaxrnn resume RUN_DIR goes on from the last checkpoint)")
+DIES = """
+import os, sys
+from jax._src import distributed
+from jaxrnn.app import job
+address, index, dies = sys.argv[-5], int(sys.argv[-1]), int(sys.argv[1])
+job.join(address, 2, index, 30.0)
+if index == dies:
+  os.kill(os.getpid(), 9)
+distributed.global_state.client.wait_at_barrier("never", 120_000)  # how orbax's saves wait
+"""
+
+
+@pytest.mark.parametrize("dies", [0, 1])
+def test_a_process_that_dies_stops_a_peer_waiting_in_a_coordination_barrier(dies):
+  """A process killed while its peer waits in JAX's coordination barrier, as orbax's saves do:
+  the peer stops with one line and exit 2 within seconds (JAX's health check would abort it
+  with a C++ stack after its heartbeat timeout, 77 s with 0.2.0)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  processes = start_job([str(dies)], env, program=("-c", DIES))
+  began = time.monotonic()
+  outcomes = finished(processes, timeout=90)
+  assert time.monotonic() - began < 20
+  assert outcomes[dies][0] == -9
+  status, _, err = outcomes[1 - dies]
+  assert status == 2 and err.strip().splitlines()[-1] == STOPPED.format(dies), err[-2000:]
+
+
+KILLED_IN_SAVE = """
+import os, sys
+from jaxrnn.app import checkpoint, cli
+save = checkpoint.save
+def save_or_die(checkpoints, step, *rest):
+  if step == 600 and sys.argv[-1] == os.environ["VICTIM"]:
+    os.kill(os.getpid(), 9)
+  return save(checkpoints, step, *rest)
+checkpoint.save = save_or_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_process_killed_as_a_checkpoint_is_saved_stops_the_job_with_one_line(victim, tmp_path):
+  """A process killed as the save of step 600 begins, the other inside that save: the other
+  stops with one line and exit 2 (with 0.2.0, a C++ abort), from its failed save or from the
+  coordinator, and the run keeps its last good checkpoint."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", VICTIM=str(victim))
+  processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB], env,
+                        program=("-c", KILLED_IN_SAVE))
+  outcomes = finished(processes, timeout=240)
+  status, _, err = outcomes[1 - victim]
+  assert outcomes[victim][0] == -9 and status == 2, err[-2000:]
+  line, = err.strip().splitlines()
+  assert line == STOPPED.format(victim) or (
+      line.startswith("jaxrnn: error: could not write checkpoint 600 in ")
+      and line.endswith(f"the last good checkpoint, after 300 steps, is in {tmp_path / 'run'}")), line
+  assert rundir.run_config(tmp_path / "run")[1] == 300
 
 
 def test_checkpoints_of_garbage_bytes_are_one_line_for_train_and_resume(tmp_path, capsys):

@@ -7,9 +7,8 @@ import contextlib
 import math
 import os
 import sys
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxrnn
-from jaxrnn.app import checkpoint
+from jaxrnn.app import checkpoint, job
 from jaxrnn.app.config import (CHOICES, FIELDS, MAX_STEPS, TASK_DEFAULTS, Config, flag,
                                resolve_config)
 from jaxrnn.app.plots import plot_gradients
@@ -88,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = config.replace(steps=steps)
   else:
     task = None
+  if args.run_dir is None and jax.process_count() > 1:
+    raise RunError("a job of several processes needs --run-dir, the same in every process")
   run_dir = Path(args.run_dir or f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
   for folder in (run_dir, *run_dir.parents):  # the nearest that exists: a writable directory
     if folder.exists():
@@ -189,51 +190,30 @@ def cmd_gradients(args: argparse.Namespace) -> None:
   print(f"wrote {out}")
 
 
-def join_job(args: argparse.Namespace) -> bool:
-  """Joins the ``jax.distributed`` job the job options name (gloo between CPUs), ``False`` when
-  none is given; :class:`RunError` when they are incomplete, out of range or the join fails."""
+def join_job(args: argparse.Namespace) -> Callable[[], None] | None:
+  """Joins the job the job options name (:func:`jaxrnn.app.job.join`) and returns its ``done``;
+  ``None`` when none is given; :class:`RunError` when they are incomplete or out of range."""
   options = {"--coordinator": getattr(args, "coordinator", None),
              "--num-processes": getattr(args, "num_processes", None),
              "--process-id": getattr(args, "process_id", None)}
   if all(value is None for value in options.values()):
-    return False
+    return None
   if any(value is None for value in options.values()):
     raise RunError("--coordinator, --num-processes and --process-id go together; missing "
                    + ", ".join(name for name, value in options.items() if value is None))
   host, _, port = args.coordinator.rpartition(":")
-  if not host or not port.isdigit() or not 0 < int(port) < 65536:
-    raise RunError(f"--coordinator {args.coordinator!r}: expected HOST:PORT, e.g. 10.0.0.1:1234")
+  if not host or not port.isdigit() or not 0 < int(port) < 65535:
+    raise RunError(f"--coordinator {args.coordinator!r}: expected HOST:PORT with PORT below "
+                   "65535 (process 0 also listens on PORT + 1), e.g. 10.0.0.1:1234")
   if args.num_processes < 1:
     raise RunError("--num-processes must be at least 1")
   if not 0 <= args.process_id < args.num_processes:
     raise RunError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
   if not 0 < args.join_timeout <= 3600:
     raise RunError("--join-timeout must be in (0, 3600] seconds")
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  watchdog = threading.Timer(args.join_timeout, leave, [  # jax's own timeout aborts in C++
-      2, f"jaxrnn: error: the job at {args.coordinator} did not gather its "
-      f"{args.num_processes} processes within {args.join_timeout:g} s: is one missing, or do "
-      "two share a --process-id?"])
-  watchdog.daemon = True
-  watchdog.start()
-  try:
-    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
-                               process_id=args.process_id,
-                               initialization_timeout=int(args.join_timeout) + 60)
-  except Exception as error:  # jaxlib raises its own error types for a missing coordinator
-    raise RunError(f"could not join the job at {args.coordinator}: "
-                   f"{checkpoint.reason(error)}") from None
-  finally:
-    watchdog.cancel()
-  return True
-
-
-def leave(status: int, message: str) -> None:
-  """Prints ``message`` and ends the process now, past ``jax.distributed``'s exit barrier
-  (which would wait for a dead or missing peer, then abort)."""
-  print(message, file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  os._exit(status)
+  options = {k: v for k, v in vars(args).items()  # what must agree: all but these
+             if k not in ("process_id", "join_timeout", "no_progress", "handler")}
+  return job.join(args.coordinator, args.num_processes, args.process_id, args.join_timeout, options)
 
 
 def use_every_core() -> None:
@@ -318,23 +298,29 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def stop(done: Callable[[], None] | None, status: int, line: str) -> int:
+  """Prints ``line`` and returns ``status``; in a job (``done`` given) ends the process now."""
+  if done is not None:
+    job.leave(status, line)
+  print(line, file=sys.stderr)
+  return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the ``jaxrnn`` command line; returns the exit status."""
   args = build_parser().parse_args(argv)
+  done = None
   try:
-    if not join_job(args):
+    if (done := join_job(args)) is None:
       use_every_core()
     args.handler(args)
-    return 0
   except RunError as error:
-    print(f"jaxrnn: error: {error}", file=sys.stderr)
-    return 2
+    return stop(done, 2, f"jaxrnn: error: {error}")
   except TrainingStopped as error:
-    if isinstance(error, JobFailed):
-      leave(1, f"jaxrnn: {error}")
-    print(f"jaxrnn: {error}", file=sys.stderr)
-    return 1
+    return stop(done, 2 if isinstance(error, JobFailed) else 1, f"jaxrnn: {error}")
   except KeyboardInterrupt:
-    print("\njaxrnn: interrupted; continue from the last checkpoint with: jaxrnn resume RUN_DIR",
-          file=sys.stderr)
-    return 130
+    return stop(done, 130, "\njaxrnn: interrupted; continue from the last checkpoint with: "
+                "jaxrnn resume RUN_DIR")
+  if done is not None:
+    done()
+  return 0

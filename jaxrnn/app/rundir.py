@@ -28,7 +28,7 @@ class TrainingStopped(Exception):
 
 
 class JobFailed(TrainingStopped):
-  """Another process of a multi-process job died (its collectives fail): one line, exit status 1."""
+  """Another process of a multi-process job died (its collectives fail): one line, exit status 2."""
 
 
 def is_primary() -> bool:

@@ -4,7 +4,6 @@ multi-process job only process 0 holds the lock, writes the files and prints."""
 
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,12 +11,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from jaxrnn.app import checkpoint
-from jaxrnn.app.config import Config, flag
+from jaxrnn.app.config import Config
 from jaxrnn.app.plots import plot_run
 from jaxrnn.app.rundir import (JobFailed, RunError, TrainingStopped, checkpoint_state, is_primary,
                                locked, read_metrics, require_extras, restore_newest,
@@ -180,27 +177,6 @@ def finish(config: Config, task: Task, score: float, records: list[dict[str, Any
   return summary
 
 
-def check_job_agrees(config: Config) -> None:
-  """Raises :class:`RunError` on every process of a job given different options, naming them."""
-  if jax.process_count() == 1:
-    return
-  mine = np.frombuffer(json.dumps(config.asdict(), sort_keys=True).encode(), np.uint8)
-  sys.stdout.flush()
-  saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 1)                  # gloo says "Rank N is connected" on stdout as it connects
-  try:
-    width = int(multihost_utils.process_allgather(np.array([mine.size])).max())
-    rows = multihost_utils.process_allgather(np.pad(mine, (0, width - mine.size)))  # [P, width]
-  finally:
-    os.dup2(saved, 1)
-    os.close(saved)
-    os.close(devnull)
-  configs = [json.loads(bytes(row).rstrip(b"\0")) for row in np.asarray(rows)]
-  if differ := sorted({k for c in configs for k in c if c[k] != configs[0][k]}):
-    raise RunError(f"the processes of this job were given different {', '.join(map(flag, differ))}:"
-                   " start every process with the same options")
-
-
 def train_run(config: Config, run_dir: Path | None, resume: bool = False, progress: bool = True,
               task: Task | None = None, overrides: dict[str, Any] | None = None,
               devices: int | None = None) -> dict[str, Any]:
@@ -208,7 +184,6 @@ def train_run(config: Config, run_dir: Path | None, resume: bool = False, progre
   without ``run_dir`` nothing is written) and returns the summary. ``task`` defaults to
   ``load_task(config)``; ``overrides`` (resume) are recorded in metrics.jsonl; ``devices``
   (:func:`device_counts`) is not part of the config, so a run may resume on another count."""
-  check_job_agrees(config)
   task = load_task(config) if task is None else task
   counts = device_counts(devices, config, int(task.test.xs.shape[1]))
   if resume and config.data_fingerprint != task.fingerprint:
