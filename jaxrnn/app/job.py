@@ -23,6 +23,7 @@ from unittest import mock
 
 import jax
 from jax._src import distributed
+from jax.experimental import multihost_utils
 
 import jaxrnn
 from jaxrnn.app.rundir import RunError
@@ -191,6 +192,15 @@ def join(address: str, num_processes: int, process_id: int, timeout: float,
                                  process_id=process_id, initialization_timeout=int(timeout) + 60)
   except Exception as error:  # jaxlib raises its own error types
     raise RunError(f"could not join the job at {address}: {error}".splitlines()[0]) from None
+  sys.stdout.flush()
+  saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 1)                     # gloo says "Rank N is connected" on stdout
+  try:
+    multihost_utils.sync_global_devices("jaxrnn: the job is whole")
+  finally:
+    os.dup2(saved, 1)
+    os.close(saved)
+    os.close(devnull)
   return lambda: send(conn, done=True)
 
 
