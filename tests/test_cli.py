@@ -205,6 +205,8 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
      "go together; missing --num-processes, --process-id"),
     (["train", "adding", "--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"],
      "expected HOST:PORT"),
+    (["train", "adding", "--coordinator", "127.0.0.1:65535", "--num-processes", "2",
+      "--process-id", "0"], "with PORT below 65535 (process 0 also listens on PORT + 1)"),
     (["resume", "missing/run", "--coordinator", "127.0.0.1:1", "--num-processes", "2",
       "--process-id", "2"], "--process-id must be in 0..1, got 2"),
     (["train", "adding", "--coordinator", "127.0.0.1:1", "--num-processes", "0",
