@@ -78,7 +78,11 @@ def test_train_writes_a_run_and_learns(task, request, tmp_path, text_file, capsy
     run_dir = request.getfixturevalue("adding_run")
   else:
     assert train(task, run_dir, *(["--text-file", text_file] if task == "text" else [])) == 0
-    assert "baseline (" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    summary = json.load(open(run_dir / "summary.json"))
+    better = (summary["test"] > summary["baseline"] if task in ("copy", "digits") else
+              summary["test"] < summary["baseline"])
+    assert ("(beats the baseline)" if better else "(does not beat the baseline)") in out, out
   summary = json.load(open(run_dir / "summary.json"))
   assert np.isfinite(summary["test"]) and summary["steps"] == int(TASK_OPTIONS[task][1])
   if task in BEATS_BASELINE:
@@ -91,6 +95,49 @@ def test_train_writes_a_run_and_learns(task, request, tmp_path, text_file, capsy
   assert (run_dir / "loss.png").stat().st_size > 10_000
   config, step = rundir.run_config(run_dir)
   assert step == summary["steps"] and config.task == task and config.dtype == "float32"
+
+
+def test_a_run_evaluates_at_its_last_step_and_trains_with_its_dropout(tmp_path):
+  """25 steps, evaluated every 10: test scores at steps 10, 20 and 25 (the last). The same run
+  without --dropout has another loss from step 1 (dropout acts in training)."""
+  logs = {}
+  for rate in ("0.5", "0"):
+    run_dir = tmp_path / rate
+    assert cli.main(["train", "adding", "--run-dir", str(run_dir), *TINY_RUN, "--layers", "2",
+                     "--dropout", rate, "--steps", "25", "--eval-every", "10"]) == 0
+    logs[rate] = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  assert [r["step"] for r in logs["0.5"] if "test" in r] == [10, 20, 25]
+  assert [r["grad_norm"] for r in logs["0.5"]] != [r["grad_norm"] for r in logs["0"]]
+
+
+def test_a_reader_that_closes_stdout_early_gets_no_traceback(tmp_path):
+  """``jaxrnn train ... | head -1``: the pipe closes before the summary is printed."""
+  process = subprocess.Popen([sys.executable, "-m", "jaxrnn", "train", "adding", "--run-dir",
+                              str(tmp_path / "run"), *TINY_RUN, "--steps", "5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  process.stdout.readline()
+  process.stdout.close()
+  assert process.wait(timeout=120) == 141 and process.stderr.read() == ""
+  assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_run_draws_data_parameters_and_dropout_from_three_keys_of_its_seed():
+  keys = [tuple(np.asarray(jax.random.key_data(k)).ravel())
+          for seed in (0, 1) for k in training.run_keys(resolve_config("adding", seed=seed))]
+  assert len(set(keys)) == 6
+
+
+def test_epochs_are_rounded_up_to_whole_steps(monkeypatch):
+  """digits trains on 1,438 sequences: one epoch of batch 16 is ceil(89.9) = 90 steps, and a
+  thousandth of an epoch is 1 step."""
+  pytest.importorskip("sklearn")
+  steps = []
+  monkeypatch.setattr(cli, "train_run", lambda config, *args, **kwargs: steps.append(config.steps))
+  for epochs in ("1", "0.001"):
+    assert cli.main(["train", "digits", "--epochs", epochs, "--batch-size", "16",
+                     "--run-dir", "unused"]) == 0
+  assert steps == [90, 1]
 
 
 def interrupt_after(monkeypatch, stop_at):
@@ -158,8 +205,8 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
   assert capsys.readouterr().out[:-1] == text        # same seed, same text
   for bad, message in ((["--length", "-5"], "--length must be from 0 to 10000000"),
                        (["--temperature", "inf"], "--temperature must be a finite number > 0"),
-                       (["--seed", str(2**64)], "--seed must be a whole number from 0 to "
-                        "4294967295")):
+                       *((["--seed", seed], "--seed must be a whole number from 0 to "
+                          "4294967295") for seed in (str(2**64), str(2**32)))):
     assert cli.main(["sample", str(tmp_path / "run"), *bad]) == 2
     assert message in one_error_line(capsys)
 
@@ -215,9 +262,10 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
     (["train", "adding", "--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
     *((["train", "adding", "--steps", "2", *TINY_RUN, "--seed", seed], "--seed must be a whole "
        "number from 0 to 4294967295") for seed in (str(2**64), str(2**32))),
-    (["demo", "--no-progress", "--seed", str(2**64)], "--seed must be a whole number from 0"),
-    (["gradients", "--steps", "3", "--hidden-size", "2", "--seed", str(2**64)],
-     "--seed must be a whole number from 0"),
+    *((["demo", "--no-progress", "--seed", seed], "--seed must be a whole number from 0")
+      for seed in (str(2**64), str(2**32))),
+    *((["gradients", "--steps", "3", "--hidden-size", "2", "--seed", seed],
+       "--seed must be a whole number from 0") for seed in (str(2**64), str(2**32))),
     (["train", "digits", *TINY_RUN, "--epochs", "1e12"], "steps, more than 2147483647"),
     (["train", "digits", "--epochs", "2", "--steps", "2", *TINY_RUN],
      "give --steps or --epochs, not both"),

@@ -28,6 +28,19 @@ def test_generators_are_pure_functions_of_the_key(make):
   assert not np.array_equal(np.asarray(make(KEY).xs), np.asarray(make(jax.random.key(1)).xs))
 
 
+def test_adding_markers_are_independent_uniform_positions_in_each_half():
+  """Each marker is uniform over its half (T = 20: 10 positions each, 1000 sequences), and the
+  two are independent (drawn from one key, the second would sit a fixed distance after the
+  first)."""
+  markers = np.asarray(data.adding_problem(KEY, 1000, 20, jnp.float32).xs[..., 1])  # [T, B]
+  first, second = np.argmax(markers[:10], 0), 10 + np.argmax(markers[10:], 0)
+  for position, size in ((first, 10), (second - 10, 10)):
+    counts = np.bincount(position, minlength=size)
+    assert counts.size == size and counts.min() > 60, counts      # ~100 each
+  assert abs(np.corrcoef(first, second)[0, 1]) < 0.1
+  assert np.unique(second - first).size > 15
+
+
 def test_adding_target_is_the_sum_of_the_marked_values_at_the_last_step():
   batch = data.adding_problem(KEY, 7, 10, jnp.float32)
   values, markers = np.asarray(batch.xs[..., 0]), np.asarray(batch.xs[..., 1])
@@ -61,6 +74,11 @@ def test_windows_are_contiguous_slices():
   windows = data.random_windows(KEY, series, 6, 9)                      # [10, 6]
   assert windows.shape == (10, 6)
   np.testing.assert_array_equal(np.diff(np.asarray(windows), axis=0), 1)
+  # Every window lies inside the series (an index past its end is clamped, not refused), and
+  # every start that fits is drawn: 12 values give 3 windows of 10.
+  many = np.asarray(data.random_windows(KEY, jnp.arange(12), 2000, 9))  # [10, 2000]
+  np.testing.assert_array_equal(np.diff(many, axis=0), 1)
+  assert set(many[0]) == {0, 1, 2}
   batch = data.text_batch(windows % 7, 7, jnp.float32)
   assert batch.xs.shape == (9, 6, 7)
   np.testing.assert_array_equal(np.argmax(np.asarray(batch.xs[1:]), -1), batch.targets[:-1])
@@ -94,6 +112,11 @@ def test_text_loads_the_default_corpus_and_rejects_bad_files(tmp_path):
   (tmp_path / "empty.txt").write_text("")
   with pytest.raises(ValueError, match="is empty"):
     data.load_text(str(tmp_path / "empty.txt"))
+  (tmp_path / "one.txt").write_text("a")                  # nothing to predict from
+  with pytest.raises(ValueError, match="has one character; it needs two or more"):
+    data.load_text(str(tmp_path / "one.txt"))
+  (tmp_path / "two.txt").write_text("ab")
+  assert data.load_text(str(tmp_path / "two.txt")) == "ab"
   np.testing.assert_array_equal(data.encode_text("abca", "abc"), [0, 1, 2, 0])
   with pytest.raises(ValueError, match="vocabulary"):
     data.encode_text("abd", "abc")
@@ -124,6 +147,7 @@ def test_tasks_report_their_trivial_baseline(task, metric, low, high):
   assert built.metric == metric and low <= built.baseline <= high
   batch = built.batches(3)
   chex.assert_trees_all_equal(batch, built.batches(3))
+  assert not np.array_equal(np.asarray(batch.xs), np.asarray(built.batches(4).xs))  # fresh
   chex.assert_shape(batch.xs, (None, 4, built.input_size))
   chex.assert_type(batch.xs, jnp.float32)
 
@@ -199,3 +223,27 @@ def test_config_round_trips_through_json_and_reads_a_0_2_0_config():
 def test_resolve_config_refuses_unknown_options():
   with pytest.raises(ValueError, match="unknown options"):
     resolve_config("adding", checkpoint_every=5)
+
+
+def test_sunspots_are_normalised_by_the_training_years_only():
+  """The test years (the last 20%) must not leak into the normalisation."""
+  pytest.importorskip("statsmodels")
+  years = data.load_sunspots()
+  train = years[:int(0.8 * len(years))]
+  built = build_task(resolve_config("sunspots", batch_size=4, seq_len=20), KEY)
+  np.testing.assert_allclose(np.asarray(built.test.xs[:, 0, 0]),
+                             ((years - train.mean()) / train.std())[:-1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_text_baseline_is_the_unigram_model_scored_on_the_test_targets():
+  """Bits per character of the add-one unigram model of the training text (the first 90%),
+  averaged over the characters the test asks for."""
+  config = resolve_config("text", batch_size=4, seq_len=20)
+  built = build_task(config, KEY)
+  text = data.load_text()
+  vocab = sorted(set(text))
+  codes = np.array([vocab.index(c) for c in text[:int(0.9 * len(text))]])
+  counts = np.bincount(codes, minlength=len(vocab)) + 1.0
+  targets = np.asarray(built.test.targets)
+  assert built.baseline == pytest.approx(-np.mean(np.log2(counts / counts.sum())[targets]),
+                                         rel=1e-12)

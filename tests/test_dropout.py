@@ -94,7 +94,7 @@ def test_mask_shapes_values_and_what_draws_none(num_layers, bidirectional):
   assert set(np.unique(np.asarray(only.inputs[0][0]))) <= {0, np.float32(1) / np.float32(0.9)}
 
 
-@pytest.mark.parametrize("num_layers,bidirectional", MODELS)
+@pytest.mark.parametrize("num_layers,bidirectional", MODELS + [(3, False)])
 def test_masks_are_independent_draws_with_keep_rate_1_minus_p(num_layers, bidirectional):
   """What the masks must be, stated without the library's key derivation: every mask entry is
   1/(1-p) with probability 1-p and 0 otherwise, and the masks of the three kinds, of every layer

@@ -266,6 +266,23 @@ def test_dropout_key_changes_the_step_and_the_same_key_reproduces_it(num_layers,
   assert abs(float(first[2]["loss"]) - float(other[2]["loss"])) > 1e-6
 
 
+def test_fit_gives_step_s_the_dropout_key_fold_in_key_s():
+  """``fit(key=k)``'s step ``s`` is ``step(..., fold_in(k, s))`` (its documented rule): with
+  parameters that never change, step ``s``'s loss is that of one step with that key, and the
+  three steps' losses (three dropout masks) all differ."""
+  params, batch, _, _ = shared(2, True)
+  model, loss = SPECS[2, True]
+  model = dataclasses.replace(model, dropout=0.3, input_dropout=0.3, state_dropout=0.3)
+  frozen = optax.set_to_zero()
+  step = jaxrnn.make_train_step(frozen, model=model, loss=loss, donate=False)
+  key = jax.random.key(7)
+  result = jaxrnn.fit(params, frozen.init(params), step, [batch] * 3, 3, key=key, progress=False)
+  alone = [float(step(params, frozen.init(params), batch, jax.random.fold_in(key, s))[2]["loss"])
+           for s in range(3)]
+  np.testing.assert_array_equal(result.history["loss"], alone)
+  assert len(set(alone)) == 3
+
+
 def test_an_opt_state_of_another_model_or_optimizer_is_named():
   params, batch, _ = random_problem(5, 4, 2)
   step = jaxrnn.make_train_step(optax.adam(1e-2), donate=False)

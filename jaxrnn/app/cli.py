@@ -321,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     return stop(done, 130, "\njaxrnn: interrupted; continue from the last checkpoint with: "
                 "jaxrnn resume RUN_DIR")
+  except BrokenPipeError:                 # stdout closed early (| head): say nothing more
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
   if done is not None:
     done()
   return 0

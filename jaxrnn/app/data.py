@@ -131,7 +131,8 @@ def load_text(path: str | None = None) -> str:
   except (OSError, UnicodeDecodeError) as error:
     raise ValueError(f"cannot read text file {path}: {error}") from None
   if len(text) < 2:
-    raise ValueError(f"text file {path} is empty")
+    raise ValueError(f"text file {path} is empty" if not text else
+                     f"text file {path} has one character; it needs two or more")
   return text
 
 

@@ -156,6 +156,14 @@ def finish(config: Config, task: Task, score: float, records: list[dict[str, Any
              "baseline_name": task.baseline_name, "steps": config.steps, "seconds": seconds}
   if not is_primary():
     return summary
+  if run_dir is not None:                 # before printing: a closed stdout loses nothing
+    try:
+      plot_run(records, task, run_dir / "loss.png")
+      (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    except OSError as error:
+      raise RunError(f"could not write the summary and plot into {run_dir}: "
+                     f"{checkpoint.reason(error)}; the checkpoints are complete, so "
+                     f"'jaxrnn resume {run_dir}' writes them later") from None
   better = score > task.baseline if higher_is_better(task.metric) else score < task.baseline
   print(f"\n{config.task}: {steps_run} steps in {seconds:.1f} s")
   print(f"  {'':32} {'test ' + task.metric:>14}")
@@ -166,13 +174,6 @@ def finish(config: Config, task: Task, score: float, records: list[dict[str, Any
   print(f"  {'model vs baseline':32} {change}  "
         f"({'beats' if better else 'does not beat'} the baseline)")
   if run_dir is not None:
-    try:
-      plot_run(records, task, run_dir / "loss.png")
-      (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    except OSError as error:
-      raise RunError(f"could not write the summary and plot into {run_dir}: "
-                     f"{checkpoint.reason(error)}; the checkpoints are complete, so "
-                     f"'jaxrnn resume {run_dir}' writes them later") from None
     print(f"wrote {run_dir}/metrics.jsonl, loss.png, summary.json, checkpoints/")
   return summary
 
