@@ -807,7 +807,7 @@ import os, sys
 from jax._src import distributed
 from jaxrnn.app import job
 address, index, dies = sys.argv[-5], int(sys.argv[-1]), int(sys.argv[1])
-job.join(address, 2, index, 30.0)
+job.join(address, 2, index, 30.0, {})
 if index == dies:
   os.kill(os.getpid(), 9)
 distributed.global_state.client.wait_at_barrier("never", 120_000)  # how orbax's saves wait

@@ -113,7 +113,7 @@ def test_text_loads_the_default_corpus_and_rejects_bad_files(tmp_path):
   with pytest.raises(ValueError, match="is empty"):
     data.load_text(str(tmp_path / "empty.txt"))
   (tmp_path / "one.txt").write_text("a")                  # nothing to predict from
-  with pytest.raises(ValueError, match="has one character; it needs two or more"):
+  with pytest.raises(ValueError, match="is empty or one character long; it needs two or more"):
     data.load_text(str(tmp_path / "one.txt"))
   (tmp_path / "two.txt").write_text("ab")
   assert data.load_text(str(tmp_path / "two.txt")) == "ab"

@@ -131,8 +131,7 @@ def load_text(path: str | None = None) -> str:
   except (OSError, UnicodeDecodeError) as error:
     raise ValueError(f"cannot read text file {path}: {error}") from None
   if len(text) < 2:
-    raise ValueError(f"text file {path} is empty" if not text else
-                     f"text file {path} has one character; it needs two or more")
+    raise ValueError(f"text file {path} is empty or one character long; it needs two or more")
   return text
 
 

@@ -2,12 +2,11 @@
 
 Process 0 starts the job's coordinator, a small process (``python -m jaxrnn.app.job``) on
 ``PORT``. Every process connects and sends its options; once all ``N`` have come with the same
-ones, the coordinator starts JAX's coordination service on ``PORT + 1`` for them to join. Else
-each process stops with one line: options that differ, two with one ``--process-id``, or one
-missing after ``--join-timeout`` seconds. The connections stay open for the job's life, and the
-kernel closes them however a process ends (``kill -9`` too): one that ends without saying it is
-done stops the others with one line, at any moment. (Where JAX's service lives in a process
-that dies, the others abort in C++: the coordinator outlives every process.)
+ones, the coordinator runs JAX's coordination service on ``PORT + 1`` for them to join; else
+each process stops with one line (options that differ, two with one ``--process-id``, one missing
+after ``--join-timeout`` s). The connections stay open, and the kernel closes them however a
+process ends: one that ends without saying it is done stops the others with one line, at any
+moment. (The service outlives every process: where it dies with one, the others abort in C++.)
 """
 
 import json
@@ -32,8 +31,7 @@ GRACE = 2.0  # seconds a process's own error has to arrive before its end is rep
 
 
 def leave(status: int, message: str) -> None:
-  """Prints ``message`` (on the real stderr: a checkpoint save silences ``sys.stderr``) and ends
-  the process now, past ``jax.distributed``'s exit barrier, which would wait for a dead peer."""
+  """Prints ``message`` on the real stderr and ends now, past JAX's exit barrier (dead peers)."""
   print(message, file=sys.__stderr__, flush=True)
   sys.stdout.flush()
   os._exit(status)
@@ -64,8 +62,7 @@ def receive(conn: socket.socket, timeout: float | None) -> dict[str, Any]:
 
 def gather(server: socket.socket, address: str, num_processes: int,
            timeout: float) -> dict[int, socket.socket]:
-  """The coordinator: each process's connection, once all have come with the same options
-  within ``timeout`` seconds; else tells each process what is wrong and raises it."""
+  """The coordinator: each process's connection once all came alike, else tells each why."""
   peers: dict[int, socket.socket] = {}
   deadline, error, first = time.monotonic() + timeout, None, None
   while len(peers) < num_processes and error is None:
@@ -103,8 +100,7 @@ def gather(server: socket.socket, address: str, num_processes: int,
 
 
 def watch(peers: dict[int, socket.socket], who: int) -> None:
-  """The coordinator, a thread per process: when process ``who`` ends without saying it is done,
-  tells every other process to stop, :data:`GRACE` seconds later."""
+  """The coordinator, per process: if ``who`` ends before it is done, stops all the others."""
   while message := receive(peers[who], None):
     if "done" in message:
       return receive(peers[who], None)  # its end
@@ -115,15 +111,14 @@ def watch(peers: dict[int, socket.socket], who: int) -> None:
 
 
 def coordinate(server: socket.socket, address: str, num_processes: int, timeout: float) -> None:
-  """The coordinator's life: gathers the job, runs JAX's service on ``PORT + 1`` and watches
-  every process until the last connection ends."""
+  """The coordinator's life: gathers, runs JAX's service on ``PORT + 1``, watches to the end."""
   try:
     peers = gather(server, address, num_processes, timeout)
   except RunError:
     return
   port = int(address.rsplit(":", 1)[1]) + 1
   try:
-    service = distributed._jax.get_distributed_runtime_service(f"[::]:{port}", num_processes)  # pylint: disable=protected-access
+    service = distributed._jax.get_distributed_runtime_service(f"[::]:{port}", num_processes)
   except Exception as error:  # jaxlib raises its own error types
     for conn in peers.values():
       send(conn, error=f"could not start JAX's coordination service on port {port}: {error}")
@@ -139,8 +134,7 @@ def coordinate(server: socket.socket, address: str, num_processes: int, timeout:
 
 def greet(address: str, process_id: int, options: dict[str, Any],
           timeout: float) -> socket.socket:
-  """Says hello to the job's coordinator; returns the connection once the job is whole, else
-  :class:`RunError` with the coordinator's line, or when none answers within ``timeout``."""
+  """Says hello to the coordinator; the connection once the job is whole, else :class:`RunError`."""
   host, port = address.rsplit(":", 1)
   deadline = time.monotonic() + timeout
   while True:
@@ -166,10 +160,9 @@ def heed(conn: socket.socket) -> None:
 
 def join(address: str, num_processes: int, process_id: int, timeout: float,
          options: dict[str, Any]) -> Callable[[], None]:
-  """Gathers the job at ``address`` (``HOST:PORT``; process 0 starts its coordinator) whose
-  processes must all give the same ``options``, then joins ``jax.distributed`` (gloo between
-  CPUs). Returns ``done``, to call once this process ends well; :class:`RunError` when the job
-  cannot start."""
+  """Gathers the job at ``HOST:PORT`` (process 0 starts the coordinator), each process with the
+  same ``options``, and joins ``jax.distributed`` (gloo on CPUs). Returns ``done``, to call when
+  this process ends well; :class:`RunError` when the job cannot start."""
   if process_id == 0:
     try:
       server = socket.create_server(("", int(address.rsplit(":", 1)[1])))
@@ -185,8 +178,8 @@ def join(address: str, num_processes: int, process_id: int, timeout: float,
   threading.Thread(target=heed, args=(conn,), daemon=True).start()
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   host, port = address.rsplit(":", 1)
-  try:    # the coordinator runs the service, not process 0
-    with mock.patch.object(distributed._jax, "get_distributed_runtime_service",  # pylint: disable=protected-access
+  try:    # the coordinator runs the service, not process 0 (private: JAX has no public call)
+    with mock.patch.object(distributed._jax, "get_distributed_runtime_service",
                            lambda *args, **kwargs: None):
       jax.distributed.initialize(f"{host}:{int(port) + 1}", num_processes=num_processes,
                                  process_id=process_id, initialization_timeout=int(timeout) + 60)
