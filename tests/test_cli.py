@@ -83,6 +83,9 @@ def test_train_writes_a_run_and_learns(task, request, tmp_path, text_file, capsy
     better = (summary["test"] > summary["baseline"] if task in ("copy", "digits") else
               summary["test"] < summary["baseline"])
     assert ("(beats the baseline)" if better else "(does not beat the baseline)") in out, out
+    change, = re.findall(r"model vs baseline +([-+][0-9.]+)%", out)
+    assert float(change) == pytest.approx(
+        100 * (summary["test"] - summary["baseline"]) / summary["baseline"], abs=0.051)
   summary = json.load(open(run_dir / "summary.json"))
   assert np.isfinite(summary["test"]) and summary["steps"] == int(TASK_OPTIONS[task][1])
   if task in BEATS_BASELINE:
@@ -205,6 +208,7 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
   assert capsys.readouterr().out[:-1] == text        # same seed, same text
   for bad, message in ((["--length", "-5"], "--length must be from 0 to 10000000"),
                        (["--temperature", "inf"], "--temperature must be a finite number > 0"),
+                       (["--prompt", ""], "the prompt must be non-empty"),
                        *((["--seed", seed], "--seed must be a whole number from 0 to "
                           "4294967295") for seed in (str(2**64), str(2**32)))):
     assert cli.main(["sample", str(tmp_path / "run"), *bad]) == 2
@@ -221,6 +225,20 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
   for _, _, _, norm, bound in rows:
     assert float(norm) <= float(bound) * (1 + 1e-5)
   assert out.stat().st_size > 10_000
+  # ||dh_T/dh_0|| of tanh at radius 0.5, recomputed: a product of 12 Jacobians, the NumPy way.
+  k_params, k_xs = jax.random.split(jax.random.key(0))
+  params = jaxrnn.init_params(k_params, 4, 8, 1, dtype=np.float32,
+                              init=jaxrnn.InitSpec("orthogonal", 0.5))
+  cell = params.layers[0][0]
+  W_xh, W_hh, b_h = (np.asarray(a, np.float64) for a in (cell.W_xh, cell.W_hh, cell.b_h))
+  h, jacobian = np.zeros(8), np.eye(8)
+  for x in np.asarray(jax.random.normal(k_xs, (12, 4), np.float32), np.float64):
+    h = np.tanh(W_xh @ x + W_hh @ h + b_h)
+    jacobian = (1 - h ** 2)[:, None] * W_hh @ jacobian
+  assert float(rows[0][3]) == pytest.approx(np.linalg.norm(jacobian, 2), rel=2e-3)
+  assert cli.main(["gradients", "--steps", "3", "--hidden-size", "2",
+                   "--out", str(tmp_path / "upper.PNG")]) == 0
+  assert (tmp_path / "upper.PNG").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -258,6 +276,9 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
       "--process-id", "2"], "--process-id must be in 0..1, got 2"),
     (["train", "adding", "--coordinator", "127.0.0.1:1", "--num-processes", "0",
       "--process-id", "0"], "--num-processes must be at least 1"),
+    *((["train", "adding", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id",
+        "0", "--join-timeout", t], "--join-timeout must be in (0, 3600] seconds")
+      for t in ("0", "3601", "nan")),
     (["train", "adding", "--save-every", "0"], "--save-every must be a whole number from 1"),
     (["train", "adding", "--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
     *((["train", "adding", "--steps", "2", *TINY_RUN, "--seed", seed], "--seed must be a whole "
@@ -555,12 +576,13 @@ def test_resume_takes_a_new_learning_rate_and_clipping_and_records_them(tmp_path
   assert [r["step"] for r in records if "loss" in r] == list(range(1, 16))
 
 
-def test_resume_writes_the_missing_summary_of_a_finished_run(tmp_path, capsys):
+@pytest.mark.parametrize("lost", [("summary.json", "loss.png"), ("summary.json",), ("loss.png",)])
+def test_resume_writes_the_missing_summary_of_a_finished_run(lost, tmp_path, capsys):
   run_dir = tmp_path / "run"
   assert small_run(run_dir, 10) == 0
   before = json.load(open(run_dir / "summary.json"))
-  (run_dir / "summary.json").unlink()                # killed after the last checkpoint
-  (run_dir / "loss.png").unlink()
+  for name in lost:                                  # killed after the last checkpoint
+    (run_dir / name).unlink()
   capsys.readouterr()
   assert cli.main(["resume", str(run_dir), "--no-progress"]) == 0
   assert "writing its missing summary and plot" in capsys.readouterr().out
@@ -798,6 +820,37 @@ def test_a_job_without_a_run_dir_stops_with_one_line():
   for status, _, err in finished(start_job(["train", "adding", *JOB], env), timeout=120):
     assert (status, err.strip().splitlines()) == (2, [
         "jaxrnn: error: a job of several processes needs --run-dir, the same in every process"])
+
+
+OLD_VERSION = """
+import sys
+import jaxrnn
+from jaxrnn.app import cli
+if sys.argv[-1] == "1":
+  jaxrnn.__version__ = "0.0.1"
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_job_of_two_jaxrnn_versions_stops_each_with_one_line(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB], env,
+                        program=("-c", OLD_VERSION))
+  for status, _, err in finished(processes, timeout=120):
+    assert (status, err.strip().splitlines()) == (2, [
+        f"jaxrnn: error: the processes of this job run jaxrnn {jaxrnn.__version__} and 0.0.1"])
+
+
+def test_options_that_only_change_what_a_process_shows_may_differ_in_a_job(tmp_path):
+  """--no-progress (and --join-timeout) only change one process's terminal: not a mismatch."""
+  env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
+  run = ["train", "adding", "--run-dir", str(tmp_path / "run"), "--steps", "20", "--seq-len",
+         "10", "--hidden-size", "8", "--batch-size", "8"]
+  processes = [job_process(run + ["--no-progress"], port, 0, env),
+               job_process(run + ["--join-timeout", "50"], port, 1, env)]
+  for status, _, err in finished(processes, timeout=180):
+    assert status == 0, err[-2000:]
+  assert json.load(open(tmp_path / "run" / "summary.json"))["steps"] == 20
 
 
 STOPPED = ("jaxrnn: error: process {} of this job stopped (see its output); start every process "

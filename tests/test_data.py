@@ -247,3 +247,14 @@ def test_the_text_baseline_is_the_unigram_model_scored_on_the_test_targets():
   targets = np.asarray(built.test.targets)
   assert built.baseline == pytest.approx(-np.mean(np.log2(counts / counts.sum())[targets]),
                                          rel=1e-12)
+
+
+def test_the_sunspots_baseline_and_score_are_in_sunspot_numbers():
+  """Persistence (next year = this year) over the test years, and a model's RMSE in sunspot
+  numbers: one normalised unit is one standard deviation of the training years."""
+  pytest.importorskip("statsmodels")
+  years = data.load_sunspots()
+  n = int(0.8 * len(years))
+  built = build_task(resolve_config("sunspots", batch_size=4, seq_len=20), KEY)
+  assert built.baseline == pytest.approx(np.sqrt(np.mean((years[n:] - years[n - 1:-1]) ** 2)))
+  assert built.score({"mse": 4.0}) == pytest.approx(2 * years[:n].std())

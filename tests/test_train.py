@@ -283,6 +283,20 @@ def test_fit_gives_step_s_the_dropout_key_fold_in_key_s():
   assert len(set(alone)) == 3
 
 
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "squared_error"])
+def test_evaluate_under_jit_with_a_target_mask_entry_of_2_is_nan(loss_name):
+  """Under jit a mask cannot be refused: every metric is NaN, not a plausible number."""
+  params, batch, _ = random_problem(5, 4, 2)
+  if loss_name == "squared_error":
+    batch = batch._replace(targets=jnp.zeros(batch.xs.shape[:2] + (2,)))
+  loss = jaxrnn.LossSpec(loss=loss_name)
+  mask = jnp.ones(batch.xs.shape[:2]).at[1, 0].set(2.0)
+  metrics = jaxrnn.make_eval_step(loss=loss)(params, batch._replace(target_mask=mask))
+  assert all(np.isnan(float(v)) for v in metrics.values()), metrics
+  good = jaxrnn.make_eval_step(loss=loss)(params, batch._replace(target_mask=jnp.ones_like(mask)))
+  assert all(np.isfinite(float(v)) for v in good.values()), good
+
+
 def test_an_opt_state_of_another_model_or_optimizer_is_named():
   params, batch, _ = random_problem(5, 4, 2)
   step = jaxrnn.make_train_step(optax.adam(1e-2), donate=False)
