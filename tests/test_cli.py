@@ -19,7 +19,7 @@ pytest.importorskip("orbax.checkpoint")
 pytest.importorskip("matplotlib")
 
 import jaxrnn
-from jaxrnn.app import checkpoint, cli, rundir, training
+from jaxrnn.app import checkpoint, cli, job, plots, rundir, training
 from jaxrnn.app.config import resolve_config
 
 TINY_RUN = ["--seq-len", "4", "--hidden-size", "4", "--batch-size", "4", "--no-progress"]
@@ -206,6 +206,8 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
   assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "40",
                    "--temperature", "0.5"]) == 0
   assert capsys.readouterr().out[:-1] == text        # same seed, same text
+  assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "0"]) == 0
+  assert capsys.readouterr().out == "the \n"
   for bad, message in ((["--length", "-5"], "--length must be from 0 to 10000000"),
                        (["--temperature", "inf"], "--temperature must be a finite number > 0"),
                        (["--prompt", ""], "the prompt must be non-empty"),
@@ -438,6 +440,19 @@ def test_the_lock_file_holds_the_pid_of_its_current_holder(tmp_path):
         pass
 
 
+@pytest.mark.parametrize("task, scale", [("adding", "log"), ("copy", "linear")])
+def test_the_test_panel_is_logarithmic_for_errors_only(task, scale, monkeypatch, tmp_path):
+  """An error (mse) spans decades and is plotted on a log scale; an accuracy is not."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  scales = []
+  monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: scales.append(
+      fig.axes[1].get_yscale()))
+  built = training.load_task(resolve_config(task, batch_size=4, seq_len=5))
+  records = [{"step": s, "loss": 1.0 / s, "test": 0.5 / s} for s in (1, 2, 3)]
+  plots.plot_run(records, built, tmp_path / "loss.png")
+  assert scales == [scale]
+
+
 def test_a_text_of_one_letter_trains_to_zero_loss_without_warnings(tmp_path, capsys):
   """One symbol: the loss is exactly 0 at every step, so the plots must not use a log scale
   (matplotlib warns that it cannot log-scale data with no positive values)."""
@@ -574,6 +589,10 @@ def test_resume_takes_a_new_learning_rate_and_clipping_and_records_them(tmp_path
   assert records[10] == {"step": 10, "resumed_with": {"learning_rate": [0.01, 0.005],
                                                       "clip_norm": [0.0, 0.5]}}
   assert [r["step"] for r in records if "loss" in r] == list(range(1, 16))
+  assert cli.main(["resume", str(run_dir), "--steps", "17", "--lr", "0.005", "--clip-norm",
+                   "0.25", "--no-progress"]) == 0   # the same --lr is no change
+  records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  assert records[16] == {"step": 15, "resumed_with": {"clip_norm": [0.5, 0.25]}}
 
 
 @pytest.mark.parametrize("lost", [("summary.json", "loss.png"), ("summary.json",), ("loss.png",)])
@@ -851,6 +870,32 @@ def test_options_that_only_change_what_a_process_shows_may_differ_in_a_job(tmp_p
   for status, _, err in finished(processes, timeout=180):
     assert status == 0, err[-2000:]
   assert json.load(open(tmp_path / "run" / "summary.json"))["steps"] == 20
+
+
+def test_the_coordinator_keeps_one_deadline_for_the_whole_job():
+  """Processes that arrive late do not restart --join-timeout: with 2 of 3 processes, one
+  coming after 1.5 s of a 2.5 s timeout, the job ends at 2.5 s naming the one never seen."""
+  import socket  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  server = socket.create_server(("127.0.0.1", 0))
+  address = f"127.0.0.1:{server.getsockname()[1]}"
+  clients = []
+
+  def hello(index):
+    clients.append(socket.create_connection(server.getsockname()))
+    job.send(clients[-1], process_id=index, options={}, version=jaxrnn.__version__)
+
+  threading.Timer(0.1, hello, [0]).start()
+  threading.Timer(1.5, hello, [1]).start()
+  began = time.monotonic()
+  with pytest.raises(rundir.RunError, match="within 2.5 s: no process with --process-id 2 came"):
+    job.gather(server, address, 3, 2.5)
+  ended = time.monotonic() - began
+  assert 2.4 < ended < 3.3, ended
+  for client in clients:
+    assert "within 2.5 s" in job.receive(client, 5.0)["error"]
+    client.close()
+  server.close()
 
 
 STOPPED = ("jaxrnn: error: process {} of this job stopped (see its output); start every process "

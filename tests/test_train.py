@@ -297,6 +297,15 @@ def test_evaluate_under_jit_with_a_target_mask_entry_of_2_is_nan(loss_name):
   assert all(np.isfinite(float(v)) for v in good.values()), good
 
 
+def test_param_max_is_the_largest_magnitude_also_when_it_is_negative():
+  params, batch, _ = random_problem(5, 4, 2)
+  params = params._replace(W_hy=params.W_hy.at[0, 0].set(-10.0))
+  frozen = optax.set_to_zero()
+  _, _, metrics = jaxrnn.make_train_step(frozen, donate=False)(params, frozen.init(params), batch)
+  check_param_metric(metrics, params)
+  assert float(metrics["param_max"]) == 10.0
+
+
 def test_an_opt_state_of_another_model_or_optimizer_is_named():
   params, batch, _ = random_problem(5, 4, 2)
   step = jaxrnn.make_train_step(optax.adam(1e-2), donate=False)
