@@ -4,8 +4,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -688,7 +690,6 @@ JOB = ["--steps", "1200", "--save-every", "300", "--seq-len", "10", "--hidden-si
 
 def free_port():
   """A loopback port free with its successor (a job's process 0 listens on both)."""
-  import socket  # pylint: disable=import-outside-toplevel
   while True:
     with socket.socket() as s:
       s.bind(("127.0.0.1", 0))
@@ -781,9 +782,9 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
 
 
 def test_a_job_whose_processes_were_given_different_options_stops_each_with_one_line(tmp_path):
-  """Each process gathers every process's config at the start: a different --hidden-size on
-  process 1 stops both with one line naming the option (not gloo's abort on mismatched
-  sizes), and gloo's connection notice stays off stdout."""
+  """The coordinator compares every process's options before JAX starts: a different
+  --hidden-size on process 1 stops both with one line naming the option (not gloo's abort on
+  mismatched sizes), and gloo's connection notice stays off stdout."""
   env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
   run = ["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB]
   processes = [job_process(run, port, 0, env), job_process(run + ["--hidden-size", "16"], port,
@@ -875,8 +876,6 @@ def test_options_that_only_change_what_a_process_shows_may_differ_in_a_job(tmp_p
 def test_the_coordinator_keeps_one_deadline_for_the_whole_job():
   """Processes that arrive late do not restart --join-timeout: with 2 of 3 processes, one
   coming after 1.5 s of a 2.5 s timeout, the job ends at 2.5 s naming the one never seen."""
-  import socket  # pylint: disable=import-outside-toplevel
-  import threading  # pylint: disable=import-outside-toplevel
   server = socket.create_server(("127.0.0.1", 0))
   address = f"127.0.0.1:{server.getsockname()[1]}"
   clients = []

@@ -105,7 +105,7 @@ def watch(peers: dict[int, socket.socket], who: int) -> None:
     if "done" in message:
       return receive(peers[who], None)  # its end
   time.sleep(GRACE)
-  for other, conn in peers.items():
+  for conn in peers.values():
     send(conn, stop=f"jaxrnn: error: process {who} of this job stopped (see its output); start "
                     "every process again (jaxrnn resume RUN_DIR goes on from the last checkpoint)")
 
@@ -163,9 +163,10 @@ def join(address: str, num_processes: int, process_id: int, timeout: float,
   """Gathers the job at ``HOST:PORT`` (process 0 starts the coordinator), each process with the
   same ``options``, and joins ``jax.distributed`` (gloo on CPUs). Returns ``done``, to call when
   this process ends well; :class:`RunError` when the job cannot start."""
+  host, port = address.rsplit(":", 1)
   if process_id == 0:
     try:
-      server = socket.create_server(("", int(address.rsplit(":", 1)[1])))
+      server = socket.create_server(("", int(port)))
     except OSError:                       # in use: by another process 0 or another program
       server = None
     if server is not None:
@@ -177,7 +178,6 @@ def join(address: str, num_processes: int, process_id: int, timeout: float,
   conn = greet(address, process_id, options, timeout)
   threading.Thread(target=heed, args=(conn,), daemon=True).start()
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  host, port = address.rsplit(":", 1)
   try:    # the coordinator runs the service, not process 0 (private: JAX has no public call)
     with mock.patch.object(distributed._jax, "get_distributed_runtime_service",
                            lambda *args, **kwargs: None):
