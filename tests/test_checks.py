@@ -4,7 +4,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from absl.testing import parameterized
 
@@ -64,6 +63,8 @@ CASES = {
     "xs a list": (lambda: unroll(P1, np.asarray(XS).tolist()), TypeError, r"xs must be"),
     "xs rank 2": (lambda: unroll(P1, XS[0]), ValueError, r"xs must have shape \[T, B, I\]"),
     "xs input size": (lambda: unroll(P1, XS[..., :2]), ValueError, r"xs must have shape \[T, B, I\] = \(\*, \*, 3\), got \(6, 2, 2\)"),
+    "xs integer": (lambda: unroll(P1, XS.astype(jnp.int32)), TypeError,
+                   r"xs must have a floating-point dtype, got int32"),
     "xs float32": (lambda: unroll(P1, XS.astype(jnp.float32)), TypeError, r"xs has dtype float32"),
     "xs NaN": (lambda: unroll(P1, XS.at[1, 1, 1].set(nan)), ValueError, r"xs contains NaN"),
     "batch.xs inf": (lambda: loss(P1, BATCH._replace(xs=XS.at[0, 0, 0].set(jnp.inf))),

@@ -1,5 +1,6 @@
 """The ``jaxrnn`` command and its runs (:mod:`jaxrnn.app`) end to end, on tiny settings."""
 
+import contextlib
 import json
 import os
 import re
@@ -971,3 +972,208 @@ def test_checkpoints_of_garbage_bytes_are_one_line_for_train_and_resume(tmp_path
                                     "read; use another --run-dir")
   assert cli.main(["resume", str(run_dir), "--no-progress"]) == 2
   assert one_error_line(capsys) == f"jaxrnn: error: {run_dir} holds no complete checkpoint"
+
+
+def test_a_checkpoint_whose_shapes_do_not_fit_its_config_is_one_line(adding_run, tmp_path,
+                                                                     capsys):
+  """Every checkpoint's config says H = 8 beside H = 16 arrays: resume and sample name the step
+  and the mismatch (not orbax's traceback), and nothing is trained or set aside."""
+  run_dir = copy_of(adding_run, tmp_path)
+  edit_saved_configs(run_dir, lambda saved: saved.update(hidden_size=8))
+  assert cli.main(["resume", str(run_dir), "--steps", "210", "--no-progress"]) == 2
+  error = one_error_line(capsys)
+  assert error.startswith(f"jaxrnn: error: checkpoint 200 in {run_dir} does not fit its config:")
+  assert not (run_dir / "damaged").exists()
+  assert rundir.run_config(run_dir)[1] == 200
+
+
+def test_a_run_none_of_whose_checkpoints_restores_is_one_line_per_checkpoint(tmp_path, capsys):
+  """The configs read but every state is damaged: each checkpoint is set aside with one line,
+  then one line says that nothing restores (exit 2), and no metrics are lost."""
+  run_dir = tmp_path / "run"
+  assert small_run(run_dir, 10) == 0
+  for data in (run_dir / "checkpoints").glob("*/state/d/*"):
+    data.write_bytes(b"garbage" * 20)
+  before = (run_dir / "metrics.jsonl").read_text()
+  capsys.readouterr()
+  assert cli.main(["resume", str(run_dir), "--steps", "20", "--no-progress"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert [line.split(" in ")[0] for line in err[:2]] == ["jaxrnn: checkpoint 10",
+                                                         "jaxrnn: checkpoint 5"], err
+  assert err[2:] == [f"jaxrnn: error: no checkpoint in {run_dir} restores; start again with "
+                     "jaxrnn train"]
+  assert sorted(p.name for p in (run_dir / "damaged").iterdir()) == ["10", "5"]
+  assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_resume_refuses_a_bad_override_with_one_line(adding_run, capsys):
+  before = (adding_run / "metrics.jsonl").read_text()
+  assert cli.main(["resume", str(adding_run), "--steps", "210", "--lr", "0",
+                   "--no-progress"]) == 2
+  assert one_error_line(capsys) == "jaxrnn: error: --lr must be a finite number > 0, got 0.0"
+  assert (adding_run / "metrics.jsonl").read_text() == before
+
+
+def test_resume_without_metrics_records_the_steps_it_trains(adding_run, tmp_path):
+  """metrics.jsonl lost (deleted by hand): the resume goes on, and the new file holds the steps
+  trained after the checkpoint, each once."""
+  run_dir = copy_of(adding_run, tmp_path)
+  (run_dir / "metrics.jsonl").unlink()
+  assert cli.main(["resume", str(run_dir), "--steps", "205", "--no-progress"]) == 0
+  records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [201, 202, 203, 204, 205]
+  assert [r["step"] for r in records if "test" in r] == [205]
+
+
+def no_space(*args, **kwargs):
+  raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_at_a_checkpoint_stops_with_one_line_naming_the_last_good_one(
+    tmp_path, monkeypatch, capsys):
+  """The disk fills at the save of step 10 (then at step 5): exit 2, one line naming the step,
+  the cause and the last checkpoint on disk; the metrics of every step trained are kept."""
+  manager_class = type(checkpoint.manager(tmp_path / "probe"))
+  save = manager_class.save
+  monkeypatch.setattr(manager_class, "save", lambda self, step, *args, **kwargs: (
+      no_space() if step == 10 else save(self, step, *args, **kwargs)))
+  run_dir = tmp_path / "run"
+  assert small_run(run_dir, 15) == 2
+  assert one_error_line(capsys) == (
+      f"jaxrnn: error: could not write checkpoint 10 in {(run_dir / 'checkpoints').absolute()}: "
+      f"no space left on device; the last good checkpoint, after 5 steps, is in {run_dir}")
+  assert rundir.run_config(run_dir)[1] == 5
+  assert [json.loads(line)["step"] for line in open(run_dir / "metrics.jsonl")] == list(
+      range(1, 11))
+  monkeypatch.setattr(manager_class, "save", no_space)
+  assert small_run(tmp_path / "other", 15) == 2
+  assert one_error_line(capsys).endswith("no space left on device; no checkpoint was written")
+
+
+def test_a_full_disk_at_the_summary_is_one_line_and_resume_writes_it(tmp_path, monkeypatch,
+                                                                     capsys):
+  run_dir = tmp_path / "run"
+  monkeypatch.setattr(training, "plot_run", no_space)
+  assert small_run(run_dir, 5) == 2
+  assert one_error_line(capsys) == (
+      f"jaxrnn: error: could not write the summary and plot into {run_dir}: no space left on "
+      f"device; the checkpoints are complete, so 'jaxrnn resume {run_dir}' writes them later")
+  assert not (run_dir / "summary.json").exists() and rundir.run_config(run_dir)[1] == 5
+  monkeypatch.undo()
+  assert cli.main(["resume", str(run_dir), "--no-progress"]) == 0
+  assert json.load(open(run_dir / "summary.json"))["steps"] == 5
+
+
+@pytest.mark.parametrize("length, status", [(11, 2), (12, 0)])
+def test_a_text_must_hold_a_training_window_and_two_held_out_characters(length, status, tmp_path,
+                                                                         capsys):
+  """With --seq-len 8, a window needs 10 training characters (90 %, rounded down) and the held-out
+  10 % at least 2: 11 characters are too few, 12 enough."""
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("abcdefghijkl"[:length], encoding="utf-8")
+  assert cli.main(["train", "text", "--text-file", str(corpus), "--run-dir", str(tmp_path / "r"),
+                   "--steps", "1", "--seq-len", "8", *TINY_RUN[2:]]) == status
+  if status:
+    assert one_error_line(capsys) == (f"jaxrnn: error: the text ({length} characters) is too "
+                                      "short for seq_len 8; 90% of it is for training, 10% held out")
+
+
+def test_a_text_file_given_new_characters_is_refused_on_resume(tmp_path, capsys):
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("the cat sat on the mat. " * 40, encoding="utf-8")
+  run_dir = tmp_path / "run"
+  assert cli.main(["train", "text", "--text-file", str(corpus), "--run-dir", str(run_dir),
+                   "--steps", "2", "--seq-len", "8", *TINY_RUN[2:]]) == 0
+  corpus.write_text("the dog sat on the mat. " * 40, encoding="utf-8")
+  capsys.readouterr()
+  assert cli.main(["resume", str(run_dir), "--steps", "4", "--no-progress"]) == 2
+  assert one_error_line(capsys) == ("jaxrnn: error: the text has characters outside the run's "
+                                    "vocabulary; was the text file changed?")
+
+
+@pytest.mark.parametrize("seq_len, status", [("246", 0), ("247", 2)])
+def test_a_sunspots_window_must_be_shorter_than_the_training_years(seq_len, status, tmp_path,
+                                                                   capsys):
+  """80 % of the 309 years, 247, train: a window of 246 steps (247 values) fits, 247 does not."""
+  assert cli.main(["train", "sunspots", "--run-dir", str(tmp_path / "run"), "--steps", "1",
+                   *TINY_RUN, "--seq-len", seq_len]) == status
+  if status:
+    assert one_error_line(capsys) == "jaxrnn: error: seq_len must be below the 247 training years"
+
+
+FLOAT64_RUN = """
+import sys
+from jaxrnn.app import cli
+sys.exit(cli.main(["train", "adding", "--dtype", "float64", "--run-dir", {run!r}, "--steps", "3",
+                   "--seq-len", "4", "--hidden-size", "4", "--batch-size", "4", "--no-progress"]))
+"""
+
+
+def test_a_float64_run_trains_and_saves_float64_in_a_fresh_process(tmp_path):
+  """``--dtype float64`` turns on ``jax_enable_x64`` itself (this test process has it on)."""
+  run_dir = tmp_path / "run"
+  done = subprocess.run([sys.executable, "-c", FLOAT64_RUN.format(run=str(run_dir))],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  checkpoints = checkpoint.manager(run_dir / "checkpoints")
+  saved = checkpoints.restore(3, args=checkpoint.orbax().args.Composite(
+      state=checkpoint.orbax().args.StandardRestore())).state    # as saved, not cast to a target
+  checkpoints.close()
+  assert {leaf.dtype for leaf in jax.tree.leaves(saved["params"])} == {np.dtype("float64")}
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--devices", "1"], "--devices 1: a job of several processes uses all the 2 devices of this "
+                         "2-process job"),
+    (["--batch-size", "7"], "batch size 7 does not split over the 2 devices of this 2-process "
+                            "job; use a multiple of 2")])
+def test_a_job_refuses_a_device_count_it_cannot_use_with_one_line(option, message, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB, *option],
+                        env)
+  for status, _, err in finished(processes, timeout=120):
+    assert (status, err.strip().splitlines()) == (2, ["jaxrnn: error: " + message]), err
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_coordinator_ignores_connections_that_are_not_jaxrnn_processes():
+  """A port scanner, garbage, JSON that is not an object, or a hello without options: dropped,
+  and the job's two processes still gather."""
+  server = socket.create_server(("127.0.0.1", 0))
+  address = f"127.0.0.1:{server.getsockname()[1]}"
+  gathered = {}
+  coordinator = threading.Thread(target=lambda: gathered.update(
+      job.gather(server, address, 2, 20.0)))
+  coordinator.start()
+  for junk in (b"", b"GET / HTTP/1.0\r\n\r\n", b"[1, 2]\n", b'{"process_id": 0}\n'):
+    with socket.create_connection(server.getsockname()) as conn:
+      conn.sendall(junk)
+      with contextlib.suppress(ConnectionError, OSError):  # a reset is closed as well
+        conn.shutdown(socket.SHUT_WR)
+        assert conn.recv(100) == b""                       # closed without a reply
+  replies = []
+  greet = lambda i: replies.append(job.greet(address, i, {"seed": 0}, 20.0))
+  greeters = [threading.Thread(target=greet, args=(i,)) for i in (1, 0)]
+  for thread in greeters:
+    thread.start()
+  coordinator.join(30)
+  assert sorted(gathered) == [0, 1]
+  for conn in gathered.values():
+    job.send(conn, go=True)
+  for thread in greeters:
+    thread.join(30)
+  assert len(replies) == 2
+  for conn in (*gathered.values(), *replies):
+    conn.close()
+  server.close()
+
+
+def test_a_missing_extra_and_an_unusable_run_directory_are_one_line(tmp_path):
+  with pytest.raises(rundir.RunError, match=r"^this command needs no_such_package: pip install "
+                                            r"'jaxrnn\[tasks\]'$"):
+    rundir.require_extras("json", "no_such_package.sub")
+  (tmp_path / "a-file").write_text("")
+  with pytest.raises(rundir.RunError, match=r"^cannot use .*a-file/run as a run directory: "
+                                            r"Not a directory$"):
+    with rundir.locked(tmp_path / "a-file" / "run"):
+      pass

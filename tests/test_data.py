@@ -115,6 +115,9 @@ def test_text_loads_the_default_corpus_and_rejects_bad_files(tmp_path):
   (tmp_path / "one.txt").write_text("a")                  # nothing to predict from
   with pytest.raises(ValueError, match="is empty or one character long; it needs two or more"):
     data.load_text(str(tmp_path / "one.txt"))
+  (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+  with pytest.raises(ValueError, match="cannot read text file .*latin1.txt: 'utf-8' codec"):
+    data.load_text(str(tmp_path / "latin1.txt"))
   (tmp_path / "two.txt").write_text("ab")
   assert data.load_text(str(tmp_path / "two.txt")) == "ab"
   np.testing.assert_array_equal(data.encode_text("abca", "abc"), [0, 1, 2, 0])
@@ -258,3 +261,16 @@ def test_the_sunspots_baseline_and_score_are_in_sunspot_numbers():
   built = build_task(resolve_config("sunspots", batch_size=4, seq_len=20), KEY)
   assert built.baseline == pytest.approx(np.sqrt(np.mean((years[n:] - years[n - 1:-1]) ** 2)))
   assert built.score({"mse": 4.0}) == pytest.approx(2 * years[:n].std())
+
+
+def test_generators_refuse_sizes_that_make_no_task():
+  """The adding problem needs a marker in each half (T >= 2); the copy task something to copy,
+  a delay and two symbols. The smallest valid sizes are accepted."""
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="num_steps must be at least 2, got 1"):
+    data.adding_problem(key, 3, 1)
+  assert data.adding_problem(key, 3, 2).xs.shape == (2, 3, 2)
+  for length, delay, symbols in ((0, 1, 2), (1, 0, 2), (1, 1, 1)):
+    with pytest.raises(ValueError, match=f"got {length}, {delay}, {symbols}"):
+      data.copy_task(key, 3, length, delay, symbols)
+  assert data.copy_task(key, 3, 1, 1, 2).xs.shape == (3, 3, 4)
