@@ -37,6 +37,10 @@ TASK_OPTIONS = {
     "text": ["--steps", "60", "--seq-len", "16", "--hidden-size", "32", "--lr", "1e-2"],
 }
 BEATS_BASELINE = ("adding", "sine", "digits", "text")
+SCORED = {"adding": ("mse", "predict 1.0"), "copy": ("accuracy", "chance"),
+          "sine": ("mse", "repeat last value"), "digits": ("accuracy", "most frequent class"),
+          "sunspots": ("rmse", "persistence"), "text": ("bits/char", "unigram")}
+"""Each task's metric and baseline (the trivial predictor it must beat)."""
 
 
 @pytest.fixture
@@ -89,8 +93,16 @@ def test_train_writes_a_run_and_learns(task, request, tmp_path, text_file, capsy
     change, = re.findall(r"model vs baseline +([-+][0-9.]+)%", out)
     assert float(change) == pytest.approx(
         100 * (summary["test"] - summary["baseline"]) / summary["baseline"], abs=0.051)
+    steps = int(TASK_OPTIONS[task][1])
+    assert f"\n{task}: {steps} steps in {summary['seconds']:.1f} s\n" in out
+    assert f"  {'model':32} {summary['test']:>14.4f}\n" in out
+    assert f"  {'baseline (' + summary['baseline_name'] + ')':32} {summary['baseline']:>14.4f}\n" in out
+    assert out.endswith(f"wrote {run_dir}/metrics.jsonl, loss.png, summary.json, checkpoints/\n")
   summary = json.load(open(run_dir / "summary.json"))
   assert np.isfinite(summary["test"]) and summary["steps"] == int(TASK_OPTIONS[task][1])
+  assert (summary["task"], summary["metric"], summary["baseline_name"]) == (task, *SCORED[task])
+  assert sorted(summary) == ["baseline", "baseline_name", "metric", "seconds", "steps", "task",
+                             "test"] and 0 < summary["seconds"] < 600
   if task in BEATS_BASELINE:
     better = summary["test"] > summary["baseline"] if task == "digits" else (
         summary["test"] < summary["baseline"])
@@ -220,16 +232,35 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
     assert message in one_error_line(capsys)
 
 
-def test_gradients_plots_norms_against_the_bound(tmp_path, capsys):
+def test_gradients_plots_norms_against_the_bound(tmp_path, monkeypatch, capsys):
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  figures, savefig = [], Figure.savefig
+  monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig),
+                                                              savefig(fig, *a, **k)))
   out = tmp_path / "gradients.png"
   assert cli.main(["gradients", "--steps", "12", "--hidden-size", "8", "--radii", "0.5", "1.5",
                    "--out", str(out)]) == 0
-  rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:5]]
+  printed = capsys.readouterr().out.splitlines()
+  rows = [line.split() for line in printed[1:5]]
   assert [(r[0], float(r[1])) for r in rows] == [("tanh", 0.5), ("tanh", 1.5), ("relu", 0.5),
                                                   ("relu", 1.5)]
   for _, _, _, norm, bound in rows:
     assert float(norm) <= float(bound) * (1 + 1e-5)
-  assert out.stat().st_size > 10_000
+  assert out.stat().st_size > 10_000 and printed[-1] == f"wrote {out}"
+  # the picture: per activation, per radius, the norm (solid) and its bound (dashed) over T - k
+  (fig,) = figures
+  for ax, activation in zip(fig.axes, ("tanh", "relu")):
+    assert ax.get_title().startswith(f"{activation}: ")
+    lines = ax.get_lines()
+    assert [line.get_linestyle() for line in lines] == ["-", "--"] * 2
+    for line, (_, radius, _, norm, bound) in zip(lines[::2], (r for r in rows
+                                                              if r[0] == activation)):
+      assert line.get_label() == f"radius {float(radius):g}"
+      np.testing.assert_array_equal(line.get_xdata(), np.arange(13))
+      assert line.get_ydata()[0] == pytest.approx(1) and line.get_ydata()[-1] == pytest.approx(
+          float(norm), rel=1e-3)
+    for line, (*_, bound) in zip(lines[1::2], (r for r in rows if r[0] == activation)):
+      assert line.get_ydata()[-1] == pytest.approx(float(bound), rel=1e-3)
   # ||dh_T/dh_0|| of tanh at radius 0.5, recomputed: a product of 12 Jacobians, the NumPy way.
   k_params, k_xs = jax.random.split(jax.random.key(0))
   params = jaxrnn.init_params(k_params, 4, 8, 1, dtype=np.float32,
@@ -454,6 +485,36 @@ def test_the_test_panel_is_logarithmic_for_errors_only(task, scale, monkeypatch,
   records = [{"step": s, "loss": 1.0 / s, "test": 0.5 / s} for s in (1, 2, 3)]
   plots.plot_run(records, built, tmp_path / "loss.png")
   assert scales == [scale]
+
+
+def test_the_run_plot_shows_the_loss_its_running_mean_and_the_test_metric(monkeypatch, tmp_path):
+  """120 steps: the raw loss, its mean over 120 // 50 = 2 steps, and the test metric beside the
+  baseline, as recorded (a record without a loss, such as a resume's, is not a point)."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  figures = []
+  monkeypatch.setattr(Figure, "savefig", lambda fig, path, **k: figures.append((fig, path)))
+  built = training.load_task(resolve_config("adding", batch_size=4, seq_len=5))
+  steps = np.arange(1, 121)
+  loss = 1.0 / steps + 0.05 * (steps % 2)
+  records = [{"step": int(s), "loss": float(l)} for s, l in zip(steps, loss)]
+  for r in records[29::30]:
+    r["test"] = 2.0 / r["step"]
+  records.insert(60, {"step": 60, "resumed_with": {"clip_norm": [1.0, 0.5]}})
+  plots.plot_run(records, built, tmp_path / "loss.png")
+  (fig, path), = figures
+  assert path == tmp_path / "loss.png"
+  raw, smooth = fig.axes[0].get_lines()
+  np.testing.assert_array_equal(raw.get_xdata(), steps)
+  np.testing.assert_allclose(raw.get_ydata(), loss)
+  np.testing.assert_array_equal(smooth.get_xdata(), steps[1:])
+  np.testing.assert_allclose(smooth.get_ydata(), (loss[1:] + loss[:-1]) / 2)
+  assert smooth.get_label() == "mean of 2 steps" and fig.axes[0].get_yscale() == "log"
+  model, baseline = fig.axes[1].get_lines()
+  assert list(model.get_xdata()) == [30, 60, 90, 120]
+  np.testing.assert_allclose(model.get_ydata(), [2 / 30, 2 / 60, 2 / 90, 2 / 120])
+  assert list(baseline.get_ydata()) == [built.baseline] * 2
+  assert baseline.get_label() == "baseline (predict 1.0)"
+  assert fig.axes[1].get_ylabel() == "test mse" and fig.axes[1].get_title() == "held-out mse"
 
 
 def test_a_text_of_one_letter_trains_to_zero_loss_without_warnings(tmp_path, capsys):
