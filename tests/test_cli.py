@@ -212,7 +212,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, capsys):
 
 def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, text_file,
                                                                       capsys):
-  assert train("text", tmp_path / "run", "--text-file", text_file, "--layers", "2") == 0
+  assert train("text", tmp_path / "run", "--text-file", text_file, "--layers", "2",
+               "--activation", "relu") == 0
   capsys.readouterr()
   assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "40",
                    "--temperature", "0.5"]) == 0
@@ -221,6 +222,15 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
   assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "40",
                    "--temperature", "0.5"]) == 0
   assert capsys.readouterr().out[:-1] == text        # same seed, same text
+  # the text is the library's generate from the last checkpoint, with the run's activation
+  config, step = rundir.run_config(tmp_path / "run")
+  _, _, state = final_state(tmp_path / "run", len(config.vocab), len(config.vocab))
+  assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "at", "--length", "30",
+                   "--temperature", "2", "--seed", "3"]) == 0
+  codes = jaxrnn.generate(state["params"], jax.random.key(3),
+                          np.asarray([config.vocab.index(c) for c in "at"]), 30, 2.0,
+                          model=jaxrnn.ModelSpec("relu"))
+  assert capsys.readouterr().out == "at" + "".join(config.vocab[i] for i in codes) + "\n"
   assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "0"]) == 0
   assert capsys.readouterr().out == "the \n"
   for bad, message in ((["--length", "-5"], "--length must be from 0 to 10000000"),
