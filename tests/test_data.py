@@ -69,6 +69,32 @@ def test_sines_target_is_the_next_input():
   assert batch.target_mask is None
 
 
+def test_sines_draw_amplitude_frequency_phase_and_noise_as_documented():
+  """Without noise each row is ``a sin(w t + phi)``: recovered per row by least squares over a
+  grid of ``w``, the draws fill ``a ~ U(0.5, 1)``, ``w ~ U(0.1, 0.6)``, ``phi ~ U(0, 2 pi)``;
+  the noise of the same key is ``0.1 N(0, 1)``, independent of step and row."""
+  clean = np.asarray(data.noisy_sines(KEY, 400, 120, noise=0.0).xs[..., 0])          # [T, B]
+  noisy = np.asarray(data.noisy_sines(KEY, 400, 120).xs[..., 0])
+  t = np.arange(120)[:, None]
+  best = np.full(400, np.inf)
+  amp, freq, phase = np.zeros(400), np.zeros(400), np.zeros(400)
+  for w in np.linspace(0.05, 0.65, 1201):  # a sin(w t + phi) = c sin(w t) + s cos(w t)
+    basis = np.concatenate([np.sin(w * t), np.cos(w * t)], axis=1)            # [T, 2]
+    (c, s) = np.linalg.pinv(basis) @ clean                                    # [2, B]
+    residual = np.sum((clean - basis @ np.stack([c, s])) ** 2, axis=0)
+    better = residual < best
+    best[better], freq[better] = residual[better], w
+    amp[better], phase[better] = np.hypot(c, s)[better], (np.arctan2(s, c) % (2 * np.pi))[better]
+  assert best.max() < 0.01  # every row is one sinusoid (a sum of squares of about 30)
+  for values, low, high in ((amp, 0.5, 1.0), (freq, 0.1, 0.6), (phase, 0, 2 * np.pi)):
+    assert low - 1e-3 <= values.min() and values.max() <= high + 1e-3
+    assert values.min() < low + 0.1 * (high - low) and values.max() > high - 0.1 * (high - low)
+    assert np.mean(values) == pytest.approx((low + high) / 2, abs=0.05 * (high - low))
+  noise = noisy - clean
+  assert np.std(noise) == pytest.approx(0.1, rel=0.03) and abs(np.mean(noise)) < 0.005
+  assert abs(np.corrcoef(noise[1:].ravel(), noise[:-1].ravel())[0, 1]) < 0.03
+
+
 def test_windows_are_contiguous_slices():
   series = jnp.arange(100)
   windows = data.random_windows(KEY, series, 6, 9)                      # [10, 6]
