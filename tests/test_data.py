@@ -278,6 +278,30 @@ def test_the_text_baseline_is_the_unigram_model_scored_on_the_test_targets():
                                          rel=1e-12)
 
 
+def test_text_tests_on_the_held_out_tenth_and_trains_on_windows_of_the_rest(tmp_path):
+  """6000 characters: the test batch is the held-out last 600 in consecutive chunks of 256
+  steps (2 fit), each step's target the next character; training windows are slices of the
+  first 5400 characters, targets shifted by one."""
+  rng = np.random.default_rng(0)
+  text = "".join(rng.choice(list("abcdefgh"), 6000))
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(text, encoding="utf-8")
+  built = build_task(resolve_config("text", batch_size=64, seq_len=20, text_file=str(corpus)), KEY)
+  decode = lambda codes: "".join(built.vocab[i] for i in np.asarray(codes))
+  assert built.vocab == "abcdefgh" and built.train_size == 5400
+  xs, targets = np.asarray(built.test.xs).argmax(-1).T, np.asarray(built.test.targets).T
+  assert [decode(row) for row in xs] == [text[5400:5656], text[5656:5912]]
+  assert [decode(row) for row in targets] == [text[5401:5657], text[5657:5913]]
+  batch = built.batches(0)
+  inputs, targets = np.asarray(batch.xs).argmax(-1).T, np.asarray(batch.targets).T
+  for row_in, row_out in zip(inputs, targets):
+    assert decode(row_in)[1:] == decode(row_out)[:-1] and len(row_in) == 20
+    start = text.find(decode(row_in) + decode(row_out)[-1])
+    assert 0 <= start <= 5400 - 21
+  starts = {text.find(decode(row)) for row in inputs}
+  assert len(starts) > 40                             # 64 windows at random offsets
+
+
 def test_the_sunspots_baseline_and_score_are_in_sunspot_numbers():
   """Persistence (next year = this year) over the test years, and a model's RMSE in sunspot
   numbers: one normalised unit is one standard deviation of the training years."""
