@@ -92,6 +92,13 @@ CASES = {
     "h0 list": (lambda: unroll(P1, XS, np.zeros((1, B, H)).tolist()), TypeError, r"h0 must be"),
     "h0 float32": (lambda: unroll(P1, XS, jnp.zeros((1, B, H), jnp.float32)), TypeError,
                    r"h0 has dtype float32"),
+    "key uint32 of 3": (lambda: unroll(P1, XS, model=jaxrnn.ModelSpec(dropout=0.5),
+                                       key=jnp.zeros(3, jnp.uint32)),
+                        TypeError, r"key must be a jax\.random key"),
+    "temperature that overflows": (
+        lambda: jaxrnn.generate(random_params(7, (O, H, O)), KEY, jnp.array([0, 1]), 3,
+                                temperature=1e-305), ValueError,
+        r"temperature must be a finite number in \(5\.56\d*e-303, inf\), got 1e-305"),
     "key not a key": (lambda: unroll(P1, XS, model=jaxrnn.ModelSpec(dropout=0.5), key=0),
                       TypeError, r"key must be a jax\.random key"),
     # batch
