@@ -303,7 +303,8 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, monkeypatch, capsys):
      "--layers must be a whole number from 1 to 2147483647, got 0"),
     (["train", "adding", "--lr", "nan"], "--lr must be a finite number > 0"),
     (["train", "adding", "--clip-norm", "nan"], "--clip-norm must be a finite number"),
-    (["train", "digits", "--epochs", "inf"], "--epochs must be a finite number > 0"),
+    *((["train", "digits", "--epochs", epochs, *TINY_RUN], "--epochs must be a finite number > 0")
+      for epochs in ("inf", "nan", "0", "-1")),
     (["gradients", "--out", "plot.txt"], "--out must end in .png"),
     (["gradients", "--out", "missing/dir/plot.png"], "is not a directory"),
     (["train", "adding", "--text-file", "corpus.txt"], "--text-file is for the text task"),
@@ -747,6 +748,24 @@ def test_the_command_splits_over_every_core_and_equals_one_device(tmp_path):
                              rtol=1e-5)
   np.testing.assert_allclose([r["test"] for r in logs[0] if "test" in r],
                              [r["test"] for r in logs[1] if "test" in r], rtol=1e-5)
+
+
+def test_device_counts_split_each_batch_over_the_largest_count_dividing_it(monkeypatch, capsys):
+  """On 4 devices, batch 8: --devices 4 and 2 split as asked; 3 trains on 2 (said once on
+  stderr), the test batch of 1000 on 2 as well; the default takes all 4 for a large model and 1
+  for a small one; a test batch of 997 (prime) goes to the largest count dividing it, 1."""
+  monkeypatch.setattr(jax, "device_count", lambda: 4)
+  config = resolve_config("adding", batch_size=8, hidden_size=512)
+  assert training.device_counts(4, config, 1000) == (4, 4)
+  assert training.device_counts(2, config, 1000) == (2, 2)
+  assert capsys.readouterr().err == ""
+  assert training.device_counts(3, config, 1000) == (2, 2)
+  assert capsys.readouterr().err == ("jaxrnn: batch size 8 does not split over 3 devices; "
+                                     "training on 2\n")
+  assert training.device_counts(None, config, 1000) == (4, 4)
+  assert training.device_counts(None, config.replace(hidden_size=8), 1000) == (1, 1)
+  assert training.device_counts(4, config, 997) == (4, 1)
+  assert capsys.readouterr().err == ""
 
 
 def test_devices_beyond_the_machine_or_below_one_is_one_line(tmp_path, capsys):
