@@ -22,7 +22,7 @@ pytest.importorskip("orbax.checkpoint")
 pytest.importorskip("matplotlib")
 
 import jaxrnn
-from jaxrnn.app import checkpoint, cli, job, plots, rundir, training
+from jaxrnn.app import checkpoint, cli, job, plots, rundir, tasks, training
 from jaxrnn.app.config import resolve_config
 
 TINY_RUN = ["--seq-len", "4", "--hidden-size", "4", "--batch-size", "4", "--no-progress"]
@@ -1119,6 +1119,20 @@ def no_space(*args, **kwargs):
   raise OSError(28, "No space left on device")
 
 
+def test_every_step_a_checkpoint_holds_is_in_metrics_before_the_checkpoint_is_saved(
+    tmp_path, monkeypatch):
+  """A run killed right after a save resumes from that checkpoint and keeps metrics.jsonl up
+  to it: so at each save the file on disk already holds every step up to the saved one."""
+  run_dir, on_disk, save = tmp_path / "run", {}, checkpoint.save
+
+  def saving(checkpoints, step, *rest):
+    on_disk[step] = [json.loads(line)["step"] for line in open(run_dir / "metrics.jsonl")]
+    save(checkpoints, step, *rest)
+  monkeypatch.setattr(checkpoint, "save", saving)
+  assert small_run(run_dir, 12) == 0
+  assert on_disk == {5: [1, 2, 3, 4, 5], 10: list(range(1, 11)), 12: list(range(1, 13))}
+
+
 def test_a_full_disk_at_a_checkpoint_stops_with_one_line_naming_the_last_good_one(
     tmp_path, monkeypatch, capsys):
   """The disk fills at the save of step 10 (then at step 5): exit 2, one line naming the step,
@@ -1168,15 +1182,17 @@ def test_a_text_must_hold_a_training_window_and_two_held_out_characters(length, 
                                       "short for seq_len 8; 90% of it is for training, 10% held out")
 
 
-def test_a_text_file_given_new_characters_is_refused_on_resume(tmp_path, capsys):
+def test_a_text_run_resumes_on_its_text_and_refuses_new_characters(tmp_path, capsys):
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("the cat sat on the mat. " * 40, encoding="utf-8")
   run_dir = tmp_path / "run"
   assert cli.main(["train", "text", "--text-file", str(corpus), "--run-dir", str(run_dir),
                    "--steps", "2", "--seq-len", "8", *TINY_RUN[2:]]) == 0
+  assert cli.main(["resume", str(run_dir), "--steps", "4", "--no-progress"]) == 0  # same text
+  assert rundir.run_config(run_dir)[0].data_fingerprint == tasks.hash_data(corpus.read_text())
   corpus.write_text("the dog sat on the mat. " * 40, encoding="utf-8")
   capsys.readouterr()
-  assert cli.main(["resume", str(run_dir), "--steps", "4", "--no-progress"]) == 2
+  assert cli.main(["resume", str(run_dir), "--steps", "6", "--no-progress"]) == 2
   assert one_error_line(capsys) == ("jaxrnn: error: the text has characters outside the run's "
                                     "vocabulary; was the text file changed?")
 
