@@ -1241,6 +1241,27 @@ def test_a_job_refuses_a_device_count_it_cannot_use_with_one_line(tmp_path):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_connection_that_never_says_hello_does_not_hold_the_coordinator():
+  """A silent client (a port scanner that keeps its connection): the coordinator still gives up
+  on the missing processes after --join-timeout plus the 5 s it waits for a hello."""
+  server = socket.create_server(("127.0.0.1", 0))
+  address = f"127.0.0.1:{server.getsockname()[1]}"
+  errors = []
+
+  def coordinate():
+    try:
+      job.gather(server, address, 2, 1.0)
+    except rundir.RunError as error:
+      errors.append(str(error))
+  with socket.create_connection(server.getsockname()):
+    coordinator = threading.Thread(target=coordinate, daemon=True)
+    coordinator.start()
+    coordinator.join(20)
+  server.close()
+  assert errors == [f"the job at {address} did not gather its 2 processes within 1 s: no process "
+                    "with --process-id 0, 1 came"]
+
+
 def test_the_coordinator_ignores_connections_that_are_not_jaxrnn_processes():
   """A port scanner, garbage, JSON that is not an object, or a hello without options: dropped,
   and the job's two processes still gather."""
