@@ -1262,6 +1262,26 @@ def test_a_connection_that_never_says_hello_does_not_hold_the_coordinator():
                     "with --process-id 0, 1 came"]
 
 
+def test_the_coordinator_stops_the_others_when_a_process_ends_without_saying_done(monkeypatch):
+  """Process 0 says done, then ends: nobody is told anything. Process 1 ends without a word:
+  after the grace time every connection gets the one stop line naming process 1."""
+  monkeypatch.setattr(job, "GRACE", 0.01)
+  pairs = [socket.socketpair() for _ in range(3)]
+  peers = {i: coordinator_end for i, (coordinator_end, _) in enumerate(pairs)}
+  ends = [process_end for _, process_end in pairs]
+  job.send(ends[0], done=True)
+  ends[0].close()
+  job.watch(peers, 0)
+  ends[1].close()
+  job.watch(peers, 1)
+  stop = ("jaxrnn: error: process 1 of this job stopped (see its output); start every process "
+          "again (jaxrnn resume RUN_DIR goes on from the last checkpoint)")
+  assert job.receive(ends[2], 1.0) == {"stop": stop}
+  assert job.receive(ends[2], 0.1) == {}                # once, and nothing about process 0
+  for conn in (*peers.values(), ends[2]):
+    conn.close()
+
+
 def test_the_coordinator_ignores_connections_that_are_not_jaxrnn_processes():
   """A port scanner, garbage, JSON that is not an object, or a hello without options: dropped,
   and the job's two processes still gather."""
@@ -1292,6 +1312,11 @@ def test_the_coordinator_ignores_connections_that_are_not_jaxrnn_processes():
   for conn in (*gathered.values(), *replies):
     conn.close()
   server.close()
+
+
+def test_a_run_directory_is_made_with_its_parents_and_holds_the_lock(tmp_path):
+  with rundir.locked(tmp_path / "runs" / "new" / "run"):
+    assert (tmp_path / "runs" / "new" / "run" / "lock").read_text() == str(os.getpid())
 
 
 def test_a_missing_extra_and_an_unusable_run_directory_are_one_line(tmp_path):
