@@ -194,6 +194,16 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(model, tmp_path, monkey
   assert lines[0] == lines[1]                        # the log lost steps 9..13 and redid them
 
 
+def test_a_run_without_run_dir_goes_to_runs_task_date_time(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["train", "sine", "--steps", "2", *TINY_RUN]) == 0
+  (run_dir,) = Path("runs").iterdir()
+  assert re.fullmatch(r"sine-\d{8}-\d{6}", run_dir.name), run_dir
+  assert rundir.run_config(run_dir)[1] == 2 and (run_dir / "summary.json").exists()
+  out = capsys.readouterr().out
+  assert f", run dir {run_dir}\n" in out and f"wrote {run_dir}/metrics.jsonl" in out
+
+
 def test_resume_of_a_finished_run_asks_for_more_steps(adding_run, capsys):
   assert cli.main(["resume", str(adding_run), "--no-progress"]) == 2
   assert "is complete at step 200; pass --steps" in one_error_line(capsys)
@@ -234,7 +244,10 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
   assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "the ", "--length", "0"]) == 0
   assert capsys.readouterr().out == "the \n"
   for bad, message in ((["--length", "-5"], "--length must be from 0 to 10000000"),
+                       (["--length", "10000001"], "--length must be from 0 to 10000000"),
                        (["--temperature", "inf"], "--temperature must be a finite number > 0"),
+                       (["--temperature", "0"], "--temperature must be a finite number > 0"),
+                       (["--prompt", "the dog"], "from the run's vocabulary (not 'dg')"),
                        (["--prompt", ""], "the prompt must be non-empty"),
                        *((["--seed", seed], "--seed must be a whole number from 0 to "
                           "4294967295") for seed in (str(2**64), str(2**32)))):
@@ -309,6 +322,9 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, monkeypatch, capsys):
     (["gradients", "--out", "missing/dir/plot.png"], "is not a directory"),
     (["train", "adding", "--text-file", "corpus.txt"], "--text-file is for the text task"),
     (["train", "text", "--delay", "3"], "--delay is for the copy task"),
+    (["train", "adding", "--read", "pixels"], "--read is for the digits task, not adding"),
+    (["train", "digits", "--text-file", "corpus.txt"], "--text-file is for the text task, not "
+                                                        "digits"),
     (["train", "adding", "--steps", "99999999999999999999"],
      "--steps must be a whole number from 1 to 2147483647"),
     (["train", "adding", "--hidden-size", "100000000", "--run-dir", "unused"], "more than the"),
