@@ -124,6 +124,28 @@ def test_digits_read_by_rows_and_by_pixels():
     data.digit_sequences(images, "columns")
 
 
+def test_digits_hold_out_a_fixed_fifth_whatever_the_seed():
+  """1797 images: 359 (a fifth) are the test set, the same for every seed, disjoint from the
+  1438 that batches are drawn from; the baseline is the test set's most frequent class."""
+  pytest.importorskip("sklearn")
+  images, labels = data.load_digits()
+  config = resolve_config("digits", batch_size=512)
+  built = [build_task(config.replace(seed=seed), jax.random.key(seed)) for seed in (0, 5)]
+  chex.assert_trees_all_equal(built[0].test, built[1].test)
+  test_xs = np.asarray(built[0].test.xs)                                       # [8, 359, 8]
+  assert test_xs.shape == (8, 359, 8) and built[0].train_size == 1438
+  flat = {image.tobytes(): i for i, image in enumerate(images)}
+  test_rows = {flat[test_xs[:, n].tobytes()] for n in range(359)}
+  assert len(test_rows) == 359
+  np.testing.assert_array_equal(built[0].test.targets[-1],
+                                [labels[flat[test_xs[:, n].tobytes()]] for n in range(359)])
+  train_xs = np.asarray(built[1].batches(0).xs)
+  train_rows = {flat[train_xs[:, n].tobytes()] for n in range(512)}
+  assert not train_rows & test_rows and len(train_rows) > 250
+  counts = np.bincount(labels[sorted(test_rows)], minlength=10)
+  assert built[0].baseline == pytest.approx(counts.max() / 359)
+
+
 def test_sunspots_are_the_yearly_series():
   pytest.importorskip("statsmodels")
   years = data.load_sunspots()
