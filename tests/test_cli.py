@@ -1298,6 +1298,23 @@ def test_the_coordinator_stops_the_others_when_a_process_ends_without_saying_don
     conn.close()
 
 
+def test_a_process_that_finds_another_program_at_the_port_stops_with_one_line():
+  """Whatever answers at the port without a go (here: reads the hello, then hangs up)."""
+  server = socket.create_server(("127.0.0.1", 0))
+  address = f"127.0.0.1:{server.getsockname()[1]}"
+
+  def other_program():
+    conn, _ = server.accept()
+    conn.recv(1000)
+    conn.close()
+  threading.Thread(target=other_program, daemon=True).start()
+  with pytest.raises(rundir.RunError) as error:
+    job.greet(address, 1, {"seed": 0}, 5.0)
+  server.close()
+  assert str(error.value) == (f"no jaxrnn job answered at {address} (one that has already "
+                              "started, or another program)")
+
+
 def test_the_coordinator_ignores_connections_that_are_not_jaxrnn_processes():
   """A port scanner, garbage, JSON that is not an object, or a hello without options: dropped,
   and the job's two processes still gather."""
