@@ -267,9 +267,9 @@ def test_dropout_key_changes_the_step_and_the_same_key_reproduces_it(num_layers,
 
 
 def test_fit_gives_step_s_the_dropout_key_fold_in_key_s():
-  """``fit(key=k)``'s step ``s`` is ``step(..., fold_in(k, s))`` (its documented rule): with
-  parameters that never change, step ``s``'s loss is that of one step with that key, and the
-  three steps' losses (three dropout masks) all differ."""
+  """``fit(key=k)``'s step ``s`` is ``step(..., fold_in(k, s))`` (its documented rule), in a
+  ``range`` that starts later too: with parameters that never change, step ``s``'s loss is that
+  of one step with that key, and the three steps' losses (three dropout masks) all differ."""
   params, batch, _, _ = shared(2, True)
   model, loss = SPECS[2, True]
   model = dataclasses.replace(model, dropout=0.3, input_dropout=0.3, state_dropout=0.3)
@@ -281,6 +281,9 @@ def test_fit_gives_step_s_the_dropout_key_fold_in_key_s():
            for s in range(3)]
   np.testing.assert_array_equal(result.history["loss"], alone)
   assert len(set(alone)) == 3
+  resumed = jaxrnn.fit(params, frozen.init(params), step, [batch] * 5, range(1, 3), key=key,
+                       progress=False)                  # s is the step's number, not its index
+  np.testing.assert_array_equal(resumed.history["loss"], alone[1:])
 
 
 @pytest.mark.parametrize("loss_name", ["cross_entropy", "squared_error"])
