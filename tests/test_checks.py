@@ -172,6 +172,10 @@ CASES = {
     # make_optimizer
     "learning_rate negative": (lambda: jaxrnn.make_optimizer("adam", -1e-3), ValueError,
                                r"learning_rate"),
+    "learning_rate 0": (lambda: jaxrnn.make_optimizer("adam", 0.0), ValueError,
+                        r"learning_rate must be a finite number in \(0, inf\), got 0\.0"),
+    "clip_norm 0": (lambda: jaxrnn.make_optimizer("adam", 1e-3, clip_norm=0.0), ValueError,
+                    r"clip_norm must be a finite number in \(0, inf\), got 0\.0"),
     "learning_rate NaN": (lambda: jaxrnn.make_optimizer("sgd", nan), ValueError,
                           r"learning_rate"),
     "learning_rate inf": (lambda: jaxrnn.make_optimizer("sgd", float("inf")), ValueError,

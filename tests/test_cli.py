@@ -295,9 +295,10 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, monkeypatch, capsys):
     h = np.tanh(W_xh @ x + W_hh @ h + b_h)
     jacobian = (1 - h ** 2)[:, None] * W_hh @ jacobian
   assert float(rows[0][3]) == pytest.approx(np.linalg.norm(jacobian, 2), rel=2e-3)
-  assert cli.main(["gradients", "--steps", "3", "--hidden-size", "2",
-                   "--out", str(tmp_path / "upper.PNG")]) == 0
-  assert (tmp_path / "upper.PNG").read_bytes()[:4] == b"\x89PNG"
+  for name, magic in (("upper.PNG", b"\x89PNG"), ("vector.svg", b"<?xml"), ("paper.pdf", b"%PDF")):
+    assert cli.main(["gradients", "--steps", "1", "--hidden-size", "1", "--radii", "1",
+                     "--seed", str(2**32 - 1), "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / name).read_bytes()[:len(magic)] == magic
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -318,7 +319,14 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, monkeypatch, capsys):
     (["train", "adding", "--clip-norm", "nan"], "--clip-norm must be a finite number"),
     *((["train", "digits", "--epochs", epochs, *TINY_RUN], "--epochs must be a finite number > 0")
       for epochs in ("inf", "nan", "0", "-1")),
-    (["gradients", "--out", "plot.txt"], "--out must end in .png"),
+    (["gradients", "--out", "plot.txt"], "--out must end in .png, .pdf or .svg"),
+    *((["gradients", *bad], "--steps, --hidden-size and every radius must be positive")
+      for bad in (["--steps", "0"], ["--hidden-size", "0"], ["--radii", "1", "0"],
+                  ["--radii", "nan"], ["--radii", "inf"])),
+    (["train", "adding", "--coordinator", "127.0.0.1:0", "--num-processes", "2",
+      "--process-id", "0"], "expected HOST:PORT with PORT below 65535"),
+    (["train", "adding", "--coordinator", "127.0.0.1:1", "--num-processes", "2",
+      "--process-id", "-1"], "--process-id must be in 0..1, got -1"),
     (["gradients", "--out", "missing/dir/plot.png"], "is not a directory"),
     (["train", "adding", "--text-file", "corpus.txt"], "--text-file is for the text task"),
     (["train", "text", "--delay", "3"], "--delay is for the copy task"),
