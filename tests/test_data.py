@@ -245,6 +245,15 @@ def test_config_names_the_option_of_a_bad_value(field, value, option):
   assert option in str(error.value)
 
 
+def test_config_accepts_the_edges_of_every_range():
+  edges = dict(steps=MAX_STEPS, batch_size=1, hidden_size=1, seq_len=1, delay=1, eval_every=1,
+               save_every=1, keep=1, seed=2**32 - 1, clip_norm=0.0, learning_rate=1e-300)
+  config = Config(**edges)
+  assert {k: getattr(config, k) for k in edges} == edges
+  assert Config(num_layers=MAX_STEPS, dropout=0.999, clip_norm=1e300, seed=0).dropout == 0.999
+  assert Config(text_file=None).text_file is None and Config(text_file="a.txt").text_file
+
+
 def test_config_rules_between_fields():
   with pytest.raises(ValueError, match="--dropout acts between layers"):
     Config(dropout=0.5)
