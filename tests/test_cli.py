@@ -201,7 +201,9 @@ def test_a_run_without_run_dir_goes_to_runs_task_date_time(tmp_path, monkeypatch
   assert re.fullmatch(r"sine-\d{8}-\d{6}", run_dir.name), run_dir
   assert rundir.run_config(run_dir)[1] == 2 and (run_dir / "summary.json").exists()
   out = capsys.readouterr().out
-  assert f", run dir {run_dir}\n" in out and f"wrote {run_dir}/metrics.jsonl" in out
+  assert out.startswith("sine: 2 steps from step 0, batch 4, 1 layer(s) of H=4, tanh/orthogonal, "
+                        f"adam lr=0.003, 1 device(s), run dir {run_dir}\n"), out
+  assert f"wrote {run_dir}/metrics.jsonl" in out
 
 
 def test_resume_of_a_finished_run_asks_for_more_steps(adding_run, capsys):
@@ -1304,6 +1306,26 @@ def test_the_coordinator_stops_the_others_when_a_process_ends_without_saying_don
   assert job.receive(ends[2], 0.1) == {}                # once, and nothing about process 0
   for conn in (*peers.values(), ends[2]):
     conn.close()
+
+
+def test_a_process_started_before_process_0_waits_for_it_and_says_hello():
+  """Process 1 may start first: it keeps trying the port, then sends its id, options and
+  version, and joins on the coordinator's go."""
+  port = free_port()
+  replies = []
+  process = threading.Thread(target=lambda: replies.append(
+      job.greet(f"127.0.0.1:{port}", 1, {"seed": 3}, 10.0)), daemon=True)
+  process.start()
+  time.sleep(0.5)
+  with socket.create_server(("127.0.0.1", port)) as server:
+    conn, _ = server.accept()
+    hello = job.receive(conn, 5.0)
+    job.send(conn, go=True)
+    process.join(10)
+    conn.close()
+  assert hello == {"process_id": 1, "options": {"seed": 3}, "version": jaxrnn.__version__}
+  assert len(replies) == 1
+  replies[0].close()
 
 
 def test_a_process_that_finds_another_program_at_the_port_stops_with_one_line():
