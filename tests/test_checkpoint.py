@@ -77,6 +77,18 @@ def test_keeps_the_last_n(tmp_path):
   assert_trees_equal(checkpoint.restore(checkpoints, 4, state_of(0)), state_of(4))
 
 
+def test_a_checkpoint_set_aside_twice_keeps_the_newer_one(tmp_path):
+  """set_aside moves checkpoint STEP to FOLDER/STEP (no longer a checkpoint); a later one of the
+  same step replaces it there, not nested inside it."""
+  checkpoints = checkpoint.manager(tmp_path / "checkpoints")
+  for value in (1, 2):
+    checkpoint.save(checkpoints, 4, state_of(value), {"value": value})
+    kept = checkpoint.set_aside(checkpoints, 4, tmp_path / "damaged")
+    assert kept == tmp_path / "damaged" / "4" and checkpoints.all_steps() == []
+  assert sorted(p.name for p in (tmp_path / "damaged").iterdir()) == ["4"]
+  assert (tmp_path / "damaged" / "4" / "config" / "metadata").read_text() == '{"value": 2}'
+
+
 def test_restore_with_other_shapes_raises(tmp_path):
   checkpoints = checkpoint.manager(tmp_path)
   checkpoint.save(checkpoints, 1, state_of(1), {})
