@@ -1377,6 +1377,16 @@ def test_the_coordinator_ignores_connections_that_are_not_jaxrnn_processes():
   server.close()
 
 
+def test_read_metrics_keeps_the_records_up_to_a_step_and_drops_what_is_not_one(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  assert rundir.read_metrics(path, 10) == []                        # no file yet
+  path.write_text('{"step": 1, "loss": 0.5}\n[1, 2]\n"text"\n{"step": "2"}\n{"loss": 1}\n'
+                  '{"step": 2, "test": 0.1}\n\n{"step": 3}\n{"step": 4, "lo')
+  assert rundir.read_metrics(path, 3) == [{"step": 1, "loss": 0.5}, {"step": 2, "test": 0.1},
+                                          {"step": 3}]
+  assert rundir.read_metrics(path, 2) == [{"step": 1, "loss": 0.5}, {"step": 2, "test": 0.1}]
+
+
 def test_a_run_directory_is_made_with_its_parents_and_holds_the_lock(tmp_path):
   with rundir.locked(tmp_path / "runs" / "new" / "run"):
     assert (tmp_path / "runs" / "new" / "run" / "lock").read_text() == str(os.getpid())
