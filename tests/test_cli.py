@@ -604,16 +604,24 @@ def test_checkpoint_of_another_config_is_refused(adding_run, capsys):
   assert "sample needs a text run" in one_error_line(capsys)
 
 
-def test_demo_runs_with_only_the_core_dependencies():
-  code = ("import sys\n"
+def test_python_m_jaxrnn_runs_the_demo_with_only_the_core_dependencies(tmp_path):
+  """``python -m jaxrnn`` (shortened to 40 steps) without the extras: it trains, prints, and
+  writes nothing."""
+  code = ("import runpy, sys\n"
           "for name in ('matplotlib', 'orbax', 'sklearn', 'statsmodels'):\n"
           "  sys.modules[name] = None\n"
           "from jaxrnn.app import cli\n"
-          "cli.DEMO.update(steps=40, seq_len=10)\n"
-          "sys.exit(cli.main(['demo', '--no-progress']))\n")
-  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+          "cli.DEMO.update(steps=40)\n"
+          "sys.argv = ['jaxrnn']\n"
+          "runpy.run_module('jaxrnn', run_name='__main__')\n")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                        cwd=tmp_path)
   assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.startswith("jaxrnn demo: an Elman RNN learns the adding problem (T=50)")
+  assert ("adding: 40 steps from step 0, batch 64, 1 layer(s) of H=64, relu/identity, adam "
+          "lr=0.01, 1 device(s)\n") in done.stdout
   assert "baseline (predict 1.0)" in done.stdout and "test mse" in done.stdout
+  assert list(tmp_path.iterdir()) == []
 
 
 def small_run(run_dir, steps=20, *options):
