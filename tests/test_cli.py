@@ -372,6 +372,15 @@ def test_bad_input_is_one_line_and_non_zero(argv, message, tmp_path, monkeypatch
   assert message in one_error_line(capsys)
 
 
+def test_the_option_names_of_0_2_0_still_work():
+  """--learning-rate (now --lr) and --checkpoint-every (now --save-every), on train and resume."""
+  parser = cli.build_parser()
+  args = parser.parse_args(["train", "adding", "--learning-rate", "0.02", "--checkpoint-every",
+                            "7"])
+  assert (args.learning_rate, args.save_every) == (0.02, 7)
+  assert parser.parse_args(["resume", "run", "--learning-rate", "0.5"]).learning_rate == 0.5
+
+
 def test_version_is_the_package_version(capsys):
   """``jaxrnn --version`` prints the version of pyproject.toml (and of ``jaxrnn.__version__``)."""
   tomllib = pytest.importorskip("tomllib")
