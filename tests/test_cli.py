@@ -372,6 +372,39 @@ def test_bad_input_is_one_line_and_non_zero(argv, message, tmp_path, monkeypatch
   assert message in one_error_line(capsys)
 
 
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+
+
+def test_the_defaults_and_baselines_in_the_docs_are_the_commands():
+  """docs/cli.md's task table (model, training and baseline of each task) and its stated
+  defaults, read from the page, against what the command does."""
+  page = DOCS.read_text()
+  rows = re.findall(r"^\| `(\w+)` \|.*\| H=(\d+), (\w+), (\w+)(?: init)?, Adam ([\d.e-]+), clip "
+                    r"(\d+), B=(\d+), (?:windows of (\d+), )?(\d+) steps \| [^|]+ \| ([\d.]+) ",
+                    page, re.MULTILINE)
+  assert [row[0] for row in rows] == list(TASK_OPTIONS)
+  for task, hidden, activation, init, lr, clip, batch, window, steps, baseline in rows:
+    config = resolve_config(task)
+    assert (config.hidden_size, config.activation, config.init, config.optimizer,
+            config.learning_rate, config.clip_norm, config.batch_size, config.steps) == (
+        int(hidden), activation.lower(), init, "adam",
+        float(lr), float(clip), int(batch), int(steps)), task
+    assert config.seq_len == int(window or config.seq_len) and config.num_layers == 1
+    digits = len(baseline.split(".")[1])
+    with jax.enable_x64(False):          # as in a float32 run (x64 changes randint's draws)
+      built = training.load_task(config)
+    assert built.baseline == pytest.approx(float(baseline), abs=0.5 * 10**-digits), task
+  assert (resolve_config("adding").seq_len, resolve_config("copy").seq_len,
+          resolve_config("copy").delay, resolve_config("sunspots").seq_len) == (50, 5, 10, 40)
+  parser = cli.build_parser()
+  gradients = parser.parse_args(["gradients"])
+  assert (gradients.radii, gradients.steps) == ([0.5, 0.9, 1.0, 1.1, 1.5], 50)
+  assert "(default 0.5, 0.9,\n1.0, 1.1 and 1.5), it runs one random sequence of 50 steps" in page
+  train = parser.parse_args(["train", "adding"])
+  assert train.join_timeout == 30 and "(default 30)" in page
+  assert resolve_config("adding").keep == 3 and "checkpoints kept (3)" in page
+
+
 def test_the_option_names_of_0_2_0_still_work():
   """--learning-rate (now --lr) and --checkpoint-every (now --save-every), on train and resume."""
   parser = cli.build_parser()
