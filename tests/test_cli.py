@@ -1358,6 +1358,19 @@ def test_the_coordinator_stops_the_others_when_a_process_ends_without_saying_don
     conn.close()
 
 
+def test_a_process_that_leaves_keeps_its_output_and_says_why_on_stderr():
+  """``leave`` ends the process at once (past JAX's exit barrier) but loses nothing it printed:
+  stdout, a pipe here, is flushed; the line goes to the real stderr, even one redirected."""
+  code = ("import contextlib, io, sys\n"
+          "from jaxrnn.app import job\n"
+          "print('step 5 done')\n"
+          "with contextlib.redirect_stderr(io.StringIO()):\n"
+          "  job.leave(2, 'jaxrnn: error: stopped')\n")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert (done.returncode, done.stdout, done.stderr) == (2, "step 5 done\n",
+                                                         "jaxrnn: error: stopped\n")
+
+
 def test_a_process_started_before_process_0_waits_for_it_and_says_hello():
   """Process 1 may start first: it keeps trying the port, then sends its id, options and
   version, and joins on the coordinator's go."""
