@@ -1448,6 +1448,8 @@ def test_read_metrics_keeps_the_records_up_to_a_step_and_drops_what_is_not_one(t
   assert rundir.read_metrics(path, 3) == [{"step": 1, "loss": 0.5}, {"step": 2, "test": 0.1},
                                           {"step": 3}]
   assert rundir.read_metrics(path, 2) == [{"step": 1, "loss": 0.5}, {"step": 2, "test": 0.1}]
+  path.write_bytes(b'{"step": 1}\n{"step": 2, "note": "\xc3')   # killed inside a UTF-8 character
+  assert rundir.read_metrics(path, 5) == [{"step": 1}]
 
 
 def test_a_run_directory_is_made_with_its_parents_and_holds_the_lock(tmp_path):
