@@ -72,6 +72,12 @@ def final_state(run_dir, input_size, output_size):
   return config, step, state
 
 
+def png_size(png):
+  """(width, height) in pixels, from a PNG's header."""
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
 def one_error_line(capsys):
   err = capsys.readouterr().err.strip()
   assert err.startswith("jaxrnn: ") and "\n" not in err and "Traceback" not in err, err
@@ -110,7 +116,8 @@ def test_train_writes_a_run_and_learns(task, request, tmp_path, text_file, capsy
   records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
   assert sum("test" in r for r in records) == summary["steps"] // 10
-  assert (run_dir / "loss.png").stat().st_size > 10_000
+  png = (run_dir / "loss.png").read_bytes()
+  assert len(png) > 10_000 and png_size(png) == (1000, 380)       # 10 x 3.8 inches at 100 dpi
   config, step = rundir.run_config(run_dir)
   assert step == summary["steps"] and config.task == task and config.dtype == "float32"
 
@@ -297,6 +304,7 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, monkeypatch, capsys):
     h = np.tanh(W_xh @ x + W_hh @ h + b_h)
     jacobian = (1 - h ** 2)[:, None] * W_hh @ jacobian
   assert float(rows[0][3]) == pytest.approx(np.linalg.norm(jacobian, 2), rel=2e-3)
+  assert png_size(out.read_bytes()) == (1100, 420)
   for name, magic in (("upper.PNG", b"\x89PNG"), ("vector.svg", b"<?xml"), ("paper.pdf", b"%PDF")):
     assert cli.main(["gradients", "--steps", "1", "--hidden-size", "1", "--radii", "1",
                      "--seed", str(2**32 - 1), "--out", str(tmp_path / name)]) == 0

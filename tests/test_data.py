@@ -342,6 +342,12 @@ def test_the_sunspots_baseline_and_score_are_in_sunspot_numbers():
   built = build_task(resolve_config("sunspots", batch_size=4, seq_len=20), KEY)
   assert built.baseline == pytest.approx(np.sqrt(np.mean((years[n:] - years[n - 1:-1]) ** 2)))
   assert built.score({"mse": 4.0}) == pytest.approx(2 * years[:n].std())
+  # the test asks for each of the last 62 years, forecast from all the years before it
+  mask = np.asarray(built.test.target_mask)[:, 0]                              # [308]
+  assert np.flatnonzero(mask).tolist() == list(range(n - 1, len(years) - 1)) and mask.sum() == 62
+  normalised = (years - years[:n].mean()) / years[:n].std()
+  np.testing.assert_allclose(np.asarray(built.test.targets)[n - 1:, 0, 0], normalised[n:],
+                             rtol=1e-6)
 
 
 def test_generators_refuse_sizes_that_make_no_task():
