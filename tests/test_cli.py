@@ -1374,7 +1374,9 @@ def test_a_process_that_leaves_keeps_its_output_and_says_why_on_stderr():
           "print('step 5 done')\n"
           "with contextlib.redirect_stderr(io.StringIO()):\n"
           "  job.leave(2, 'jaxrnn: error: stopped')\n")
-  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}   # stdout buffered
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                        env=env)
   assert (done.returncode, done.stdout, done.stderr) == (2, "step 5 done\n",
                                                          "jaxrnn: error: stopped\n")
 
