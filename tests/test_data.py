@@ -307,6 +307,7 @@ def test_the_text_baseline_is_the_unigram_model_scored_on_the_test_targets():
   targets = np.asarray(built.test.targets)
   assert built.baseline == pytest.approx(-np.mean(np.log2(counts / counts.sum())[targets]),
                                          rel=1e-12)
+  assert built.metric == "bits/char" and built.score({"loss": 3 * np.log(2)}) == pytest.approx(3)
 
 
 def test_text_tests_on_the_held_out_tenth_and_trains_on_windows_of_the_rest(tmp_path):
