@@ -72,6 +72,16 @@ def final_state(run_dir, input_size, output_size):
   return config, step, state
 
 
+@pytest.fixture
+def saved_figures(monkeypatch):
+  """``[(figure, path)]`` of every matplotlib figure saved while the test runs (still written)."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  figures, savefig = [], Figure.savefig
+  monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kwargs: (
+      figures.append((fig, path)), savefig(fig, path, **kwargs)))
+  return figures
+
+
 def png_size(png):
   """(width, height) in pixels, from a PNG's header."""
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -242,7 +252,7 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
                    "--temperature", "0.5"]) == 0
   assert capsys.readouterr().out[:-1] == text        # same seed, same text
   # the text is the library's generate from the last checkpoint, with the run's activation
-  config, step = rundir.run_config(tmp_path / "run")
+  config, _ = rundir.run_config(tmp_path / "run")
   _, _, state = final_state(tmp_path / "run", len(config.vocab), len(config.vocab))
   assert cli.main(["sample", str(tmp_path / "run"), "--prompt", "at", "--length", "30",
                    "--temperature", "2", "--seed", "3"]) == 0
@@ -264,11 +274,7 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
     assert message in one_error_line(capsys)
 
 
-def test_gradients_plots_norms_against_the_bound(tmp_path, monkeypatch, capsys):
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  figures, savefig = [], Figure.savefig
-  monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig),
-                                                              savefig(fig, *a, **k)))
+def test_gradients_plots_norms_against_the_bound(tmp_path, saved_figures, capsys):
   out = tmp_path / "gradients.png"
   assert cli.main(["gradients", "--steps", "12", "--hidden-size", "8", "--radii", "0.5", "1.5",
                    "--out", str(out)]) == 0
@@ -280,7 +286,7 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, monkeypatch, capsys):
     assert float(norm) <= float(bound) * (1 + 1e-5)
   assert out.stat().st_size > 10_000 and printed[-1] == f"wrote {out}"
   # the picture: per activation, per radius, the norm (solid) and its bound (dashed) over T - k
-  (fig,) = figures
+  ((fig, _),) = saved_figures
   for ax, activation in zip(fig.axes, ("tanh", "relu")):
     assert ax.get_title().startswith(f"{activation}: ")
     lines = ax.get_lines()
@@ -562,24 +568,18 @@ def test_the_lock_file_holds_the_pid_of_its_current_holder(tmp_path):
 
 
 @pytest.mark.parametrize("task, scale", [("adding", "log"), ("copy", "linear")])
-def test_the_test_panel_is_logarithmic_for_errors_only(task, scale, monkeypatch, tmp_path):
+def test_the_test_panel_is_logarithmic_for_errors_only(task, scale, saved_figures, tmp_path):
   """An error (mse) spans decades and is plotted on a log scale; an accuracy is not."""
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  scales = []
-  monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: scales.append(
-      fig.axes[1].get_yscale()))
   built = training.load_task(resolve_config(task, batch_size=4, seq_len=5))
   records = [{"step": s, "loss": 1.0 / s, "test": 0.5 / s} for s in (1, 2, 3)]
   plots.plot_run(records, built, tmp_path / "loss.png")
-  assert scales == [scale]
+  assert [fig.axes[1].get_yscale() for fig, _ in saved_figures] == [scale]
 
 
-def test_the_run_plot_shows_the_loss_its_running_mean_and_the_test_metric(monkeypatch, tmp_path):
+def test_the_run_plot_shows_the_loss_its_running_mean_and_the_test_metric(saved_figures,
+                                                                           tmp_path):
   """120 steps: the raw loss, its mean over 120 // 50 = 2 steps, and the test metric beside the
   baseline, as recorded (a record without a loss, such as a resume's, is not a point)."""
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  figures = []
-  monkeypatch.setattr(Figure, "savefig", lambda fig, path, **k: figures.append((fig, path)))
   built = training.load_task(resolve_config("adding", batch_size=4, seq_len=5))
   steps = np.arange(1, 121)
   loss = 1.0 / steps + 0.05 * (steps % 2)
@@ -588,7 +588,7 @@ def test_the_run_plot_shows_the_loss_its_running_mean_and_the_test_metric(monkey
     r["test"] = 2.0 / r["step"]
   records.insert(60, {"step": 60, "resumed_with": {"clip_norm": [1.0, 0.5]}})
   plots.plot_run(records, built, tmp_path / "loss.png")
-  (fig, path), = figures
+  (fig, path), = saved_figures
   assert path == tmp_path / "loss.png"
   raw, smooth = fig.axes[0].get_lines()
   np.testing.assert_array_equal(raw.get_xdata(), steps)
@@ -874,6 +874,12 @@ def free_port():
         return port
 
 
+def listening():
+  """A loopback server socket on a free port, and its ``HOST:PORT``."""
+  server = socket.create_server(("127.0.0.1", 0))
+  return server, f"127.0.0.1:{server.getsockname()[1]}"
+
+
 def job_process(argv, port, index, env, processes=2, program=("-m", "jaxrnn")):
   """Process ``index`` of a job of ``processes`` (``python program argv``) on loopback ``port``."""
   return subprocess.Popen([sys.executable, *program, *argv, "--coordinator", f"127.0.0.1:{port}",
@@ -1051,8 +1057,7 @@ def test_options_that_only_change_what_a_process_shows_may_differ_in_a_job(tmp_p
 def test_the_coordinator_keeps_one_deadline_for_the_whole_job():
   """Processes that arrive late do not restart --join-timeout: with 2 of 3 processes, one
   coming after 1.5 s of a 2.5 s timeout, the job ends at 2.5 s naming the one never seen."""
-  server = socket.create_server(("127.0.0.1", 0))
-  address = f"127.0.0.1:{server.getsockname()[1]}"
+  server, address = listening()
   clients = []
 
   def hello(index):
@@ -1328,8 +1333,7 @@ def test_a_job_refuses_a_device_count_it_cannot_use_with_one_line(tmp_path):
 def test_a_connection_that_never_says_hello_does_not_hold_the_coordinator():
   """A silent client (a port scanner that keeps its connection): the coordinator still gives up
   on the missing processes after --join-timeout plus the 5 s it waits for a hello."""
-  server = socket.create_server(("127.0.0.1", 0))
-  address = f"127.0.0.1:{server.getsockname()[1]}"
+  server, address = listening()
   errors = []
 
   def coordinate():
@@ -1358,9 +1362,7 @@ def test_the_coordinator_stops_the_others_when_a_process_ends_without_saying_don
   job.watch(peers, 0)
   ends[1].close()
   job.watch(peers, 1)
-  stop = ("jaxrnn: error: process 1 of this job stopped (see its output); start every process "
-          "again (jaxrnn resume RUN_DIR goes on from the last checkpoint)")
-  assert job.receive(ends[2], 1.0) == {"stop": stop}
+  assert job.receive(ends[2], 1.0) == {"stop": STOPPED.format(1)}
   assert job.receive(ends[2], 0.1) == {}                # once, and nothing about process 0
   for conn in (*peers.values(), ends[2]):
     conn.close()
@@ -1403,8 +1405,7 @@ def test_a_process_started_before_process_0_waits_for_it_and_says_hello():
 
 def test_a_process_that_finds_another_program_at_the_port_stops_with_one_line():
   """Whatever answers at the port without a go (here: reads the hello, then hangs up)."""
-  server = socket.create_server(("127.0.0.1", 0))
-  address = f"127.0.0.1:{server.getsockname()[1]}"
+  server, address = listening()
 
   def other_program():
     conn, _ = server.accept()
@@ -1421,8 +1422,7 @@ def test_a_process_that_finds_another_program_at_the_port_stops_with_one_line():
 def test_the_coordinator_ignores_connections_that_are_not_jaxrnn_processes():
   """A port scanner, garbage, JSON that is not an object, or a hello without options: dropped,
   and the job's two processes still gather."""
-  server = socket.create_server(("127.0.0.1", 0))
-  address = f"127.0.0.1:{server.getsockname()[1]}"
+  server, address = listening()
   gathered = {}
   coordinator = threading.Thread(target=lambda: gathered.update(
       job.gather(server, address, 2, 20.0)))

@@ -135,10 +135,10 @@ def test_digits_hold_out_a_fixed_fifth_whatever_the_seed():
   test_xs = np.asarray(built[0].test.xs)                                       # [8, 359, 8]
   assert test_xs.shape == (8, 359, 8) and built[0].train_size == 1438
   flat = {image.tobytes(): i for i, image in enumerate(images)}
-  test_rows = {flat[test_xs[:, n].tobytes()] for n in range(359)}
+  test_index = [flat[test_xs[:, n].tobytes()] for n in range(359)]               # [359]
+  test_rows = set(test_index)
   assert len(test_rows) == 359
-  np.testing.assert_array_equal(built[0].test.targets[-1],
-                                [labels[flat[test_xs[:, n].tobytes()]] for n in range(359)])
+  np.testing.assert_array_equal(built[0].test.targets[-1], labels[test_index])
   train_xs = np.asarray(built[1].batches(0).xs)
   train_rows = {flat[train_xs[:, n].tobytes()] for n in range(512)}
   assert not train_rows & test_rows and len(train_rows) > 250
@@ -354,11 +354,10 @@ def test_the_sunspots_baseline_and_score_are_in_sunspot_numbers():
 def test_generators_refuse_sizes_that_make_no_task():
   """The adding problem needs a marker in each half (T >= 2); the copy task something to copy,
   a delay and two symbols. The smallest valid sizes are accepted."""
-  key = jax.random.key(0)
   with pytest.raises(ValueError, match="num_steps must be at least 2, got 1"):
-    data.adding_problem(key, 3, 1)
-  assert data.adding_problem(key, 3, 2).xs.shape == (2, 3, 2)
+    data.adding_problem(KEY, 3, 1)
+  assert data.adding_problem(KEY, 3, 2).xs.shape == (2, 3, 2)
   for length, delay, symbols in ((0, 1, 2), (1, 0, 2), (1, 1, 1)):
     with pytest.raises(ValueError, match=f"got {length}, {delay}, {symbols}"):
-      data.copy_task(key, 3, length, delay, symbols)
-  assert data.copy_task(key, 3, 1, 1, 2).xs.shape == (3, 3, 4)
+      data.copy_task(KEY, 3, length, delay, symbols)
+  assert data.copy_task(KEY, 3, 1, 1, 2).xs.shape == (3, 3, 4)
