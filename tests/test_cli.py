@@ -1450,6 +1450,36 @@ def test_the_coordinator_ignores_connections_that_are_not_jaxrnn_processes():
   server.close()
 
 
+def test_a_job_at_the_edges_of_its_ranges_is_handed_to_job_join(monkeypatch):
+  """PORT 65534 and --join-timeout 3600 are the largest accepted; job.join gets the address, the
+  count, the index, the timeout and every option but those that only concern one process."""
+  calls = []
+  monkeypatch.setattr(job, "join", lambda *args: calls.append(args) or (lambda: None))
+  args = cli.build_parser().parse_args([
+      "train", "adding", "--seed", "5", "--coordinator", "127.0.0.1:65534", "--num-processes",
+      "3", "--process-id", "2", "--join-timeout", "3600", "--no-progress"])
+  assert cli.join_job(args) is not None
+  ((address, processes, index, timeout, options),) = calls
+  assert (address, processes, index, timeout) == ("127.0.0.1:65534", 3, 2, 3600.0)
+  assert options["seed"] == 5 and options["coordinator"] == "127.0.0.1:65534"
+  assert options["num_processes"] == 3 and options["task"] == "adding"
+  assert not {"process_id", "join_timeout", "no_progress", "handler"} & set(options)
+
+
+def test_a_run_dir_in_a_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+  """The nearest existing folder of --run-dir must be writable (checked as the user would be, so
+  root's access to everything does not hide it: os.access is asked, and says no)."""
+  folder = tmp_path / "read-only"
+  folder.mkdir()
+  access = os.access
+  monkeypatch.setattr(os, "access", lambda path, mode: (
+      Path(path) != folder and access(path, mode)))
+  assert small_run(folder / "new" / "run", 2) == 2
+  assert one_error_line(capsys) == f"jaxrnn: error: --run-dir: {folder} is not writable"
+  assert not (folder / "new").exists()
+  assert small_run(tmp_path / "writable" / "run", 2) == 0
+
+
 def test_read_metrics_keeps_the_records_up_to_a_step_and_drops_what_is_not_one(tmp_path):
   path = tmp_path / "metrics.jsonl"
   assert rundir.read_metrics(path, 10) == []                        # no file yet
