@@ -680,6 +680,19 @@ def small_run(run_dir, steps=20, *options):
                    "--batch-size", "8", "--eval-every", "5", "--no-progress", *options])
 
 
+def test_a_run_keeps_its_newest_keep_checkpoints_and_resume_keeps_as_many(tmp_path):
+  """Saves every 5 steps: --keep 2 leaves steps 15 and 20, the default 3 leaves 10, 15 and 20;
+  a resume to step 30 of the --keep 2 run leaves 25 and 30."""
+  steps = lambda run_dir: sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()
+                                 if p.name.isdigit())
+  assert small_run(tmp_path / "two", 20, "--keep", "2") == 0
+  assert steps(tmp_path / "two") == [15, 20]
+  assert small_run(tmp_path / "three", 20) == 0
+  assert steps(tmp_path / "three") == [10, 15, 20]
+  assert cli.main(["resume", str(tmp_path / "two"), "--steps", "30", "--no-progress"]) == 0
+  assert steps(tmp_path / "two") == [25, 30]
+
+
 def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, capsys):
   run_dir = tmp_path / "run"
   command = [sys.executable, "-m", "jaxrnn", "train", "adding", "--run-dir", str(run_dir),

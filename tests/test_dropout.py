@@ -8,6 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl.testing import parameterized
 
@@ -220,6 +221,28 @@ def test_fused_gradient_with_dropout_equals_autodiff(num_layers, bidirectional):
                      for g in ("fused", "autodiff"))
   chex.assert_trees_all_close(fused, autodiff, rtol=1e-10, atol=1e-13)
   assert float(jnp.max(jnp.abs(fused[1][0].W_hy))) > 1e-3           # a non-trivial gradient
+
+
+def test_loss_and_grad_and_the_train_step_apply_the_dropout_of_their_key():
+  """The public gradient and the train step draw the masks of ``key`` as unroll does: their loss
+  is the reference's sum of cross-entropies with those masks, and no key means no dropout."""
+  prob = random_problem(6, T, B, num_layers=2)
+  key, zeros = jax.random.key(9), jnp.zeros((2, B, H), jnp.float64)
+  masks = draw_masks(key, RATES, Shape(I, H, O, 2, 1), T, B, jnp.float64)
+  targets = np.asarray(prob.batch.targets)[..., None]                       # [T, B, 1]
+  cross_entropy = lambda masks: -np.sum(np.take_along_axis(reference.log_softmax(
+      reference_outputs(prob.params, prob.batch.xs, zeros, None, masks).ys), targets, -1))
+  want, plain = cross_entropy(masks), cross_entropy(jaxrnn.dropout.DropoutMasks(None, None, None))
+  assert abs(want - plain) > 1e-2
+  value, grads = jax.jit(jaxrnn.loss_and_grad, static_argnames="model")(
+      prob.params, prob.batch, model=RATES, key=key)
+  np.testing.assert_allclose(float(value), want, rtol=1e-12)
+  no_key, plain_grads = jaxrnn.loss_and_grad(prob.params, prob.batch, model=RATES)
+  np.testing.assert_allclose(float(no_key), plain, rtol=1e-12)
+  assert not np.allclose(grads.W_hy, plain_grads.W_hy)
+  step = jaxrnn.make_train_step(optax.sgd(0.0), model=RATES, donate=False)
+  _, _, metrics = step(prob.params, optax.sgd(0.0).init(prob.params), prob.batch, key)
+  np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("field,bad", [("dropout", 1.0), ("input_dropout", -0.1),

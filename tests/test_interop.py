@@ -118,6 +118,11 @@ def test_bias_free_model():
   out, h_n = rnn(torch.tensor(xs))
   hs, _, final = unroll(params, jnp.asarray(xs), model=jaxrnn.ModelSpec())
   chex.assert_trees_all_close((hs, final), numpy_of(out, h_n), rtol=0, atol=1e-12)
+  linear = torch.nn.Linear(2 * H, O, bias=False, dtype=torch.float64)  # a bias-free readout too
+  params = jaxrnn.from_torch(rnn.state_dict(), linear.state_dict())
+  chex.assert_trees_all_equal(params.b_y, jnp.zeros(O, jnp.float64))
+  _, ys, _ = unroll(params, jnp.asarray(xs), model=jaxrnn.ModelSpec())
+  chex.assert_trees_all_close(ys, numpy_of(linear(out))[0], rtol=0, atol=1e-12)
 
 
 def state(num_layers=2, bidirectional=True):

@@ -123,6 +123,19 @@ class TestLossVariants(chex.TestCase):
         rtol=1e-12, strict=True)
 
 
+def test_the_defaults_are_the_seeds_loss_summed_over_steps_and_sequences():
+  """With no specs and no h0: tanh, an identity read-out and ``L = sum_t sum_b L_t`` of the
+  cross-entropy from zero states, the NumPy reference's seed equations."""
+  prob = random_problem(21)
+  got, final = loss_fn(prob.params, prob.batch)
+  want, want_final = reference.loss(reference.as_numpy(prob.params), prob.batch.xs,
+                                    prob.batch.targets, None, None, None, "tanh", "identity",
+                                    "cross_entropy", "sum")
+  chex.assert_trees_all_close((got, final), (np.float64(want), want_final), rtol=1e-12)
+  mean, _ = loss_fn(prob.params, prob.batch, loss=jaxrnn.LossSpec(reduction="mean"))
+  np.testing.assert_allclose(float(got), prob.batch.targets.size * float(mean), rtol=1e-12)
+
+
 @pytest.mark.parametrize("num_layers,bidirectional", MODELS)
 def test_all_masked_mean_is_zero_not_nan(num_layers, bidirectional):
   case = next(c for c in LOSS_CASES if c[:2] == (num_layers, bidirectional) and c[5] == "mean")
