@@ -120,8 +120,10 @@ class TestBpttVariants(chex.TestCase):
   """jaxrnn.bptt jitted and not (chex variants)."""
 
   @chex.variants(with_jit=True, without_jit=True)
-  def test_bptt_matches_the_reference_with_default_arguments(self):
-    prob = random_problem(11, 3, 2, sizes=(2, 2, 2), masked=True)
+  @parameterized.parameters(*MODELS)
+  def test_bptt_matches_the_reference_with_default_arguments(self, num_layers, bidirectional):
+    prob = random_problem(11, 3, 2, sizes=(2, 2, 2), num_layers=num_layers,
+                          bidirectional=bidirectional, masked=True)
     got = self.variant(jaxrnn.bptt)(prob.params, prob.batch)        # h0 = zeros, default specs
     want = reference.bptt(reference.as_numpy(prob.params), prob.batch.xs, prob.batch.targets,
                           None, prob.batch.lengths, prob.batch.target_mask)

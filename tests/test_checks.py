@@ -213,6 +213,15 @@ def test_bad_input_is_named(name):
     call()
 
 
+def test_no_h0_is_zeros_for_every_layer_and_direction():
+  """``h0=None``: zeros ``[L*D, B, H]`` in the params' dtype; a given h0 comes back as it is."""
+  shape = jaxrnn.checks.check_params(P2)
+  h0 = jaxrnn.checks.check_h0(None, shape, B, P2.W_hy.dtype)
+  chex.assert_trees_all_equal(h0, jnp.zeros((4, B, H), jnp.float64), strict=True)
+  given = jnp.arange(4 * B * H, dtype=jnp.float64).reshape(4, B, H)
+  chex.assert_trees_all_equal(jaxrnn.checks.check_h0(given, shape, B, jnp.float64), given)
+
+
 @pytest.mark.parametrize("params", [P1, P2], ids=["1-layer", "2-layer-bidirectional"])
 def test_masked_steps_may_hold_any_class_index(params):
   """Past a sequence's end and outside ``target_mask`` any value is fine (a -1 pad, say)."""
