@@ -693,6 +693,16 @@ def test_a_run_keeps_its_newest_keep_checkpoints_and_resume_keeps_as_many(tmp_pa
   assert steps(tmp_path / "two") == [25, 30]
 
 
+@pytest.mark.parametrize("command", ["resume", "sample"])
+def test_a_folder_without_checkpoints_is_not_a_run_directory(command, tmp_path, capsys):
+  """An existing folder (here holding only a metrics file) is refused, and left as it was."""
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+  assert cli.main([command, str(tmp_path)]) == 2
+  assert one_error_line(capsys) == (f"jaxrnn: error: {tmp_path} is not a run directory "
+                                    "(no checkpoints/ in it)")
+  assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
 def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, capsys):
   run_dir = tmp_path / "run"
   command = [sys.executable, "-m", "jaxrnn", "train", "adding", "--run-dir", str(run_dir),
