@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -173,6 +174,24 @@ def test_epochs_are_rounded_up_to_whole_steps(monkeypatch):
     assert cli.main(["train", "digits", "--epochs", epochs, "--batch-size", "16",
                      "--run-dir", "unused"]) == 0
   assert steps == [90, 1]
+
+
+def test_an_epoch_of_a_series_passes_over_its_window_starts(monkeypatch, tmp_path):
+  """sunspots trains on its first 80 % of years, text on its first 90 % of characters; a window
+  of T steps reads T + 1 values, so N training values hold N - T windows: 1 epoch of batch B is
+  ceil((N - T) / B) steps. A 1,000-character text: 900 training characters, T = 64, B = 32:
+  836 windows, 27 steps; 2.5 epochs: ceil(65.3) = 66."""
+  pytest.importorskip("statsmodels")
+  steps = []
+  monkeypatch.setattr(cli, "train_run", lambda config, *args, **kwargs: steps.append(config.steps))
+  years = int(0.8 * len(tasks.data.load_sunspots()))
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("".join(chr(97 + i % 26) for i in range(1000)), encoding="utf-8")
+  for argv in (["sunspots", "--seq-len", "40", "--batch-size", "32"],
+               ["text", "--text-file", str(corpus), "--seq-len", "64", "--batch-size", "32"]):
+    for epochs in ("1", "2.5"):
+      assert cli.main(["train", *argv, "--epochs", epochs, "--run-dir", "unused"]) == 0
+  assert steps == [math.ceil((years - 40) / 32), math.ceil(2.5 * (years - 40) / 32), 27, 66]
 
 
 def interrupt_after(monkeypatch, stop_at):
@@ -1280,18 +1299,21 @@ def test_a_full_disk_at_the_summary_is_one_line_and_resume_writes_it(tmp_path, m
   assert json.load(open(run_dir / "summary.json"))["steps"] == 5
 
 
-@pytest.mark.parametrize("length, status", [(11, 2), (12, 0)])
-def test_a_text_must_hold_a_training_window_and_two_held_out_characters(length, status, tmp_path,
-                                                                         capsys):
-  """With --seq-len 8, a window needs 10 training characters (90 %, rounded down) and the held-out
-  10 % at least 2: 11 characters are too few, 12 enough."""
+@pytest.mark.parametrize("length, seq_len, status", [(11, 8, 2), (12, 8, 0), (10, 2, 2),
+                                                    (11, 2, 0)])
+def test_a_text_must_hold_a_training_window_and_two_held_out_characters(length, seq_len, status,
+                                                                         tmp_path, capsys):
+  """A window needs T + 2 training characters (90 %, rounded down) and the held-out 10 % at
+  least 2: with T = 8, 11 characters are too few (9 for training), 12 enough; with T = 2, 10
+  are too few (1 held out), 11 enough."""
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("abcdefghijkl"[:length], encoding="utf-8")
   assert cli.main(["train", "text", "--text-file", str(corpus), "--run-dir", str(tmp_path / "r"),
-                   "--steps", "1", "--seq-len", "8", *TINY_RUN[2:]]) == status
+                   "--steps", "1", "--seq-len", str(seq_len), *TINY_RUN[2:]]) == status
   if status:
     assert one_error_line(capsys) == (f"jaxrnn: error: the text ({length} characters) is too "
-                                      "short for seq_len 8; 90% of it is for training, 10% held out")
+                                      f"short for seq_len {seq_len}; 90% of it is for training, "
+                                      "10% held out")
 
 
 def test_a_text_run_resumes_on_its_text_and_refuses_new_characters(tmp_path, capsys):

@@ -313,14 +313,14 @@ def test_the_text_baseline_is_the_unigram_model_scored_on_the_test_targets():
 def test_text_tests_on_the_held_out_tenth_and_trains_on_windows_of_the_rest(tmp_path):
   """6000 characters: the test batch is the held-out last 600 in consecutive chunks of 256
   steps (2 fit), each step's target the next character; training windows are slices of the
-  first 5400 characters, targets shifted by one."""
+  first 5400 characters, targets shifted by one: 5380 windows of 20 steps (21 characters)."""
   rng = np.random.default_rng(0)
   text = "".join(rng.choice(list("abcdefgh"), 6000))
   corpus = tmp_path / "corpus.txt"
   corpus.write_text(text, encoding="utf-8")
   built = build_task(resolve_config("text", batch_size=64, seq_len=20, text_file=str(corpus)), KEY)
   decode = lambda codes: "".join(built.vocab[i] for i in np.asarray(codes))
-  assert built.vocab == "abcdefgh" and built.train_size == 5400
+  assert built.vocab == "abcdefgh" and built.train_size == 5400 - 20
   xs, targets = np.asarray(built.test.xs).argmax(-1).T, np.asarray(built.test.targets).T
   assert [decode(row) for row in xs] == [text[5400:5656], text[5656:5912]]
   assert [decode(row) for row in targets] == [text[5401:5657], text[5657:5913]]

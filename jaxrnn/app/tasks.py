@@ -23,9 +23,9 @@ TEXT_TEST_CHUNKS = 128
 class Task(NamedTuple):
   """A task built for one :class:`Config`: ``batches`` (``step -> Batch``) and a ``test`` batch,
   whose eval metrics ``score`` turns into ``metric`` (mse, accuracy, rmse or bits/char), to beat
-  ``baseline`` (the trivial predictor ``baseline_name``). ``train_size`` is ``None`` for generated
-  data; ``predicts_next`` (target ``t`` is input ``t + 1``) rules out bidirectional models;
-  ``fingerprint`` hashes data read from files."""
+  ``baseline`` (the trivial predictor ``baseline_name``). ``train_size``, the sequences of an epoch
+  (a series' windows), is ``None`` for generated data; ``predicts_next`` (target ``t`` is input
+  ``t + 1``) rules out bidirectional models; ``fingerprint`` hashes data read from files."""
   input_size: int
   output_size: int
   loss: str
@@ -149,8 +149,8 @@ def _text(config: Config, key: jax.Array, dtype: Any) -> Task:
   sample = lambda k: data.text_batch(
       data.random_windows(k, train, config.batch_size, config.seq_len), len(vocab), dtype)
   return Task(len(vocab), len(vocab), "cross_entropy", _per_step(sample, key), test, "bits/char",
-              lambda m: m["loss"] / math.log(2), unigram, "unigram", num_train, vocab,
-              predicts_next=True, fingerprint=hash_data(text))
+              lambda m: m["loss"] / math.log(2), unigram, "unigram", num_train - config.seq_len,
+              vocab, predicts_next=True, fingerprint=hash_data(text))
 
 
 TASKS: dict[str, Callable[[Config, jax.Array, Any], Task]] = {
