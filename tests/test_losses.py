@@ -4,6 +4,7 @@ the plain loss, mixed precision, argument checks."""
 
 import dataclasses
 import functools
+import re
 
 import chex
 import jax
@@ -274,6 +275,25 @@ def test_bad_arguments_name_the_argument():
     jaxrnn.sequence_loss(params, batch, compute={"gradient": "fused"})
   with pytest.raises(TypeError, match="model"):
     jaxrnn.sequence_loss(params, batch, model={"activation": "tanh"})
+
+
+@pytest.mark.parametrize("compute, key", [
+    (jaxrnn.ComputeSpec(gradient="bptt"), jax.random.key(0)),
+    (jaxrnn.ComputeSpec(gradient="bptt", checkpoint_every=2), None),
+    (jaxrnn.ComputeSpec(gradient="bptt", dtype="bfloat16"), None)])
+def test_the_bptt_oracle_takes_no_dropout_key_checkpointing_or_compute_dtype(compute, key):
+  """Each is refused by the loss and by loss_and_grad; the same options with the fused gradient
+  are taken (and give the loss's value)."""
+  prob = random_problem(9, T, B)
+  message = ("compute.gradient='bptt' is the plain hand-derived oracle: it takes no dropout key, "
+             "checkpoint_every or compute dtype")
+  for fn in (jaxrnn.sequence_loss, jaxrnn.loss_and_grad):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      fn(prob.params, prob.batch, compute=compute, key=key)
+  fused = dataclasses.replace(compute, gradient="fused")
+  value, _ = jaxrnn.loss_and_grad(prob.params, prob.batch, compute=fused, key=key)
+  want, _ = jaxrnn.sequence_loss(prob.params, prob.batch, compute=fused, key=key)
+  np.testing.assert_allclose(float(value), float(want), rtol=1e-6)
 
 
 @pytest.mark.parametrize("num_layers,bidirectional", MODELS)
