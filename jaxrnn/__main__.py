@@ -5,4 +5,4 @@ import sys
 from jaxrnn.app.cli import main
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:] or ["demo"]))
+  sys.exit(main())

@@ -284,8 +284,9 @@ def fit(params: RNNParams, opt_state: Any, train_step: Step,
     for k, v in values.items():
       history[k].append(v)
     postfix = {"loss": f"{values['loss']:.4f}"}
-    if step == steps.start:
-      bar.reset(total=len(steps) - 1)                     # the first step compiled: not timed
+    if step == steps.start:                               # it compiled: counted, not timed
+      bar.reset(total=len(steps))
+      bar.initial = bar.n = bar.last_print_n = 1
     else:
       bar.update()
       if bar.format_dict["rate"]:

@@ -570,9 +570,9 @@ class FakeClock:
 
 
 def test_fit_progress_bar_leaves_the_compiling_step_out(monkeypatch):
-  """With ``progress=True`` the bar counts and times only steps 2.., so its rate (and the
-  sequences/s shown) is the steady one, 1 step per (fake) second, not dragged down by the
-  first step's 100 s compile."""
+  """With ``progress=True`` the bar counts every step (6/6 at the end) but times only steps
+  2.., so its rate (and the sequences/s shown) is the steady one, 1 step per (fake) second, not
+  dragged down by the first step's 100 s compile."""
   params, batch, _, _ = shared(1, False)
   step = sgd_step(1, False)
   clock, bars, calls, shown = FakeClock(), [], [], []
@@ -599,11 +599,11 @@ def test_fit_progress_bar_leaves_the_compiling_step_out(monkeypatch):
   ((bar, kwargs),) = bars
   assert kwargs["disable"] is False and len(calls) == len(shown) == num_steps
   last = shown[-1]
-  assert bar.n == last["n"] == last["total"] == num_steps - 1    # the compiling step is not counted
-  assert last["elapsed"] == num_steps - 1                        # nor timed (fake seconds)
+  assert bar.n == last["n"] == last["total"] == num_steps        # every step is counted,
+  assert last["elapsed"] == num_steps - 1                        # the compiling one not timed
   assert last["rate"] == pytest.approx(1.0)
   assert last["shown"]["seq/s"] == f"{size}"                     # B sequences per step per second
-  assert [entry["total"] for entry in shown] == [num_steps - 1] * num_steps
+  assert [entry["total"] for entry in shown] == [num_steps] * num_steps
   bars.clear()
   jaxrnn.fit(params, SGD.init(params), step, [batch], 1, progress=False)
   assert bars[0][1]["disable"] is True

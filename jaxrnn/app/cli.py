@@ -33,20 +33,28 @@ from jaxrnn.spec import ACTIVATION_NAMES, InitSpec, ModelSpec
 DEMO = dict(steps=1500, hidden_size=64, seq_len=50, eval_every=500)
 TASK_OPTIONS = {"delay": ("copy",), "read": ("digits",), "text_file": ("text",)}
 TRAIN_OPTIONS = tuple(f for f in FIELDS if f not in ("task", "vocab", "data_fingerprint"))
-RESUME_OVERRIDES = {"steps": "new total number of steps",
-                    "learning_rate": "a new learning rate from here on (recorded in metrics.jsonl)",
-                    "clip_norm": "a new global-norm clipping from here on; 0 disables"}
+RESUME_OVERRIDES = {"steps": "new total number of steps (default: the run's)",
+                    "learning_rate": "a new learning rate from here on, recorded in "
+                                     "metrics.jsonl (default: the run's)",
+                    "clip_norm": "a new global-norm clipping from here on; 0 disables "
+                                 "(default: the run's)"}
 HELP = {
-    "steps": "training steps (task default)", "num_layers": "stacked layers (default 1)",
+    "steps": "training steps", "batch_size": "sequences per training step",
+    "hidden_size": "H, the units of each layer's state", "num_layers": "stacked layers",
     "bidirectional": "two directions per layer (adding, copy, digits)",
     "dropout": "dropout between layers (needs --layers >= 2)",
-    "clip_norm": "global-norm clipping; 0 disables", "dtype": "float32 (default) or float64",
-    "gradient": "fused (hand BPTT, default), autodiff or bptt",
+    "optimizer": "the optax optimizer", "learning_rate": "the optimizer's learning rate",
+    "clip_norm": "global-norm gradient clipping; 0 disables",
+    "activation": "act in h_t = act(W_xh x_t + W_hh h_t-1 + b_h)",
+    "init": "how W_hh starts (identity: the IRNN)", "dtype": "of the parameters and the data",
+    "gradient": "fused (hand BPTT), autodiff (jax.grad through lax.scan) or bptt (the oracle)",
+    "seed": "of the parameters, the data and dropout",
     "seq_len": "T (adding, sine), symbols to copy (copy), training window (sunspots, text)",
     "delay": "copy: steps between reading and writing", "keep": "checkpoints to keep",
     "read": "digits: rows (8 steps x 8) or pixels (64 steps x 1)",
     "text_file": "text: the corpus (default: Python's pydoc topics)",
     "eval_every": "steps between test evaluations", "save_every": "steps between checkpoints"}
+"""One line of help per option of ``jaxrnn train``; :func:`default_help` adds its default."""
 DEVICES_HELP = ("split each batch over N devices (default: every CPU core when the model is "
                 "large enough for the split to pay, else 1); fewer when N does not divide the "
                 "batch size")
@@ -90,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> None:
   if args.run_dir is None and jax.process_count() > 1:
     raise RunError("a job of several processes needs --run-dir, the same in every process")
   run_dir = Path(args.run_dir or f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+  args.run_dir = str(run_dir)             # for the hint that Ctrl-C prints
   for folder in (run_dir, *run_dir.parents):  # the nearest that exists: a writable directory
     if folder.exists():
       if not folder.is_dir():
@@ -106,7 +115,10 @@ def cmd_resume(args: argparse.Namespace) -> None:
   reading = (locked(run_dir) if is_primary() and (run_dir / "checkpoints").is_dir()
              else contextlib.nullcontext())
   with reading:
-    config, _ = run_config(run_dir)
+    config, step = run_config(run_dir)
+  if args.steps is not None and args.steps <= step:
+    raise RunError(f"--steps {args.steps} is not past step {step}, where {run_dir} stands; "
+                   "pass a larger --steps to train longer")
   overrides = {name: [getattr(config, name), getattr(args, name)] for name in RESUME_OVERRIDES
                if getattr(args, name) is not None and getattr(args, name) != getattr(config, name)}
   try:
@@ -118,17 +130,19 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-  print("jaxrnn demo: an Elman RNN learns the adding problem (T=50): add the two marked\n"
-        "values of a 50-step sequence, which needs memory. Predicting 1.0 scores MSE ~0.167.")
-  train_run(configured("adding", **DEMO, seed=args.seed), None, progress=not args.no_progress,
-            devices=args.devices)
+  config = configured("adding", **DEMO, seed=args.seed)
+  task = load_task(config)
+  print(f"jaxrnn demo: an Elman RNN learns the adding problem (T={config.seq_len}): add the two "
+        f"marked\nvalues of a {config.seq_len}-step sequence, which needs memory. Predicting "
+        f"1.0 scores test MSE {task.baseline:.4f}.")
+  train_run(config, None, progress=not args.no_progress, task=task, devices=args.devices)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
   run_dir = Path(args.run_dir)
   config, step = run_config(run_dir)
   if config.task != "text":
-    raise RunError(f"{run_dir} is a {config.task!r} run; sample needs a text run")
+    raise RunError(f"{run_dir} is a run of the {config.task} task; sample needs a text run")
   if not (math.isfinite(args.temperature) and args.temperature > 0):
     raise RunError("--temperature must be a finite number > 0")
   if not 0 <= args.length <= 10**7:
@@ -231,21 +245,43 @@ def use_every_core() -> None:
     pass
 
 
+def default_help(name: str) -> str:
+  """``name``'s default as ``--help`` shows it, e.g. ``default 64 (copy 128, text 256)``: the
+  most tasks' value, then the tasks of :data:`TASK_DEFAULTS` that set another; ``""`` for an
+  option with no value (a flag, a file)."""
+  base = Config.__dataclass_fields__[name].default
+  if isinstance(base, bool) or base is None:
+    return ""
+  shown = lambda v: f"{v:g}" if isinstance(v, float) else str(v)
+  by_task = {task: defaults.get(name, base) for task, defaults in TASK_DEFAULTS.items()}
+  values = list(by_task.values())
+  usual = max(values, key=values.count)
+  others = ", ".join(f"{task} {shown(v)}" for task, v in by_task.items() if v != usual)
+  return f"default {shown(usual)}" + (f" ({others})" if others else "")
+
+
 def add_option(parser: argparse.ArgumentParser, name: str, help_text: str | None = None) -> None:
-  """Adds the option of config field ``name``, typed as its default."""
+  """Adds the option of config field ``name``, typed as its default, with one line of help
+  (``help_text`` or :data:`HELP`'s, the choices and :func:`default_help`)."""
   default = Config.__dataclass_fields__[name].default
   names = (flag(name), *{"learning_rate": ("--learning-rate",),
                          "save_every": ("--checkpoint-every",)}.get(name, ()))  # 0.2.0's name
   kind = (dict(action="store_true", default=None) if isinstance(default, bool)
           else dict(type=type(default)) if isinstance(default, (int, float)) else {})
-  choices = f"one of: {', '.join(CHOICES[name])}" if name in CHOICES else None
-  parser.add_argument(*names, dest=name, help=help_text or HELP.get(name, choices), **kind)
+  parts = [help_text or HELP[name]]
+  if name in CHOICES:
+    parts.append(f"one of {', '.join(CHOICES[name])}")
+  if help_text is None and default_help(name):
+    parts.append(default_help(name))
+  parser.add_argument(*names, dest=name, help="; ".join(parts), **kind)
 
 
-def add_defaults(parser: argparse.ArgumentParser, **defaults: Any) -> None:
-  """Adds an option ``--NAME`` per keyword, typed as its default."""
-  for name, default in defaults.items():
-    parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+def add_defaults(parser: argparse.ArgumentParser, **options: tuple[Any, str]) -> None:
+  """Adds an option ``--NAME`` per keyword ``NAME=(default, help)``, typed as its default."""
+  for name, (default, help_text) in options.items():
+    parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                        help=f"{help_text} (default %(default)r)" if isinstance(default, str)
+                        else f"{help_text} (default %(default)s)")
 
 
 def add_run_options(parser: argparse.ArgumentParser, devices_help: str, job: bool) -> None:
@@ -284,15 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
   resume.set_defaults(handler=cmd_resume)
   sample = commands.add_parser("sample", help="generate text from a text run")
   sample.add_argument("run_dir", metavar="RUN_DIR")
-  add_defaults(sample, prompt="The ", length=400, temperature=0.8, seed=0)
+  add_defaults(sample, prompt=("The ", "the text the sample continues"),
+               length=(400, "characters to sample after the prompt"),
+               temperature=(0.8, "below 1 sharpens the model's distribution, above 1 flattens"),
+               seed=(0, "of the sampling"))
   sample.set_defaults(handler=cmd_sample)
   gradients = commands.add_parser("gradients", help="plot vanishing/exploding gradients")
-  gradients.add_argument("--radii", type=float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5])
-  gradients.add_argument("--steps", type=int, default=50, help="sequence length T")
-  add_defaults(gradients, hidden_size=64, seed=0, out="gradients.png")
+  gradients.add_argument("--radii", type=float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5],
+                         help="spectral radii of the orthogonal W_hh (default 0.5 0.9 1 1.1 1.5)")
+  add_defaults(gradients, steps=(50, "sequence length T"), hidden_size=(64, "H"),
+               seed=(0, "of W_hh and the inputs"), out=("gradients.png", "the plot to write"))
   gradients.set_defaults(handler=cmd_gradients)
   demo = commands.add_parser("demo", help="the adding problem in under a minute")
-  add_defaults(demo, seed=0)
+  add_defaults(demo, seed=(0, "of the parameters and the data"))
   add_run_options(demo, DEVICES_HELP, job=False)
   demo.set_defaults(handler=cmd_demo)
   return parser
@@ -307,8 +347,10 @@ def stop(done: Callable[[], None] | None, status: int, line: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the ``jaxrnn`` command line; returns the exit status."""
-  args = build_parser().parse_args(argv)
+  """Runs the ``jaxrnn`` command line (``sys.argv``'s arguments when ``argv`` is ``None``; none:
+  the demo, as ``python -m jaxrnn``); returns the exit status."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = build_parser().parse_args(argv or ["demo"])
   done = None
   try:
     if (done := join_job(args)) is None:
@@ -319,8 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except TrainingStopped as error:
     return stop(done, 2 if isinstance(error, JobFailed) else 1, f"jaxrnn: {error}")
   except KeyboardInterrupt:
-    return stop(done, 130, "\njaxrnn: interrupted; continue from the last checkpoint with: "
-                "jaxrnn resume RUN_DIR")
+    return stop(done, 130, "\njaxrnn: interrupted" + (
+        f"; continue from the last checkpoint with: jaxrnn resume {args.run_dir}"
+        if args.command in ("train", "resume") else ""))
   except BrokenPipeError:                 # stdout closed early (| head): say nothing more
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141

@@ -4,6 +4,7 @@ multi-process job only process 0 holds the lock, writes the files and prints."""
 
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -149,6 +150,22 @@ def open_run(config: Config, task: Task, run_dir: Path | None, resume: bool,
   return opened._replace(checkpoints=checkpoints, records=records)
 
 
+SOLVED, BEATS = 0.1, 0.9
+"""A run *solves* its task when its test error is at most ``SOLVED`` times the trivial
+baseline's (the IRNN paper's criterion for the adding problem, Le et al., 2015) and *beats* the
+baseline when it is at most ``BEATS`` times it; the error is ``1 - accuracy`` for accuracy."""
+
+
+def verdict(metric: str, score: float, baseline: float) -> str:
+  """``score`` against ``baseline`` by :data:`SOLVED` and :data:`BEATS`, e.g. ``"error 9.5 % of
+  the baseline's: solved"``."""
+  error, base = (1 - score, 1 - baseline) if higher_is_better(metric) else (score, baseline)
+  ratio = error / base if base > 0 else 0.0 if error <= 0 else math.inf
+  word = ("solved" if ratio <= SOLVED else "beats the baseline" if ratio <= BEATS
+          else f"does not beat the baseline by {1 - BEATS:.0%}")
+  return f"error {ratio:.1%} of the baseline's: {word}"
+
+
 def finish(config: Config, task: Task, score: float, records: list[dict[str, Any]],
            run_dir: Path | None, steps_run: int, seconds: float) -> dict[str, Any]:
   """Prints ``score`` against the baseline, writes ``summary.json`` and ``loss.png`` (process 0)."""
@@ -164,15 +181,12 @@ def finish(config: Config, task: Task, score: float, records: list[dict[str, Any
       raise RunError(f"could not write the summary and plot into {run_dir}: "
                      f"{checkpoint.reason(error)}; the checkpoints are complete, so "
                      f"'jaxrnn resume {run_dir}' writes them later") from None
-  better = score > task.baseline if higher_is_better(task.metric) else score < task.baseline
   print(f"\n{config.task}: {steps_run} steps in {seconds:.1f} s")
   print(f"  {'':32} {'test ' + task.metric:>14}")
   print(f"  {'model':32} {score:>14.4f}")
   print(f"  {'baseline (' + task.baseline_name + ')':32} {task.baseline:>14.4f}")
-  change = (f"{(score - task.baseline) / task.baseline:>+14.1%}" if task.baseline
-            else f"{score - task.baseline:>+14.4f}")
-  print(f"  {'model vs baseline':32} {change}  "
-        f"({'beats' if better else 'does not beat'} the baseline)")
+  print(f"  {'model - baseline':32} {score - task.baseline:>+14.4f}  "
+        f"({verdict(task.metric, score, task.baseline)})")
   if run_dir is not None:
     print(f"wrote {run_dir}/metrics.jsonl, loss.png, summary.json, checkpoints/")
   return summary
