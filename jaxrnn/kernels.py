@@ -21,6 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from jaxrnn.cell import activation_derivative, step
 from jaxrnn.spec import ComputeSpec, ModelSpec
@@ -77,11 +78,15 @@ def _launch(body, name: str, args: list[tuple[str, jax.Array]], outs: list[str],
   spec = lambda kind: pl.BlockSpec(blocks[kind], index[kind])
   arrays = [jnp.pad(a.astype(dtype), [(0, n - m) for m, n in zip(a.shape, padded[kind])])
             for kind, a in args]
-  results = pl.pallas_call(
+  call = lambda interpret: pl.pallas_call(
       body, out_shape=[jax.ShapeDtypeStruct(padded[kind], dtype) for kind in outs],
       grid=(rows // block_b,), in_specs=[spec(kind) for kind, _ in args],
-      out_specs=[spec(kind) for kind in outs], name=name,
-      interpret=jax.default_backend() != "gpu" if interpret is None else interpret)(*arrays)
+      out_specs=[spec(kind) for kind in outs], name=name, interpret=interpret,
+      compiler_params=pltriton.CompilerParams())          # Triton, not JAX's Mosaic GPU default
+  if interpret is None:                  # decided where it is lowered: a GPU kernel for CUDA
+    results = jax.lax.platform_dependent(*arrays, cuda=call(False), default=call(True))
+  else:
+    results = call(interpret)(*arrays)
   return [r[:batch, :hidden] if kind == "row" else r[:, :batch, :hidden]
           for kind, r in zip(outs, results)]
 
@@ -136,7 +141,8 @@ def forward_kernel(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Arr
 
   ``pre = a_t [T, B, H]``, ``W_hh [H, H]``, ``h0 [B, H]``, ``mask [T, B]`` or ``None``;
   ``block_b`` batch rows per program (a power of two, ``>= 16`` on a GPU); ``interpret``:
-  Pallas interpret mode (``None``: off a GPU)."""
+  Pallas interpret mode (``None``: wherever the call is lowered for another platform than
+  CUDA, so ``jax.export(..., platforms=("cuda",))`` on a CPU holds the GPU kernel)."""
   args = [("seq", pre), ("w", W_hh.T), ("row", h0)] + ([] if mask is None else [("mask", mask)])
   body = functools.partial(_forward_body, model, LAX_PRECISION[compute.precision],
                            mask is not None)
