@@ -87,6 +87,10 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
     if values.min() < 0 or values.max() >= shape.output_size:
       raise ValueError(f"prompt symbols must lie in [0, {shape.output_size})")
   checks.check_int("length", length, 0)
+  needed = length * jnp.dtype(jnp.int32).itemsize                       # the [length] symbols
+  if needed > checks.device_memory():
+    raise ValueError(f"length={length} needs {needed / 2**30:.1f} GiB for the sampled symbols, "
+                     f"more than the {checks.device_memory() / 2**30:.1f} GiB of the device")
   checks.check_real("temperature", temperature, 1e6 / float(jnp.finfo(params.W_hy.dtype).max))
   dtype = params.W_hy.dtype
   one_hot = lambda s: jax.nn.one_hot(s, shape.input_size, dtype=dtype)

@@ -193,3 +193,10 @@ def test_generate_edge_cases_and_bad_arguments():
   for bad in (-1, 2.0, True):
     with pytest.raises(ValueError, match="length"):
       jaxrnn.generate(params, key, prompt, bad)
+  memory = jaxrnn.checks.device_memory()           # 4 bytes a symbol: the limit, either side
+  with pytest.raises(ValueError, match=rf"length={memory // 4 + 1} needs .* GiB for the sampled"):
+    jaxrnn.generate(params, key, prompt, memory // 4 + 1)
+  with pytest.raises(ValueError, match=r"length=1000000000000 needs 3725.3 GiB"):
+    jaxrnn.generate(params, key, prompt, 10**12)
+  assert jax.eval_shape(lambda: jaxrnn.generate(params, key, prompt, memory // 4)).shape == (
+      memory // 4,)
