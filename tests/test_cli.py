@@ -1225,7 +1225,8 @@ def test_a_checkpoint_whose_shapes_do_not_fit_its_config_is_one_line(adding_run,
   edit_saved_configs(run_dir, lambda saved: saved.update(hidden_size=8))
   assert cli.main(["resume", str(run_dir), "--steps", "210", "--no-progress"]) == 2
   error = one_error_line(capsys)
-  assert error.startswith(f"jaxrnn: error: checkpoint 200 in {run_dir} does not fit its config:")
+  assert error == (f"jaxrnn: error: checkpoint 200 in {run_dir} does not fit its config: "
+                   "hidden_size is 8 in the config, 16 in the saved weights")
   assert not (run_dir / "damaged").exists()
   assert rundir.run_config(run_dir)[1] == 200
 

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -106,6 +107,14 @@ def saved_config(checkpoints: Any, step: int) -> dict[str, Any]:
   """The config saved with step ``step``."""
   ocp = orbax()
   return checkpoints.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+
+def saved_params_shapes(checkpoints: Any, step: int) -> Any:
+  """The shapes of the parameters saved as step ``step``, read without a target: a tree of
+  dicts and lists as stored (``{"layers": [[{"W_hh": (H, H), ...}]], "W_hy": ...}``)."""
+  ocp = orbax()
+  state = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return jax.tree.map(jnp.shape, state.state["params"])
 
 
 def restore(checkpoints: Any, step: int, like: Any) -> Any:

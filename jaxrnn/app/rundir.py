@@ -106,7 +106,21 @@ def restore_state(checkpoints: Any, step: int, config: Config, params: Any, opti
     if "shape" not in str(error).lower():
       raise
     raise RunError(f"checkpoint {step} in {run_dir} does not fit its config: "
-                   f"{checkpoint.reason(error)}") from None
+                   f"{mismatch(checkpoints, step, config) or checkpoint.reason(error)}") from None
+
+
+def mismatch(checkpoints: Any, step: int, config: Config) -> str | None:
+  """Which model size of ``config`` the weights of checkpoint ``step`` disagree with, e.g.
+  ``"hidden_size is 8 in the config, 16 in the saved weights"``; ``None`` if none does."""
+  try:
+    with checkpoint.quiet():
+      layers = checkpoint.saved_params_shapes(checkpoints, step)["layers"]
+    saved = {"hidden_size": layers[0][0]["W_hh"][0], "num_layers": len(layers),
+             "bidirectional": len(layers[0]) == 2}
+  except Exception:  # not a jaxrnn model's tree: orbax's reason will do
+    return None
+  return next((f"{name} is {getattr(config, name)} in the config, {value} in the saved weights"
+               for name, value in saved.items() if getattr(config, name) != value), None)
 
 
 def run_config(run_dir: Path) -> tuple[Config, int]:
