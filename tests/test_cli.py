@@ -1308,6 +1308,50 @@ def test_a_full_disk_at_a_checkpoint_stops_with_one_line_naming_the_last_good_on
   assert one_error_line(capsys).endswith("no space left on device; no checkpoint was written")
 
 
+def test_a_full_disk_on_the_resume_path_is_one_line(adding_run, tmp_path, monkeypatch, capsys):
+  """After a save failed on a full disk, every write of a resume fails with one line: the lock's
+  pid (seen as a traceback once in two runs), the checkpoint manager's metadata, and any other
+  write, which names its file; nothing is trained."""
+  run_dir = copy_of(adding_run, tmp_path)
+  before = (run_dir / "metrics.jsonl").read_text()
+  real_open = open
+
+  class FullFile:                          # an unbuffered file on a full disk
+    def __init__(self, handle):
+      self.handle = handle
+
+    def __getattr__(self, name):
+      return no_space if name == "write" else getattr(self.handle, name)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.handle.close()
+
+  def full_lock(path, *args, **kwargs):
+    handle = real_open(path, *args, **kwargs)
+    return FullFile(handle) if str(path).endswith("lock") else handle
+  with monkeypatch.context() as patch:
+    patch.setattr("builtins.open", full_lock)
+    assert cli.main(["resume", str(run_dir), "--steps", "210", "--no-progress"]) == 2
+  assert one_error_line(capsys) == (f"jaxrnn: error: cannot write {run_dir / 'lock'}: no space "
+                                    "left on device")
+  manager_class = type(checkpoint.manager(tmp_path / "probe"))
+  with monkeypatch.context() as patch:
+    patch.setattr(manager_class, "__init__", lambda *args, **kwargs: no_space())
+    assert cli.main(["resume", str(run_dir), "--steps", "210", "--no-progress"]) == 2
+  assert one_error_line(capsys) == ("jaxrnn: error: could not read or write: no space left on "
+                                    "device")
+  with monkeypatch.context() as patch:
+    patch.setattr(training, "read_metrics", lambda *args: (_ for _ in ()).throw(
+        OSError(28, "No space left on device", str(run_dir / "metrics.jsonl"))))
+    assert cli.main(["resume", str(run_dir), "--steps", "210", "--no-progress"]) == 2
+  assert one_error_line(capsys) == (f"jaxrnn: error: could not read or write "
+                                    f"{run_dir / 'metrics.jsonl'}: no space left on device")
+  assert (run_dir / "metrics.jsonl").read_text() == before
+
+
 def test_a_full_disk_at_the_summary_is_one_line_and_resume_writes_it(tmp_path, monkeypatch,
                                                                      capsys):
   run_dir = tmp_path / "run"

@@ -367,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except BrokenPipeError:                 # stdout closed early (| head): say nothing more
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141
+  except OSError as error:                # a write no handler above names (a full disk)
+    where = f" {error.filename}" if error.filename else ""
+    return stop(done, 2, f"jaxrnn: error: could not read or write{where}: "
+                f"{checkpoint.reason(error)}")
   if done is not None:
     done()
   return 0

@@ -52,7 +52,7 @@ def locked(run_dir: Path) -> Iterator[None]:
   :class:`RunError` when another process (named by its pid) holds it or the mkdir fails."""
   try:
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / "lock", "a+", encoding="utf-8")
+    handle = open(run_dir / "lock", "a+b", buffering=0)  # unbuffered: nothing left to flush
   except OSError as error:
     raise RunError(f"cannot use {run_dir} as a run directory: {checkpoint.reason(error)}") from None
   with handle:
@@ -60,12 +60,14 @@ def locked(run_dir: Path) -> Iterator[None]:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       handle.seek(0)
-      holder = handle.read().strip() or "unknown"
+      holder = handle.read().decode(errors="replace").strip() or "unknown"
       raise RunError(f"{run_dir} is in use by process {holder} (a train or resume); wait for it "
                      "to finish or use another --run-dir") from None
-    handle.truncate(0)
-    handle.write(str(os.getpid()))
-    handle.flush()
+    try:
+      handle.truncate(0)
+      handle.write(str(os.getpid()).encode())
+    except OSError as error:                # a full disk
+      raise RunError(f"cannot write {run_dir / 'lock'}: {checkpoint.reason(error)}") from None
     yield
 
 
