@@ -1,7 +1,9 @@
 """Batch split over devices: each device (a CPU core, a GPU) runs its own chain on its rows,
-and one ``psum`` ends the step. Every ``mesh=`` of the library goes through :func:`split`. A
-CPU's cores are devices only when asked before JAX starts (``jax.config.update(
-"jax_num_cpu_devices", 2)`` right after ``import jax``): the ``jaxrnn`` command does this."""
+and one ``psum`` ends the step. Every ``mesh=`` of the library goes through :func:`split`; the
+training functions' default ``mesh="auto"`` splits over every local device where they divide
+the batch (:func:`resolve`). A CPU's cores are devices only when asked before JAX starts
+(``jax.config.update("jax_num_cpu_devices", 2)`` right after ``import jax``; jaxrnn never sets
+it for you): the ``jaxrnn`` command does this."""
 
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +33,21 @@ def batch_mesh(num_devices: int | None = None) -> Mesh:
 def as_mesh(mesh: Mesh | int | None) -> Mesh:
   """``mesh`` itself, or :func:`batch_mesh` of a device count (all devices for ``None``)."""
   return mesh if isinstance(mesh, Mesh) else batch_mesh(mesh)
+
+
+def resolve(mesh: Mesh | int | str | None, batch_size: int) -> Mesh | int | None:
+  """``mesh`` with ``"auto"`` (the training functions' default) resolved for a batch of
+  ``batch_size``: every device of this process when it has several, they divide ``B`` and it is
+  the only process, else ``None`` (one device, no split). Other values are returned as given."""
+  if not isinstance(mesh, str):
+    return mesh
+  if mesh != "auto":
+    raise ValueError(f"mesh must be a jax.sharding.Mesh, a device count, 'auto' or None, got "
+                     f"{mesh!r}")
+  devices = jax.local_device_count()
+  if devices < 2 or batch_size % devices or jax.process_count() > 1:
+    return None
+  return batch_mesh(devices)
 
 
 def check_divisible(batch_size: int, mesh: Mesh) -> None:
@@ -117,11 +134,16 @@ def split(body: Body, mesh: Mesh | int | None) -> Body:
   dropout masks were drawn for the whole batch, so a row gets the same numbers
   wherever it runs); one ``psum`` adds the ``sums`` (a loss and its gradient,
   evaluation counts), equal to the unsplit ones to rounding; ``rows`` (final
-  states ``[L*D, B, H]``) stay split. ``mesh=None``: ``body`` itself.
+  states ``[L*D, B, H]``) stay split. ``mesh=None``: ``body`` itself; ``"auto"``: as
+  :func:`resolve` decides for the batch it is called with.
 
   Raises:
     ValueError: ``B`` not divisible by the number of devices in ``mesh``.
   """
+  if isinstance(mesh, str):
+    resolve(mesh, 0)                                    # a bad string fails here, not traced
+    return lambda params, batch, problem: split(body, resolve(mesh, jnp.shape(batch.xs)[1]))(
+        params, batch, problem)
   if mesh is None:
     return body
   mesh = as_mesh(mesh)

@@ -2,7 +2,8 @@
 
 Any ``optax.GradientTransformation`` works; :func:`make_optimizer` builds the
 usual "clip by global norm, then Adam/SGD/..." chain. ``mesh=`` splits the
-batch over devices (:func:`jaxrnn.parallel.split`), the same numbers to rounding.
+batch over devices (:func:`jaxrnn.parallel.split`), the same numbers to rounding; its default
+``"auto"`` splits over every local device where there are several and they divide the batch.
 """
 
 import functools
@@ -43,7 +44,8 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
   standard remedy for exploding gradients; the clip acts before the optimizer.
 
   Args:
-    name: a key of :data:`OPTIMIZERS`.
+    name: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"`` or ``"adagrad"`` (the optax
+      optimizer of that name).
     learning_rate: a finite float ``> 0`` or an ``optax`` schedule.
     clip_norm: the norm to clip to (``> 0``); ``None``: no clipping stage;
       ``inf``: a stage that never clips (the state keeps its structure).
@@ -82,8 +84,9 @@ def value_and_grad(params: RNNParams, batch: Batch, problem: Problem, model: Mod
 
 def loss_and_grad(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
                   loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
-                  key: jax.Array | None = None, mesh: Any = None) -> tuple[jax.Array, RNNParams]:
-  """``(L, dL/dparams)`` of ``batch``; ``mesh`` (a ``Mesh`` or a device count) splits the batch.
+                  key: jax.Array | None = None, mesh: Any = "auto") -> tuple[jax.Array, RNNParams]:
+  """``(L, dL/dparams)`` of ``batch``; ``mesh`` (a ``Mesh``, a device count, ``"auto"``: every
+  local device that divides ``B``, or ``None``: one device) splits the batch.
 
   Example:
     >>> value, grads = jaxrnn.loss_and_grad(params, batch)
@@ -103,7 +106,7 @@ def shapes_of(tree: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
 
 def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec = ModelSpec(),
                     loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
-                    donate: bool = True, mesh: Any = None) -> Step:
+                    donate: bool = True, mesh: Any = "auto") -> Step:
   """A jit-compiled step ``(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``.
 
   ``metrics``: the ``"loss"`` and the gradient's ``"grad_norm"`` before the
@@ -116,8 +119,10 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
     donate: update ``params`` and ``opt_state`` in place: the arrays passed in
       are deleted by the call (use those it returns). ``False`` keeps them, at
       the cost of a copy (tied weights need it).
-    mesh: ``None``, or a ``jax.sharding.Mesh`` / device count to split the
-      batch over (:func:`jaxrnn.parallel.split`; ``B`` divisible by it).
+    mesh: a ``jax.sharding.Mesh`` / device count to split the batch over
+      (:func:`jaxrnn.parallel.split`; ``B`` divisible by it); ``"auto"`` (default):
+      every local device where there are several and they divide ``B``, else one;
+      ``None``: one device.
 
   Example:
     >>> optimizer = jaxrnn.make_optimizer("adam", 1e-2, clip_norm=1.0)
@@ -129,7 +134,6 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
   check_specs(None, model, loss, compute)
   body = parallel.split(functools.partial(value_and_grad, model=model, loss=loss,
                                           compute=compute), mesh)
-  place = None if mesh is None else parallel.place_step_arguments(parallel.as_mesh(mesh))
 
   def train_step(params, opt_state, batch, key=None):
     problem = prepare(params, batch, None, key, model, loss, compute)
@@ -159,7 +163,8 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
       if len({id(leaf) for leaf in leaves}) < len(leaves):
         raise ValueError("params or opt_state hold one array twice (tied weights?): a donating "
                          "step cannot update it in place; build the step with donate=False")
-    if place is not None:
+    if (split_over := parallel.resolve(mesh, jnp.shape(batch.xs)[1])) is not None:
+      place = parallel.place_step_arguments(parallel.as_mesh(split_over))
       params, opt_state, batch, key = place(params, opt_state, batch, key)
     return compiled(params, opt_state, batch, key)
 
@@ -186,13 +191,13 @@ def evaluation_sums(params: RNNParams, batch: Batch, problem: Problem, model: Mo
 
 def evaluate(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
              loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
-             mesh: Any = None) -> Metrics:
+             mesh: Any = "auto") -> Metrics:
   """Loss and a task metric on ``batch``, over the steps that have a target (no dropout).
 
   Returns ``{"loss": L}`` and ``"accuracy"`` (cross-entropy: the fraction of
   live steps whose arg-max is the target) or ``"mse"`` (squared error: the mean
   of ``(y_t - target_t)^2`` over live steps and outputs). The arguments are
-  :func:`jaxrnn.sequence_loss`'s; ``mesh`` splits the batch (a ``Mesh`` or a count).
+  :func:`jaxrnn.sequence_loss`'s; ``mesh`` splits the batch, as :func:`make_train_step`'s.
 
   Example:
     >>> sorted(jaxrnn.evaluate(params, batch))
@@ -207,16 +212,22 @@ def evaluate(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
 
 def make_eval_step(*, model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(),
                    compute: ComputeSpec = ComputeSpec(),
-                   mesh: Any = None) -> Callable[[RNNParams, Batch], Metrics]:
-  """``jax.jit`` of :func:`evaluate` for fixed specs and ``mesh``: ``(params, batch) -> metrics``."""
+                   mesh: Any = "auto") -> Callable[[RNNParams, Batch], Metrics]:
+  """``jax.jit`` of :func:`evaluate` for fixed specs and ``mesh`` (as :func:`make_train_step`'s):
+  ``(params, batch) -> metrics``."""
   check_specs(None, model, loss, compute)
-  mesh = None if mesh is None else parallel.as_mesh(mesh)
+  parallel.resolve(mesh, 0)
+  mesh = mesh if mesh is None or isinstance(mesh, str) else parallel.as_mesh(mesh)
   compiled = jax.jit(functools.partial(evaluate, model=model, loss=loss, compute=compute,
                                        mesh=mesh))
-  if mesh is None:
-    return compiled
-  return lambda params, batch: compiled(parallel.replicate(params, mesh),
-                                        parallel.shard_batch(batch, mesh))
+
+  def eval_step(params, batch):
+    if (split_over := parallel.resolve(mesh, jnp.shape(batch.xs)[1])) is None:
+      return compiled(params, batch)
+    split_over = parallel.as_mesh(split_over)
+    return compiled(parallel.replicate(params, split_over), parallel.shard_batch(batch, split_over))
+
+  return eval_step
 
 
 class FitResult(NamedTuple):

@@ -103,7 +103,8 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
            compute: ComputeSpec = ComputeSpec(), key: jax.Array | None = None) -> Outputs:
   """Runs the RNN (any number of layers, one or two directions) over a batch of sequences.
 
-  ``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-+1} + b_h^{l,d})``,
+  ``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-1} + b_h^{l,d})`` (``h_{t+1}``
+  for the reverse direction, ``d = 1``),
   ``y_t = out_act(W_hy x^L_t + b_y)``; for one layer the seed's
   ``h_t = act(W_xh x_t + W_hh h_{t-1} + b_h)``, ``y_t = out_act(W_hy h_t + b_y)``.
 

@@ -119,7 +119,8 @@ for num_layers, bidirectional, reduction in [(1, False, "sum"), (1, False, "mean
                              masked=True, loss="squared_error" if squared else "cross_entropy")
     b = b._replace(lengths=lengths)
     ls = jaxrnn.LossSpec("squared_error" if squared else "cross_entropy", reduction)
-    one, two = jaxrnn.make_eval_step(loss=ls)(p, b), jaxrnn.make_eval_step(loss=ls, mesh=2)(p, b)
+    one = jaxrnn.make_eval_step(loss=ls, mesh=None)(p, b)
+    two = jaxrnn.make_eval_step(loss=ls, mesh=2)(p, b)
     same("eval", (num_layers, bidirectional, reduction, name), one, two)
 
 # dropout masks belong to the row, not the device: the split batch gets the unsplit masks
@@ -171,6 +172,22 @@ for what, call in (("step", lambda: jaxrnn.make_train_step(optimizer, mesh=2)(pa
     report("odd", what, ok=False, error="B=5 accepted")
   except ValueError as error:
     report("odd", what, ok="divisible" in str(error), error=str(error))
+
+# the default mesh="auto": every device where they divide B (the numbers of mesh=2), else one
+devices = lambda tree: sorted({{len(x.sharding.device_set) for x in jax.tree.leaves(tree)}})
+for size, want in ((6, 2), (5, 1)):
+  b = jax.tree.map(lambda x: x[:size] if x.ndim == 1 else x[:, :size], batch)
+  split_over = 2 if want == 2 else None
+  auto = jaxrnn.make_train_step(optimizer, donate=False)(params, state, b)
+  same("auto", ("step", size), auto, jaxrnn.make_train_step(optimizer, donate=False,
+                                                            mesh=split_over)(params, state, b))
+  report("auto", "step-devices", size, ok=devices(auto[0]) == [want], devices=devices(auto[0]))
+  same("auto", ("eval", size), jaxrnn.make_eval_step()(params, b),
+       jaxrnn.make_eval_step(mesh=split_over)(params, b))
+  same("auto", ("loss_and_grad", size), jaxrnn.loss_and_grad(params, b),
+       jaxrnn.loss_and_grad(params, b, mesh=split_over))
+  one = jaxrnn.loss_and_grad(params, b, mesh=None)
+  report("auto", "one-device", size, ok=devices(one) == [1], devices=devices(one))
 
 # compiled once on the mesh: the traced bodies run once, XLA compiles nothing after the first call
 compiles = collections.Counter()
@@ -241,7 +258,8 @@ report("recompile-rebuilt", ok=count() > before)
 def test_split_over_two_host_devices_equals_the_unsplit_one_and_compiles_once(tmp_path):
   """On 2 devices, float64: the train step, evaluation, loss_and_grad with dropout and truncated
   BPTT equal the unsplit ones (a split batch gets the unsplit dropout masks); batches can be
-  born split; an odd batch raises; the split train and eval steps trace and compile once over
+  born split; an odd batch raises; the default mesh splits where the devices divide B (and
+  not elsewhere); the split train and eval steps trace and compile once over
   many batches of one shape (and a recompile would be caught)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
@@ -255,7 +273,7 @@ def test_split_over_two_host_devices_equals_the_unsplit_one_and_compiles_once(tm
   for entry in reports:
     counts[entry["what"]] = counts.get(entry["what"], 0) + 1
   assert counts == {"step": 4, "eval": 8, "dropout": 2, "dropout-on": 2, "tbptt": 4, "placed": 2,
-                    "odd": 3, "once-step": 1, "once-eval": 1, "retrace-dtype": 1,
+                    "odd": 3, "auto": 10, "once-step": 1, "once-eval": 1, "retrace-dtype": 1,
                     "retrace-rebuilt": 1, "recompile-rebuilt": 1}, result.stdout
   failed = [entry for entry in reports if not entry["ok"]]
   assert not failed, json.dumps(failed, indent=1)
@@ -309,3 +327,16 @@ def test_two_processes_train_like_one_process(tmp_path):
   results = [np.load(tmp_path / name) for name in ("2-0.npy", "2-1.npy", "1-0.npy")]
   chex.assert_trees_all_equal(results[0], results[1])     # both processes hold the same params
   chex.assert_trees_all_close(results[0], results[2], rtol=1e-12, atol=1e-14)
+
+
+def test_auto_mesh_is_one_device_here_and_a_bad_mesh_is_named():
+  """In this one-device process ``"auto"`` splits nothing; a string other than ``"auto"`` fails
+  where it is given, naming ``mesh``."""
+  assert jaxrnn.parallel.resolve("auto", 4) is None and jaxrnn.parallel.resolve(None, 4) is None
+  assert jaxrnn.parallel.resolve(2, 3) == 2                        # explicit: checked later
+  for make in (lambda: jaxrnn.make_train_step(OPTIMIZER, mesh="all"),
+               lambda: jaxrnn.make_eval_step(mesh="all"),
+               lambda: jaxrnn.loss_and_grad(*random_problem(1)[:2], mesh="all")):
+    with pytest.raises(ValueError, match="mesh must be a jax.sharding.Mesh, a device count, "
+                       "'auto' or None, got 'all'"):
+      make()
