@@ -20,4 +20,4 @@ from jaxrnn.train import (FitResult, evaluate, fit, loss_and_grad, make_eval_ste
                           make_train_step)
 from jaxrnn.unroll import Outputs, unroll, unroll_batch_first
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
