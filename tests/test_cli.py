@@ -641,6 +641,12 @@ def test_the_run_plot_shows_the_loss_its_running_mean_and_the_test_metric(saved_
   assert list(baseline.get_ydata()) == [built.baseline] * 2
   assert baseline.get_label() == "baseline (predict 1.0)"
   assert fig.axes[1].get_ylabel() == "test mse" and fig.axes[1].get_title() == "held-out mse"
+  assert fig.axes[0].get_ylabel() == "training loss (squared error per step)"
+  fig.canvas.draw()                     # the log axes' labels are plain numbers, not 3x10^-1
+  labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels(minor=True)
+            + ax.get_yticklabels() if t.get_text()]
+  assert labels and all(re.fullmatch(r"[0-9.e+-]+", text) for text in labels), labels
+  assert {"0.1", "0.01"} <= set(labels), labels
 
 
 def test_a_text_of_one_letter_trains_to_zero_loss_without_warnings(tmp_path, capsys):

@@ -15,8 +15,22 @@ def log_scale(values: Any) -> str:
   return "log" if values.size and np.all(values > 0) else "linear"
 
 
+LOSS_UNITS = {"cross_entropy": "cross-entropy, nats per step",
+              "squared_error": "squared error per step"}
+"""What the training loss (the mean over live steps) measures, by the task's loss."""
+
+
+def plain_ticks(ax: Any) -> None:
+  """Labels a log axis's ticks as plain numbers (``0.3``, not ``3x10^-1``)."""
+  from matplotlib.ticker import FuncFormatter  # pylint: disable=import-outside-toplevel
+  if ax.get_yscale() == "log":
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+      axis(FuncFormatter(lambda value, _: f"{value:.3g}"))
+
+
 def plot_run(records: list[dict[str, Any]], task: Task, path: Path) -> None:
-  """Saves the training loss and the test metric (against the baseline) per step as a PNG."""
+  """Saves the training loss (in its unit) and the test metric (against the baseline) per step
+  as a PNG; log axes are labelled with plain numbers."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   fig = Figure(figsize=(10, 3.8))
   ax_loss, ax_test = fig.subplots(1, 2)
@@ -28,13 +42,16 @@ def plot_run(records: list[dict[str, Any]], task: Task, path: Path) -> None:
   ax_loss.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.8)
   ax_loss.plot(steps[width - 1:], smooth, color="tab:blue", label=f"mean of {width} steps")
   ax_loss.legend()
-  ax_loss.set(xlabel="step", ylabel="training loss", yscale=log_scale(loss), title="training loss")
+  ax_loss.set(xlabel="step", ylabel=f"training loss ({LOSS_UNITS[task.loss]})",
+              yscale=log_scale(loss), title="training loss")
   ax_test.plot([r["step"] for r in test], [r["test"] for r in test], "o-", label="model")
   ax_test.axhline(task.baseline, color="gray", ls="--", label=f"baseline ({task.baseline_name})")
   ax_test.set(xlabel="step", ylabel=f"test {task.metric}", title=f"held-out {task.metric}")
   if not higher_is_better(task.metric):
     ax_test.set_yscale(log_scale([r["test"] for r in test] + [task.baseline]))
   ax_test.legend()
+  for ax in (ax_loss, ax_test):
+    plain_ticks(ax)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
 
