@@ -49,6 +49,7 @@ class RNN(nnx.Module):
 
   Example:
     >>> from flax import nnx
+    >>> import jaxrnn.nnx
     >>> layer = jaxrnn.nnx.RNN(3, 5, 2, num_layers=2, rngs=nnx.Rngs(0))
     >>> ys, final = layer(jnp.ones((4, 7, 3)))                   # xs [T, B, I]
     >>> ys.shape, final.shape
@@ -119,6 +120,7 @@ class RNN(nnx.Module):
 
     Example:
       >>> from flax import nnx
+      >>> import jaxrnn.nnx
       >>> layer = jaxrnn.nnx.RNN(5, 8, 5, rngs=nnx.Rngs(0))
       >>> jaxrnn.generate(layer.to_params(), key, jnp.array([1, 2]), 4, model=layer.model).shape
       (4,)
@@ -136,6 +138,7 @@ class RNN(nnx.Module):
 
     Example:
       >>> from flax import nnx
+      >>> import jaxrnn.nnx
       >>> layer = jaxrnn.nnx.RNN.from_params(params, activation="relu")
       >>> layer.to_params() is not params, jax.tree.all(jax.tree.map(jnp.array_equal,
       ...                                                 layer.to_params(), params))
