@@ -216,7 +216,7 @@ def chaos(results: list[Result]) -> str:
            ("yes" if abs(r["error"]) < tol else "no") if r["g"] > 1 else ""]
           for r in payload["rows"]]
   head = ["g", "theory", "measured, mean", "each seed", "mean - theory", "log rho(W_hh)",
-          f"chaotic, within {tol:g}"]
+          f"g > 1: within {tol:g}"]
   extra = (f"N = {payload['size']}, {payload['steps']} steps of which the first "
            f"{payload['burn_in']} are not averaged, float64, {payload['seeds']} seeds, "
            f"{payload['quadrature']}-point Gauss-Hermite quadrature; "
