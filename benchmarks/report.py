@@ -207,6 +207,23 @@ def irnn_adding(results: list[Result]) -> str:
   return table(head, rows, "r" * len(head)) + "\n\n" + source(path, payload, extra)
 
 
+def chaos(results: list[Result]) -> str:
+  (path, payload), = results
+  tol = payload["tolerance"]
+  rows = [[f"{r['g']:g}", f"{r['theory']:+.4f}", f"{r['mean']:+.4f}",
+           " / ".join(f"{m:+.4f}" for m in r["measured"]), f"{r['error']:+.4f}",
+           f"{sum(r['log_radius']) / len(r['log_radius']):+.4f}",
+           ("yes" if abs(r["error"]) < tol else "no") if r["g"] > 1 else ""]
+          for r in payload["rows"]]
+  head = ["g", "theory", "measured, mean", "each seed", "mean - theory", "log rho(W_hh)",
+          f"g > 1: within {tol:g}"]
+  extra = (f"N = {payload['size']}, {payload['steps']} steps of which the first "
+           f"{payload['burn_in']} are not averaged, float64, {payload['seeds']} seeds, "
+           f"{payload['quadrature']}-point Gauss-Hermite quadrature; "
+           f"{payload['total_wall_s'] / 60:.0f} min in all")
+  return table(head, rows, "r" * len(head)) + "\n\n" + source(path, payload, extra)
+
+
 def newest_per_devices(pattern: str) -> list[Result]:
   """For each device count, the newest result measured on it, fewest devices first."""
   chosen: dict[int, Result] = {}
@@ -280,6 +297,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[R
     "scaling": ("scaling*.json", newest, scaling),
     "inference": ("inference*.json", newest, inference),
     "irnn_adding": ("irnn_adding*.json", newest, irnn_adding),
+    "chaos": ("chaos*.json", newest, chaos),
     "compare_release": ("compare_release*.json", newest_per_devices, compare_release),
     "gpu": ("gpu*.json", newest_per_config, gpu),
 }

@@ -8,7 +8,7 @@ which this library never imports.
 
 from jaxrnn.bptt import bptt
 from jaxrnn.cell import rnn_cell
-from jaxrnn.diagnostics import GradientFlow, gradient_flow
+from jaxrnn.diagnostics import GradientFlow, gradient_flow, lyapunov_exponents
 from jaxrnn.inference import generate, infer
 from jaxrnn.init import init_params
 from jaxrnn.interop import from_torch, to_torch

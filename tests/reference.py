@@ -268,3 +268,30 @@ def sample_logits(params: Tree, prompt: Any, symbols: Any, activation: str = "ta
   fed = np.concatenate([np.asarray(prompt, int).reshape(-1), np.asarray(symbols, int).reshape(-1)])
   top = forward(params, np.eye(size)[fed][:, None, :], activation=activation)[0]  # [P+S, 1, H]
   return logits(params, top)[:, 0]
+
+
+def step_jacobians(params: Tree, xs: Any, h0: Any, layer: int, direction: int,
+                   activation: str = "tanh") -> np.ndarray:
+  """``J_t = dh_t/dh_{t-1} = diag(act'(h_t)) W_hh [T, H, H]`` of cell ``(layer, direction)``
+  along one sequence ``xs [T, I]`` (``h0 [L*D, H]``), steps in the order the cell reads them."""
+  p = as_numpy(params)
+  _, states, _, _ = forward(p, np.asarray(xs)[:, None], np.asarray(h0)[:, None], None, activation)
+  order = slice(None) if direction == 0 else slice(None, None, -1)
+  hs = states[layer][direction][order, 0]                                 # [T, H] read order
+  W_hh = p[0][layer][direction][1]
+  return act_derivative(activation, hs)[:, :, None] * W_hh[None]
+
+
+def lyapunov_exponents(jacobians: np.ndarray, k: int, burn_in: int = 0) -> np.ndarray:
+  """Benettin's QR method on ``J_1..J_T [T, H, H]``: ``Q_t R_t = J_t Q_{t-1}``, ``Q_0 =
+  I[:, :k]``, each ``R_t`` with a non-negative diagonal (``Q``'s columns sign-fixed); returns
+  ``mean_{t > burn_in} log R_t[i, i]``, ``[k]``."""
+  q = np.eye(len(jacobians[0]), k)
+  total = np.zeros(k)
+  for t, jacobian in enumerate(jacobians):
+    q, r = np.linalg.qr(jacobian @ q)
+    signs = np.where(np.diag(r) < 0, -1.0, 1.0)
+    q, diagonal = q * signs, np.diag(r) * signs
+    if t >= burn_in:
+      total += np.log(diagonal)
+  return total / (len(jacobians) - burn_in)

@@ -4,7 +4,10 @@ Checks numbers, never wall-clock speed: both jaxrnn gradients train the same
 model to the same losses, and the FLOP count and roofline follow their formulas;
 the previous release (exported from this checkout's git history, imported as
 ``jaxrnn_prev``) computes the same loss as this tree; a tiny adding-problem run
-learns and reports its curve; the forward-only and generation paths agree
+learns and reports its curve; a random tanh network's largest Lyapunov exponent
+is log rho(W_hh) where its state dies out and near mean-field theory where it
+is chaotic, and the theory meets its Monte-Carlo estimate and its series near
+g = 1; the forward-only and generation paths agree
 with torch; the GPU script's scan and kernel rows agree with its float64 oracle.
 The scripts write their JSON into a temporary folder, not ``benchmarks/results/``.
 """
@@ -24,7 +27,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import common  # noqa: E402
 import train_step  # noqa: E402
 
-SCRIPTS = ("common", "compare_release", "gpu", "inference", "irnn_adding", "scaling",
+SCRIPTS = ("chaos", "common", "compare_release", "gpu", "inference", "irnn_adding", "scaling",
            "train_step")
 SIZES = (6, 3, 4, 8, 5)   # (T, B, I, H, O)
 
@@ -206,3 +209,37 @@ def test_gpu_script_quick_rows_agree_with_the_float64_oracle(results):
     assert "error" not in row and row["forward_error"] < 1e-5 and row["train_ms"] > 0, row
   assert written(results, "gpu_quick")["configs"]["tiny"]["sizes"] == list(
       gpu.QUICK_CONFIGS["tiny"])
+
+
+def test_chaos_quick_run_measures_the_known_rates(results):
+  """``chaos.py --quick`` (N = 200): at ``g = 0.5`` the state dies out, ``J_t -> W_hh``, and
+  ``lambda_1`` is ``log rho(W_hh)`` of each network (numpy's eigenvalues), to the transient of
+  300 averaged steps; at ``g = 2`` it is chaotic, near the mean-field value (N = 1000 gets within
+  0.005; N = 200 falls short by about 0.015, N = 100 by 0.03: a finite-size bias ~ 3 / N)."""
+  import chaos  # pylint: disable=import-outside-toplevel
+  payload = chaos.main(["--quick"])
+  low, high = payload["rows"]
+  assert (low["g"], high["g"]) == (0.5, 2.0) and len(low["measured"]) == 2
+  assert low["theory"] == np.log(0.5) and low["q"] == 0
+  np.testing.assert_allclose(low["measured"], low["log_radius"], atol=5e-3)
+  assert high["mean"] > 0.1 and abs(high["mean"] - high["theory"]) < 0.03
+  assert written(results, "chaos_quick")["rows"] == json.loads(json.dumps(payload["rows"]))
+
+
+def test_mean_field_theory_meets_monte_carlo_and_its_series_near_one():
+  """``chaos.mean_field`` (Gauss-Hermite) against 10^6 draws of ``z`` at ``g = 2``, and against
+  its expansion at ``g = 1.001``: ``tanh^2 x = x^2 - 2/3 x^4 + 17/45 x^6`` and ``sech^4 x =
+  1 - 2 x^2 + 7/3 x^4`` give ``1/g^2 = 1 - 2q + 17/3 q^2 + O(q^3)`` and ``lambda_1 =
+  1/2 log((1 - 2q + 7 q^2) / (1 - 2q + 17/3 q^2)) = 2/3 q^2 (1 + O(q))``: the exponent leaves
+  0 quadratically in ``q ~ g - 1`` (at ``g = 1.01`` the ``O(q)`` term is already 8 %)."""
+  import chaos  # pylint: disable=import-outside-toplevel
+  assert chaos.mean_field(0.5) == (0.0, np.log(0.5)) and chaos.mean_field(1.0) == (0.0, 0.0)
+  q, lam = chaos.mean_field(2.0)
+  a = np.sqrt(q) * np.random.default_rng(0).standard_normal(10**6)
+  tanh2, sech4 = 4 * np.tanh(a) ** 2, 4 / np.cosh(a) ** 4
+  assert abs(tanh2.mean() - q) < 5 * tanh2.std() / 1e3
+  assert abs(0.5 * np.log(sech4.mean()) - lam) < 5 * sech4.std() / 1e3 / (2 * sech4.mean())
+  q, lam = chaos.mean_field(1.001)
+  q_series = (2 - np.sqrt(4 - 4 * 17 / 3 * (1 - 1 / 1.001 ** 2))) / (2 * 17 / 3)
+  assert q == pytest.approx(q_series, rel=1e-3)
+  assert lam == pytest.approx(2 / 3 * q * q, rel=0.02) and 0 < lam < 1e-6

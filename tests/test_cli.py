@@ -313,7 +313,7 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
     assert message in one_error_line(capsys)
 
 
-def test_gradients_plots_norms_against_the_bound(tmp_path, saved_figures, capsys):
+def test_gradients_plots_norms_against_the_rate_and_the_bound(tmp_path, saved_figures, capsys):
   out = tmp_path / "gradients.png"
   assert cli.main(["gradients", "--steps", "12", "--hidden-size", "8", "--radii", "0.5", "1.5",
                    "--out", str(out)]) == 0
@@ -321,39 +321,85 @@ def test_gradients_plots_norms_against_the_bound(tmp_path, saved_figures, capsys
   rows = [line.split() for line in printed[1:5]]
   assert [(r[0], float(r[1])) for r in rows] == [("tanh", 0.5), ("tanh", 1.5), ("relu", 0.5),
                                                   ("relu", 1.5)]
-  for _, _, _, norm, bound in rows:
-    assert float(norm) <= float(bound) * (1 + 1e-5)
+  for *_, norm, _, bound in rows:                       # log10 ||dh_T/dh_0|| <= log10 bound
+    assert float(norm) <= float(bound) + 1e-5
   assert out.stat().st_size > 10_000 and printed[-1] == f"wrote {out}"
-  # the picture: per activation, per radius, the norm (solid) and its bound (dashed) over T - k
+  # the picture: per activation, per radius, the norm (solid), exp(lambda_1 t) (dotted) and the
+  # bound (dashed) against t, in log10, with a caption saying which is which
   ((fig, _),) = saved_figures
+  assert "Dotted: the rate of the largest Lyapunov exponent" in fig.texts[0].get_text()
   for ax, activation in zip(fig.axes, ("tanh", "relu")):
     assert ax.get_title().startswith(f"{activation}: ")
     lines = ax.get_lines()
-    assert [line.get_linestyle() for line in lines] == ["-", "--"] * 2
-    for line, (_, radius, _, norm, bound) in zip(lines[::2], (r for r in rows
-                                                              if r[0] == activation)):
-      assert line.get_label() == f"radius {float(radius):g}"
-      np.testing.assert_array_equal(line.get_xdata(), np.arange(13))
-      assert line.get_ydata()[0] == pytest.approx(1) and line.get_ydata()[-1] == pytest.approx(
-          float(norm), rel=1e-3)
-    for line, (*_, bound) in zip(lines[1::2], (r for r in rows if r[0] == activation)):
-      assert line.get_ydata()[-1] == pytest.approx(float(bound), rel=1e-3)
-  # ||dh_T/dh_0|| of tanh at radius 0.5, recomputed: a product of 12 Jacobians, the NumPy way.
+    assert [line.get_linestyle() for line in lines] == ["-", ":", "--"] * 2
+    for (measured, rate, bound), (_, radius, slope, lam, norm, rate_T, bound_T) in zip(
+        zip(lines[::3], lines[1::3], lines[2::3]), (r for r in rows if r[0] == activation)):
+      assert measured.get_label() == f"radius {float(radius):g}"
+      np.testing.assert_array_equal(measured.get_xdata(), np.arange(13))
+      np.testing.assert_allclose(rate.get_ydata(), float(lam) * np.arange(13) / np.log(10),
+                                 rtol=0, atol=3e-4)           # lambda_1 printed to 4 decimals
+      for line, end in ((measured, norm), (rate, rate_T), (bound, bound_T)):
+        assert line.get_ydata()[0] == 0 and line.get_ydata()[-1] == pytest.approx(float(end),
+                                                                                   abs=0.006)
+      np.testing.assert_allclose(bound.get_ydata(), np.arange(13) * np.log10(
+          float(radius) * float(slope)), rtol=0, atol=3e-3)     # ||act'|| printed to 3
+  # tanh at radius 0.5, recomputed the NumPy way: ||dh_T/dh_0||, a product of 12 Jacobians, and
+  # lambda_1 = mean log ||J_t q_{t-1}||, q_t = J_t q_{t-1} / ||J_t q_{t-1}|| from q_0 = e_1.
   k_params, k_xs = jax.random.split(jax.random.key(0))
   params = jaxrnn.init_params(k_params, 4, 8, 1, dtype=np.float32,
                               init=jaxrnn.InitSpec("orthogonal", 0.5))
   cell = params.layers[0][0]
   W_xh, W_hh, b_h = (np.asarray(a, np.float64) for a in (cell.W_xh, cell.W_hh, cell.b_h))
-  h, jacobian = np.zeros(8), np.eye(8)
+  h, jacobian, q, logs = np.zeros(8), np.eye(8), np.eye(8)[:, 0], []
   for x in np.asarray(jax.random.normal(k_xs, (12, 4), np.float32), np.float64):
     h = np.tanh(W_xh @ x + W_hh @ h + b_h)
     jacobian = (1 - h ** 2)[:, None] * W_hh @ jacobian
-  assert float(rows[0][3]) == pytest.approx(np.linalg.norm(jacobian, 2), rel=2e-3)
-  assert png_size(out.read_bytes()) == (1100, 420)
+    q = (1 - h ** 2) * (W_hh @ q)
+    logs.append(np.log(np.linalg.norm(q)))
+    q /= np.linalg.norm(q)
+  tanh_lines = fig.axes[0].get_lines()
+  assert tanh_lines[0].get_ydata()[-1] == pytest.approx(np.log10(np.linalg.norm(jacobian, 2)),
+                                                        abs=1e-4)
+  assert float(rows[0][3]) == pytest.approx(np.mean(logs), abs=1e-4)
+  assert png_size(out.read_bytes()) == (1100, 460)
   for name, magic in (("upper.PNG", b"\x89PNG"), ("vector.svg", b"<?xml"), ("paper.pdf", b"%PDF")):
     assert cli.main(["gradients", "--steps", "1", "--hidden-size", "1", "--radii", "1",
                      "--seed", str(2**32 - 1), "--out", str(tmp_path / name)]) == 0
     assert (tmp_path / name).read_bytes()[:len(magic)] == magic
+
+
+def test_gradients_of_a_long_sequence_take_every_stride_th_step(tmp_path, saved_figures, capsys):
+  """``--steps 3000``: ``||dh_t/dh_0||`` at ``t = 0, 3, ..., 3000`` (1001 points, stride
+  ``ceil(3000 / 1000)``), from one start step, not a [3001, 3001] table. Over so many steps
+  ``log ||dh_t/dh_0||`` grows at the rate ``lambda_1`` that the QR method measures: they end
+  within a transient (``|log ||dh_T/dh_0|| - lambda_1 T|`` stays bounded while both grow)."""
+  assert cli.main(["gradients", "--steps", "3000", "--hidden-size", "16", "--radii", "0.9",
+                   "--out", str(tmp_path / "long.png")]) == 0
+  rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:3]]
+  ((fig, _),) = saved_figures
+  for ax, (*_, lam, norm, rate, bound) in zip(fig.axes, rows):
+    measured = ax.get_lines()[0]
+    np.testing.assert_array_equal(measured.get_xdata(), np.arange(0, 3001, 3))
+    assert float(lam) < -0.05 and float(norm) < -60 and float(norm) < float(bound)
+    assert abs(float(norm) - float(rate)) < 2 + 0.01 * abs(float(rate))
+
+
+def test_the_gradients_memory_estimate_counts_what_xla_allocates():
+  """``cli.gradients_memory(T, H)`` against XLA's ``memory_analysis()`` of the compiled
+  ``gradient_curves`` (arguments + outputs + scratch): never below it, and within 25 % plus
+  64 KiB of it; ``--steps 100000`` at the default ``H = 64`` needs about 0.1 GB, not the
+  ``T^2`` tables or ``T H^2`` Jacobians of old (37 GB and 1.6 GB)."""
+  for steps, hidden, activation in ((5000, 16, "tanh"), (50, 64, "relu")):
+    params = jax.eval_shape(lambda h=hidden: jaxrnn.init_params(jax.random.key(0), 4, h, 1,
+                                                                dtype=np.float32))
+    compiled = jax.jit(cli.gradient_curves, static_argnames=("stride", "model")).lower(
+        params, jax.ShapeDtypeStruct((steps, 4), np.float32), stride=-(-steps // 1000),
+        model=jaxrnn.ModelSpec(activation)).compile()
+    memory = compiled.memory_analysis()
+    allocated = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                 + memory.output_size_in_bytes)
+    assert allocated <= cli.gradients_memory(steps, hidden) <= 1.25 * allocated + 65536
+  assert cli.gradients_memory(100_000, 64) < 0.11e9
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -25,7 +25,7 @@ from jaxrnn.app.rundir import (JobFailed, RunError, TrainingStopped, is_primary,
                                require_extras, restore_state, run_config)
 from jaxrnn.app.training import fresh_model, load_task, train_run
 from jaxrnn.checks import device_memory
-from jaxrnn.diagnostics import gradient_flow
+from jaxrnn.diagnostics import gradient_flow, lyapunov_exponents
 from jaxrnn.inference import generate
 from jaxrnn.init import init_params
 from jaxrnn.spec import ACTIVATION_NAMES, InitSpec, ModelSpec
@@ -164,13 +164,38 @@ def cmd_sample(args: argparse.Namespace) -> None:
   print(args.prompt + "".join(config.vocab[int(i)] for i in np.asarray(sampled)))
 
 
+GRADIENT_POINTS = 1000
+"""``jaxrnn gradients`` takes ``||dh_t/dh_0||`` at about this many steps ``t`` (every
+``stride``-th, ``stride = ceil(T / GRADIENT_POINTS)``), plus ``t = 0``."""
+GRADIENT_INPUTS = 4
+"""``I`` of the random model and sequence of ``jaxrnn gradients``."""
+
+
+def gradient_curves(params: jaxrnn.RNNParams, xs: jax.Array, stride: int,
+                    model: ModelSpec) -> tuple[jaxrnn.GradientFlow, jax.Array]:
+  """``(gradient_flow from step 0 every stride-th step, lambda_1)`` of one model on ``xs``."""
+  flow = gradient_flow(params, xs, start=0, stride=stride, model=model)
+  return flow, lyapunov_exponents(params, xs, model=model)[0]
+
+
+def gradients_memory(steps: int, hidden: int) -> int:
+  """Bytes :func:`gradient_curves` holds at once in float32, as XLA allocates them (its
+  arguments, outputs and scratch; checked against ``memory_analysis()`` in the tests), for
+  ``T = steps``, ``H = hidden``: the sequence ``[T, I]``; four ``[T, H]`` arrays (the path's
+  states and ``act'`` for ``gradient_flow`` and again for ``lyapunov_exponents``) and the
+  ``[T]`` mask of the steps averaged; the parameters, ``[H, H]`` products and SVD work arrays
+  (under ``6 H^2``); the ``~GRADIENT_POINTS`` norms. ``O(T H + H^2)``, not ``O(T H^2)``."""
+  return (4 * (steps * (GRADIENT_INPUTS + 4 * hidden) + 6 * hidden ** 2 + 64 * hidden
+               + 2 * GRADIENT_POINTS) + steps + 16384)
+
+
 def cmd_gradients(args: argparse.Namespace) -> None:
   require_extras("matplotlib")
   if args.steps < 1 or args.hidden_size < 1 or not all(
       math.isfinite(r) and r > 0 for r in args.radii):
     raise RunError("--steps, --hidden-size and every radius must be positive")
   check_seed(args.seed)
-  needed = 16 * (args.steps + 1) * args.hidden_size ** 2    # the Jacobians and their products
+  needed = gradients_memory(args.steps, args.hidden_size)
   if needed > device_memory() // 2:
     raise RunError(f"--steps {args.steps} and --hidden-size {args.hidden_size} need about "
                    f"{needed / 2**30:.1f} GiB; lower them")
@@ -182,21 +207,24 @@ def cmd_gradients(args: argparse.Namespace) -> None:
   if not out.parent.is_dir():
     raise RunError(f"--out: {out.parent} is not a directory")
   k_params, k_xs = jax.random.split(jax.random.key(args.seed))
-  xs = jax.random.normal(k_xs, (args.steps, 4), jnp.float32)              # [T, I]
-  flow_of = jax.jit(gradient_flow, static_argnames="model")
-  print(f"{'activation':>10} {'radius':>7} {'||act_prime||':>13} "
-        f"{'||dh_T/dh_0||':>14} {'bound':>10}")
+  xs = jax.random.normal(k_xs, (args.steps, GRADIENT_INPUTS), jnp.float32)  # [T, I]
+  stride = -(-args.steps // GRADIENT_POINTS)
+  curves_of = jax.jit(gradient_curves, static_argnames=("stride", "model"))
+  print(f"{'activation':>10} {'radius':>7} {'||act_prime||':>13} {'lambda_1':>9} "
+        f"{'log10 ||dh_T/dh_0||':>20} {'log10 rate':>11} {'log10 bound':>12}")
   curves = {}
   for activation in ACTIVATION_NAMES:
     curves[activation] = []
     for radius in args.radii:
-      params = init_params(k_params, 4, args.hidden_size, 1, dtype=jnp.float32,
+      params = init_params(k_params, GRADIENT_INPUTS, args.hidden_size, 1, dtype=jnp.float32,
                            init=InitSpec("orthogonal", radius))
-      flow = flow_of(params, xs, model=ModelSpec(activation))
-      norms, bound = np.asarray(flow.norms[-1, ::-1]), np.asarray(flow.bound[-1, ::-1])
-      curves[activation].append((radius, norms, bound))
-      print(f"{activation:>10} {radius:>7g} {float(flow.act_slope):>13.3f} "
-            f"{norms[-1]:>14.3e} {bound[-1]:>10.3e}")
+      flow, rate = curves_of(params, xs, stride=stride, model=ModelSpec(activation))
+      steps = np.arange(0, args.steps + 1, stride)                      # t
+      log10 = lambda a: np.asarray(a, np.float64) / math.log(10)
+      norms, bound, rate_t = log10(flow.log_norms), log10(flow.log_bound), log10(rate * steps)
+      curves[activation].append((radius, steps, norms, rate_t, bound))
+      print(f"{activation:>10} {radius:>7g} {float(flow.act_slope):>13.3f} {float(rate):>9.4f} "
+            f"{norms[-1]:>20.2f} {rate_t[-1]:>11.2f} {bound[-1]:>12.2f}")
   try:
     plot_gradients(curves, out)
   except OSError as error:

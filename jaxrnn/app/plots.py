@@ -56,22 +56,30 @@ def plot_run(records: list[dict[str, Any]], task: Task, path: Path) -> None:
   fig.savefig(path, dpi=100)
 
 
-def plot_gradients(curves: dict[str, list[tuple[float, Any, Any]]], path: Path) -> None:
-  """Saves ``||dh_T/dh_k||`` (solid) and its bound (dashed) against ``T - k``, one panel per
-  activation; ``curves[activation]`` holds ``(radius, norms [T+1], bound [T+1])`` per radius."""
+def plot_gradients(curves: dict[str, list[tuple[float, Any, Any, Any, Any]]], path: Path) -> None:
+  """Saves, one panel per activation, ``log10 ||dh_t/dh_0||`` as measured (solid), at the rate
+  of the largest Lyapunov exponent, ``exp(lambda_1 t)`` (dotted), and the seed's bound
+  ``(||W_hh|| ||act'||)^t`` (dashed) against ``t``; ``curves[activation]`` holds ``(radius,
+  t [n], measured [n], rate [n], bound [n])`` per radius, all three in ``log10``."""
   from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  fig = Figure(figsize=(11, 4.2))
+  from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=(11, 4.6))
   axes = fig.subplots(1, len(curves), sharey=True)
   for ax, (activation, rows) in zip(axes, curves.items()):
     colors = colormaps["viridis"](np.linspace(0, 0.9, len(rows)))
-    for color, (radius, norms, bound) in zip(colors, rows):
-      gap = np.arange(len(norms))                                        # T - k
-      ax.plot(gap, norms, color=color, label=f"radius {radius:g}")
-      ax.plot(gap, bound, color=color, ls="--", lw=1)
-    ax.set(yscale=log_scale([r[1] for r in rows]), xlabel="T - k",
-           title=f"{activation}: solid ||dh_T/dh_k||, dashed (||W_hh|| ||act'||)^(T-k)")
-  axes[0].set_ylabel("norm")
-  axes[0].legend()
+    for color, (radius, steps, measured, rate, bound) in zip(colors, rows):
+      ax.plot(steps, measured, color=color, label=f"radius {radius:g}")
+      ax.plot(steps, rate, color=color, ls=":", lw=1.5)
+      ax.plot(steps, bound, color=color, ls="--", lw=1)
+    ax.set(xlabel="t", title=f"{activation}: ||dh_t/dh_0|| against t")
+  axes[0].set_ylabel("log10 of the norm")
+  axes[0].add_artist(axes[0].legend(loc="lower left", fontsize="small"))
+  styles = [Line2D([], [], color="gray", ls=ls) for ls in ("-", ":", "--")]
+  axes[-1].legend(styles, ["measured ||dh_t/dh_0||", "exp(lambda_1 t), lambda_1 from QR",
+                           "seed's bound (||W_hh|| ||act'||)^t"], loc="lower left",
+                  fontsize="small")
+  fig.suptitle("Solid: the measured norm. Dotted: the rate of the largest Lyapunov exponent. "
+               "Dashed: the seed's bound.", fontsize="medium")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
