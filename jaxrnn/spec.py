@@ -175,11 +175,10 @@ def check_specs(shape: Shape | None, model: Any, loss: Any = None, compute: Any 
 ACTIVATIONS_PER_CELL = 3
 """``[T, B, H]`` arrays of each cell that a gradient step holds at its peak: the states, their
 gradient ``dL/dh_t`` and ``delta_t`` (XLA's compiled memory analysis of the fused step)."""
-FUSED_STATES_LIMIT = 2**22
-"""Bytes of stored states ``T B L H`` above which the chunked step is faster than the fused one:
-4 MiB, a core's L2 cache here, which the chunks stay in. Measured on a 2-core Xeon (B = 16,
-I = 32, H = 128, float32, interleaved): chunked / fused time 1.16 at T = 500 (3.9 MiB of
-states), 0.83 at T = 600, 0.54 at T = 1,000."""
+FUSED_STEPS_LIMIT = 512
+"""``T`` above which the chunked step is faster than the fused one (its chunks stay in cache).
+Measured on a 2-core Xeon (B = 16, I = 32, H = 128, float32, interleaved): chunked / fused
+time 1.16 at T = 500, 0.83 at T = 600, 0.54 at T = 1,000."""
 FUSED_MEMORY_SHARE = 0.5
 """The share of the device's memory the fused step may take before the chunked one is chosen."""
 
@@ -222,9 +221,8 @@ def resolve_checkpoint(compute: ComputeSpec, shape: Shape, num_steps: int, batch
   time from the static sizes and :func:`jaxrnn.checks.device_memory`, to
 
   * ``None`` (store every state) for a bidirectional model or ``gradient="bptt"``, which
-    cannot run in chunks, and where the stored states take at most
-    :data:`FUSED_STATES_LIMIT` bytes (``T B L D H itemsize``; beyond it the chunked step
-    is faster) and the whole step (:func:`step_memory`) at most
+    cannot run in chunks, and where ``T <= FUSED_STEPS_LIMIT`` (beyond it the chunked step
+    is faster) and the whole step (:func:`step_memory`) takes at most
     :data:`FUSED_MEMORY_SHARE` of the device's memory;
   * else ``k = ceil(sqrt(T))``, the ``k`` of least memory, ``~2 sqrt(T)`` states per layer.
   """
@@ -232,9 +230,8 @@ def resolve_checkpoint(compute: ComputeSpec, shape: Shape, num_steps: int, batch
     return compute.checkpoint_every
   if shape.num_directions == 2 or compute.gradient == "bptt":
     return None
-  states = num_steps * batch * shape.num_layers * shape.hidden_size * itemsize
   fused = step_memory(shape, num_steps, batch, itemsize, None)
-  if states <= FUSED_STATES_LIMIT and fused <= FUSED_MEMORY_SHARE * checks.device_memory():
+  if num_steps <= FUSED_STEPS_LIMIT and fused <= FUSED_MEMORY_SHARE * checks.device_memory():
     return None
   return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
 

@@ -202,13 +202,15 @@ UNI, BI = jaxrnn.pytrees.Shape(3, 8, 2, 2, 1), jaxrnn.pytrees.Shape(3, 8, 2, 2, 
 
 
 def test_auto_checkpointing_rule():
-  """``"auto"``: every state stored for a short sequence, ``k = ceil(sqrt(T))`` past the
-  states limit, never chunks a bidirectional model or the bptt oracle; an int or None is kept."""
+  """``"auto"``: every state stored for a short sequence, ``k = ceil(sqrt(T))`` past
+  ``FUSED_STEPS_LIMIT`` (512), never chunks a bidirectional model or the bptt oracle; an int or None is kept."""
   resolve = jaxrnn.spec.resolve_checkpoint
   auto = jaxrnn.ComputeSpec()
   assert auto.checkpoint_every == "auto"
   assert resolve(auto, UNI, 100, 32, 4) is None
-  huge = 10**6                               # 10^6 * 32 * 2 * 8 * 4 bytes = 2 GB of states
+  assert resolve(auto, UNI, 512, 32, 4) is None
+  assert resolve(auto, UNI, 513, 32, 4) == 23
+  huge = 10**6
   assert resolve(auto, UNI, huge, 32, 4) == 1000
   assert resolve(auto, UNI, huge + 1, 32, 4) == 1001
   assert resolve(auto, BI, huge, 32, 4) is None
