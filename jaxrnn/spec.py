@@ -173,8 +173,10 @@ def check_specs(shape: Shape | None, model: Any, loss: Any = None, compute: Any 
 
 
 ACTIVATIONS_PER_CELL = 3
-"""``[T, B, H]`` arrays of each cell that a gradient step holds at its peak: the states, their
-gradient ``dL/dh_t`` and ``delta_t`` (XLA's compiled memory analysis of the fused step)."""
+"""``[T, B, H]`` arrays of each cell that a gradient step needs at its peak: the states, their
+gradient ``dL/dh_t`` and ``delta_t``. XLA's temp of the fused step holds about 4.5 today
+(a transposed copy of ``delta`` and the shifted states too; ``benchmarks/scaling.py``),
+which :data:`FUSED_MEMORY_SHARE` absorbs."""
 FUSED_STEPS_LIMIT = 512
 """``T`` above which the chunked step is faster than the fused one (its chunks stay in cache).
 Measured on a 2-core Xeon (B = 16, I = 32, H = 128, float32, interleaved): chunked / fused
