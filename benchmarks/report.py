@@ -147,17 +147,30 @@ def split_threshold(results: list[Result]) -> str:
 def scaling(results: list[Result]) -> str:
   (path, payload), = results
   methods = list(payload["rows"][0]["methods"])
+
+  def cell(r: dict[str, Any], key: str) -> str:
+    if r.get("fits") is False:
+      return "does not fit"
+    return "failed" if "error" in r else number(r[key])
+
   rows = []
   for row in payload["rows"]:
     m = row["methods"]
-    rows.append([str(row["T"]), *(number(m[k]["step_ms"]) for k in methods),
-                 *(number(m[k]["temp_mb"]) for k in methods),
-                 " / ".join(number(m[k]["compile_s"], 1) for k in methods),
-                 number(row["hs_plus_inputs_mb"])])
-  head = ["T", *(f"{k} ms" for k in methods), *(f"{k} temp MB" for k in methods),
-          "compile s (" + " / ".join(methods) + ")", "hs + inputs MB"]
+    ran = [m[k]["step_ms"] for k in methods if k != "auto" and "step_ms" in m[k]]
+    auto = m.get("auto", {})
+    ratio = number(auto["step_ms"] / min(ran), 3) if "step_ms" in auto and ran else ""
+    every = auto.get("checkpoint_every")
+    rows.append([str(row["T"]), *(cell(m[k], "step_ms") for k in methods),
+                 "stores all" if every is None else f"k = {every}", ratio,
+                 *(cell(m[k], "temp_mb") for k in methods),
+                 *(cell(m[k], "peak_rss_mb") for k in methods),
+                 number(m["fused"]["estimate_mb"]), number(row["hs_plus_inputs_mb"])])
+  head = ["T", *(f"{k} ms" for k in methods), "auto picks", "auto / faster",
+          *(f"{k} temp MB" for k in methods), *(f"{k} peak RSS MB" for k in methods),
+          "fused estimate MB", "hs + inputs MB"]
   s = payload["sizes"]
-  extra = f"B={s['B']}, I={s['I']}, H={s['H']}, O={s['O']}"
+  extra = (f"B={s['B']}, I={s['I']}, H={s['H']}, O={s['O']}; memory "
+           f"{payload['memory_bytes'] / 2**30:.1f} GiB")
   return table(head, rows, "r" * len(head)) + "\n\n" + source(path, payload, extra)
 
 

@@ -1,30 +1,36 @@
-"""Benchmark 2: step time, compile time and peak memory of a training step as ``T`` grows.
+"""Benchmark 2: step time, compile time and memory of a training step as ``T`` grows to 10^6.
 
-Run: ``python benchmarks/scaling.py`` (``T`` from 10 to 10,000), ``--quick``
+Run: ``python benchmarks/scaling.py`` (``T`` from 10 to 10^6), ``--quick``
 for a smoke run. Writes ``benchmarks/results/scaling.json`` and ``scaling.png``.
 
 Methods, all ``value_and_grad`` of :func:`jaxrnn.sequence_loss` (one-layer
 tanh ``ModelSpec()``, ``LossSpec(reduction="sum")`` cross-entropy) + an Adam
-update, float32, jit-compiled; they differ only in the ``ComputeSpec``:
+update, float32, jit-compiled; they differ only in ``checkpoint_every``:
 
-* ``fused``: ``ComputeSpec(gradient="fused")``, the default hand-BPTT ``custom_vjp``;
-* ``autodiff``: ``ComputeSpec(gradient="autodiff")``, ``jax.grad`` through ``lax.scan``;
-* ``checkpointed``: ``ComputeSpec(gradient="fused", checkpoint_every=round(sqrt(T)))``.
+* ``fused``: ``None``, every state stored (the hand-BPTT ``custom_vjp``);
+* ``checkpointed``: ``ceil(sqrt(T))``;
+* ``auto``: ``"auto"``, the default (:func:`jaxrnn.spec.resolve_checkpoint`).
 
-Compile time is the wall (and process CPU) time of
-``jax.jit(step).lower(...).compile()``; step times are medians, wall and CPU. Peak
-memory is what XLA's compiled memory analysis reports
-(``compiled.memory_analysis()``): ``temp`` (the preallocated scratch of the
-step: activations, residuals, gradients) and ``temp + arguments + outputs``.
-``hs + inputs`` is ``4 (T B H + T B I + T B)`` bytes, the memory that storing
-the hidden states and the data needs.
+Each method and ``T`` runs in a fresh process (``--child``), so its peak
+resident memory (``ru_maxrss``: data, compiled step, buffers) is its own. A
+configuration whose :func:`jaxrnn.spec.step_memory` exceeds this machine's
+memory is not run ("does not fit"). Compile time is the wall time of
+``jax.jit(step).lower(...).compile()``; step times are medians of ``--rounds``
+steps after one warm-up (fewer past ``T = 10^5``, where a step takes seconds
+to minutes). ``temp`` is XLA's compiled memory analysis
+(``compiled.memory_analysis().temp_size_in_bytes``: the step's scratch);
+``hs + inputs`` is ``4 (T B H + T B I + T B)`` bytes, the states and the data.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,21 +41,33 @@ import numpy as np
 import optax
 
 import jaxrnn
-from common import RESULTS, interleaved_times, machine_info, print_table, write_json  # noqa: I001
+from common import RESULTS, machine_info, print_table, write_json  # noqa: I001
+from jaxrnn.pytrees import Shape
+from jaxrnn.spec import resolve_checkpoint, step_memory
 
-SIZES = (32, 32, 128, 32)                          # (B, I, H, O): the "small" configuration
-STEPS = (10, 30, 100, 300, 1000, 3000, 10000)
+SIZES = (16, 32, 128, 32)                          # (B, I, H, O)
+STEPS = (10, 100, 1000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000)
 QUICK_STEPS = (10,)
-METHODS = ("fused", "autodiff", "checkpointed")
+METHODS = ("fused", "checkpointed", "auto")
 LOSS = jaxrnn.LossSpec(loss="cross_entropy", reduction="sum")
+LONG = 100_000
+"""From this ``T`` on, one timed step per method (a step takes seconds to minutes)."""
 
 
 def compute_spec(method: str, num_steps: int) -> jaxrnn.ComputeSpec:
   """The :class:`jaxrnn.ComputeSpec` of ``method`` at ``T = num_steps``."""
-  if method == "checkpointed":
-    return jaxrnn.ComputeSpec(gradient="fused",
-                              checkpoint_every=max(1, round(math.sqrt(num_steps))))
-  return jaxrnn.ComputeSpec(gradient=method)
+  every = {"fused": None, "checkpointed": math.isqrt(num_steps - 1) + 1, "auto": "auto"}[method]
+  return jaxrnn.ComputeSpec(checkpoint_every=every)
+
+
+def shape() -> Shape:
+  _, inputs, hidden, outputs = SIZES
+  return Shape(inputs, hidden, outputs, 1, 1)
+
+
+def chunk_size(method: str, num_steps: int) -> int | None:
+  """The ``checkpoint_every`` the step of ``method`` runs with (``"auto"`` resolved)."""
+  return resolve_checkpoint(compute_spec(method, num_steps), shape(), num_steps, SIZES[0], 4)
 
 
 def make_step(method: str, num_steps: int, optimizer: optax.GradientTransformation):
@@ -64,8 +82,8 @@ def make_step(method: str, num_steps: int, optimizer: optax.GradientTransformati
   return step
 
 
-def measure(num_steps: int, methods: Sequence[str], rounds: int) -> dict[str, Any]:
-  """Compile time, memory analysis and median step time of each method at one ``T``."""
+def measure(method: str, num_steps: int, rounds: int) -> dict[str, Any]:
+  """Compile time, memory analysis, median step time and peak RSS of one method at one ``T``."""
   batch, inputs, hidden, outputs = SIZES
   rng = np.random.default_rng(0)
   params = jaxrnn.init_params(jax.random.key(0), inputs, hidden, outputs, init="glorot",
@@ -75,42 +93,59 @@ def measure(num_steps: int, methods: Sequence[str], rounds: int) -> dict[str, An
       targets=jnp.asarray(rng.integers(0, outputs, (num_steps, batch)).astype(np.int32)))
   optimizer = optax.adam(1e-3)
   opt_state = optimizer.init(params)
-  results, calls = {}, {}
-  for method in methods:
-    start, cpu_start = time.perf_counter(), time.process_time()
-    compiled = jax.jit(make_step(method, num_steps, optimizer)).lower(
-        params, opt_state, data).compile()
-    memory = compiled.memory_analysis()
-    results[method] = {
-        "compile_s": time.perf_counter() - start,
-        "compile_cpu_s": time.process_time() - cpu_start,
-        "temp_mb": memory.temp_size_in_bytes / 1e6,
-        "total_mb": (memory.temp_size_in_bytes + memory.argument_size_in_bytes
-                     + memory.output_size_in_bytes) / 1e6,
-    }
-    calls[method] = functools.partial(
-        lambda c: jax.block_until_ready(c(params, opt_state, data)), compiled)
-  times, cpu = interleaved_times(calls, rounds, warmup=1)
-  for method in methods:
-    results[method]["step_ms"] = 1e3 * float(np.median(times[method]))
-    results[method]["step_cpu_ms"] = 1e3 * float(np.median(cpu[method]))
+  start = time.perf_counter()
+  compiled = jax.jit(make_step(method, num_steps, optimizer)).lower(
+      params, opt_state, data).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  times = []
+  for _ in range(rounds + 1):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(params, opt_state, data))
+    times.append(time.perf_counter() - start)
+  return {"compile_s": compile_s, "temp_mb": memory.temp_size_in_bytes / 1e6,
+          "total_mb": (memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                       + memory.output_size_in_bytes) / 1e6,
+          "step_ms": 1e3 * float(np.median(times[1:])), "rounds": rounds,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
+          "checkpoint_every": chunk_size(method, num_steps)}
+
+
+def run_child(method: str, num_steps: int, rounds: int) -> dict[str, Any]:
+  """:func:`measure` in a fresh process; a crash is reported, not raised."""
+  done = subprocess.run([sys.executable, __file__, "--child", method, str(num_steps),
+                         str(rounds)], capture_output=True, text=True, check=False)
+  if done.returncode:
+    return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]}
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def row(num_steps: int, rounds: int, available: int) -> dict[str, Any]:
+  """Every method at one ``T``; those whose estimate exceeds ``available`` bytes are skipped."""
+  batch, inputs, hidden, _ = SIZES
+  methods = {}
+  for method in METHODS:
+    estimate = step_memory(shape(), num_steps, batch, 4, chunk_size(method, num_steps))
+    methods[method] = ({"estimate_mb": estimate / 1e6, **run_child(method, num_steps, rounds)}
+                       if estimate <= available else
+                       {"estimate_mb": estimate / 1e6, "fits": False})
   stored_mb = 4 * num_steps * batch * (hidden + inputs + 1) / 1e6
-  return {"T": num_steps, "hs_plus_inputs_mb": stored_mb, "methods": results}
+  return {"T": num_steps, "hs_plus_inputs_mb": stored_mb, "methods": methods}
 
 
-def plot(rows: list[dict[str, Any]], methods: Sequence[str], path) -> None:
-  """Step time, compile time and temp memory against ``T`` (log-log), one line per method."""
+def plot(rows: list[dict[str, Any]], path) -> None:
+  """Step time, temp memory and peak RSS against ``T`` (log-log), one line per method."""
   from matplotlib.figure import Figure
-  steps = [row["T"] for row in rows]
-  panels = (("step_ms", "step time, wall (ms)"), ("compile_cpu_s", "compile time, process CPU (s)"),
-            ("temp_mb", "XLA temp memory (MB)"))
+  panels = (("step_ms", "step time, wall (ms)"), ("temp_mb", "XLA temp memory (MB)"),
+            ("peak_rss_mb", "peak RSS of the process (MB)"))
   fig = Figure(figsize=(15, 4.2))
-  axes = fig.subplots(1, 3)
-  for ax, (key, label) in zip(axes, panels):
-    for method in methods:
-      ax.plot(steps, [row["methods"][method][key] for row in rows], "o-", label=method)
+  for ax, (key, label) in zip(fig.subplots(1, 3), panels):
+    for method in METHODS:
+      points = [(r["T"], r["methods"][method][key]) for r in rows if key in r["methods"][method]]
+      ax.plot(*zip(*points), "o-" if method != "auto" else "k.:", label=method)
     if key == "temp_mb":
-      ax.plot(steps, [row["hs_plus_inputs_mb"] for row in rows], "k--", label="hs + inputs")
+      ax.plot([r["T"] for r in rows], [r["hs_plus_inputs_mb"] for r in rows], "k--",
+              label="hs + inputs")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("T (steps)")
@@ -129,27 +164,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--quick", action="store_true", help="one short T, one round, no plot")
   parser.add_argument("--steps", nargs="+", type=int, default=list(STEPS), help="values of T")
   parser.add_argument("--rounds", type=int, default=5, help="timed steps per method and T")
+  parser.add_argument("--output", default="scaling", help="results/NAME.json")
+  parser.add_argument("--child", nargs=3, metavar=("METHOD", "T", "ROUNDS"), help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
   args = parse_args(argv)
+  if args.child:
+    method, num_steps, rounds = args.child
+    print(json.dumps(measure(method, int(num_steps), int(rounds))))
+    return None
   steps, rounds = (QUICK_STEPS, 1) if args.quick else (args.steps, args.rounds)
+  available = jaxrnn.checks.device_memory()
   rows = []
   for num_steps in steps:
-    rows.append(measure(num_steps, METHODS, rounds))
+    rows.append(row(num_steps, rounds if num_steps < LONG else 1, available))
     print(f"T={num_steps} done", flush=True)
-  table = [(row["T"], method, r["step_ms"], r["step_cpu_ms"] / row["T"], r["compile_s"],
-            r["compile_cpu_s"], r["temp_mb"], r["total_mb"], row["hs_plus_inputs_mb"])
-           for row in rows for method, r in row["methods"].items()]
-  print_table(["T", "method", "ms/step", "cpu ms/step/T", "compile s", "compile cpu s",
-               "temp MB", "total MB", "hs+inputs MB"], table)
+  table = [(r["T"], method, m.get("checkpoint_every", ""), m.get("step_ms", "does not fit"),
+            m.get("temp_mb", ""), m.get("peak_rss_mb", ""), m["estimate_mb"],
+            r["hs_plus_inputs_mb"]) for r in rows for method, m in r["methods"].items()]
+  print_table(["T", "method", "k", "ms/step", "temp MB", "peak RSS MB", "estimate MB",
+               "hs+inputs MB"], table)
   payload = {"machine": machine_info(), "sizes": dict(zip("BIHO", SIZES)), "rounds": rounds,
-             "rows": rows}
-  print(f"\nwrote {write_json('scaling_quick' if args.quick else 'scaling', payload)}")
+             "memory_bytes": available, "rows": rows}
+  print(f"\nwrote {write_json(args.output + '_quick' if args.quick else args.output, payload)}")
   if not args.quick:
-    plot(rows, METHODS, RESULTS / "scaling.png")
-    print(f"wrote {RESULTS / 'scaling.png'}")
+    plot(rows, RESULTS / f"{args.output}.png")
   return payload
 
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.pytrees import CellParams, RNNParams, Shape
+from jaxrnn.pytrees import CellParams, RNNParams, Shape, shape_of
 
 
 def is_concrete(*xs: Any) -> bool:
@@ -125,8 +125,7 @@ def check_params(params: Any) -> Shape:
       check_array(f"{name}.b_h", cell.b_h, "[H]", (hidden,), dtype, "params.W_hy")
   check_array("params.W_hy", params.W_hy, "[O, D*H]", (None, width), dtype, "params.W_hy")
   check_array("params.b_y", params.b_y, "[O]", params.W_hy.shape[:1], dtype, "params.W_hy")
-  return Shape(jnp.shape(layers[0][0].W_xh)[1], hidden, jnp.shape(params.W_hy)[0], len(layers),
-               num_dirs)
+  return shape_of(params)
 
 
 def check_h0(h0: Any, shape: Shape, batch: int, dtype: Any) -> jax.Array:

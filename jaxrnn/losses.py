@@ -22,8 +22,9 @@ import numpy as np
 from jaxrnn import checks
 from jaxrnn.cell import output_activation, output_logits
 from jaxrnn.dropout import DropoutMasks, draw_masks
-from jaxrnn.pytrees import Batch, RNNParams, Shape
-from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec, check_specs, precision_scope
+from jaxrnn.pytrees import Batch, RNNParams, Shape, shape_of
+from jaxrnn.spec import (ComputeSpec, LossSpec, ModelSpec, check_specs, precision_scope,
+                         resolve_checkpoint)
 from jaxrnn.unroll import forward
 
 
@@ -75,8 +76,8 @@ def prepare(params: RNNParams, batch: Batch, h0: jax.Array | None, key: jax.Arra
   checks.check_type("batch", batch, Batch)
   shape, h0, mask = checks.check_inputs(params, batch.xs, h0, batch.lengths, "batch.xs")
   check_specs(shape, model, loss, compute)
-  if compute.gradient == "bptt" and (key is not None or compute.checkpoint_every is not None
-                                     or compute.dtype is not None):
+  if compute.gradient == "bptt" and (key is not None or compute.checkpoint_every not in
+                                     (None, "auto") or compute.dtype is not None):
     raise ValueError("compute.gradient='bptt' is the plain hand-derived oracle: it takes no "
                      "dropout key, checkpoint_every or compute dtype")
   dtype = params.W_hy.dtype
@@ -127,8 +128,9 @@ def to_chunks(x: jax.Array, chunk_size: int) -> jax.Array:
 
 
 def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
-                 loss: LossSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
-  """``(L, final)`` with each chunk of ``k = compute.checkpoint_every`` steps rematerialised.
+                 loss: LossSpec, compute: ComputeSpec,
+                 chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """``(L, final)`` with each chunk of ``k = chunk_size`` steps rematerialised.
 
   A ``lax.scan`` over chunks carries every layer's state; each chunk's
   forward, read-out and loss run under ``jax.checkpoint``, so memory is
@@ -136,7 +138,6 @@ def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: Model
   ``k`` with frozen, zero-weight steps; the dropout masks are the whole
   sequence's, so the numbers are the unchunked loss's.
   """
-  chunk_size = compute.checkpoint_every
   num_steps, size = batch.xs.shape[:2]
   mask = problem.mask
   if mask is None and num_steps % chunk_size:
@@ -161,9 +162,13 @@ def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: Model
 
 def loss_body(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
               loss: LossSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
-  """``(L, final)`` on checked inputs: the one loss body of every path (split, chunked, TBPTT)."""
-  if compute.checkpoint_every is not None:
-    return chunked_loss(params, batch, problem, model, loss, compute)
+  """``(L, final)`` on checked inputs: the one loss body of every path (split, chunked, TBPTT),
+  chunked as :func:`jaxrnn.spec.resolve_checkpoint` decides."""
+  num_steps, size = batch.xs.shape[:2]
+  chunk_size = resolve_checkpoint(compute, shape_of(params), num_steps, size,
+                                  jnp.dtype(compute.dtype or params.W_hy.dtype).itemsize)
+  if chunk_size is not None:
+    return chunked_loss(params, batch, problem, model, loss, compute, chunk_size)
   z, final = logits(params, batch, problem, model, compute)              # [T, B, O]
   return weighted_sum(problem.weights, step_losses(z, batch.targets, model, loss)), final
 

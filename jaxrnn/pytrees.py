@@ -49,6 +49,13 @@ class Shape(NamedTuple):
   num_directions: int
 
 
+def shape_of(params: RNNParams) -> Shape:
+  """The :class:`Shape` of consistent ``params`` (:func:`jaxrnn.checks.check_params` checks them)."""
+  cell = params.layers[0][0]
+  return Shape(jnp.shape(cell.W_xh)[1], jnp.shape(cell.W_hh)[0], jnp.shape(params.W_hy)[0],
+               len(params.layers), len(params.layers[0]))
+
+
 def default_dtype() -> jnp.dtype:
   """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
   return jnp.dtype(jnp.result_type(float))

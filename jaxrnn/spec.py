@@ -10,6 +10,7 @@ options: they are read off the parameters, as ``torch.nn.RNN``'s are.
 """
 
 import dataclasses
+import math
 from typing import Any, Literal, get_args
 
 import jax
@@ -86,7 +87,9 @@ class ComputeSpec:
       BPTT, the default), ``"autodiff"`` (through ``lax.scan``) or ``"bptt"``
       (the oracle :func:`jaxrnn.bptt`, for training steps).
     scan_unroll: time steps per ``lax.scan`` iteration.
-    checkpoint_every: ``None``, or ``k``: keep every ``k``-th state and
+    checkpoint_every: ``"auto"`` (the default: :func:`resolve_checkpoint`
+      picks ``None`` or ``k`` from the sizes and the device's memory),
+      ``None`` (store every state), or ``k``: keep every ``k``-th state and
       recompute the rest backward (memory ``~T/k + k``; unidirectional models).
     dtype: e.g. ``"bfloat16"``, the layers' dtype (read-out, loss and
       gradients stay in the params'); ``None``: the params'.
@@ -100,7 +103,7 @@ class ComputeSpec:
   """
   gradient: Gradient = "fused"
   scan_unroll: int = 1
-  checkpoint_every: int | None = None
+  checkpoint_every: int | Literal["auto"] | None = "auto"
   dtype: Any = None
   precision: Precision = "highest"
   recurrence: Recurrence = "auto"
@@ -113,7 +116,7 @@ class ComputeSpec:
     if self.recurrence == "kernel" and self.gradient != "fused":
       raise ValueError(f"compute.recurrence='kernel' needs gradient='fused' (the kernels run the "
                        f"hand-derived backward; {self.gradient!r} differentiates lax.scan)")
-    if self.checkpoint_every is not None:
+    if self.checkpoint_every not in (None, "auto"):
       checks.check_int("compute.checkpoint_every", self.checkpoint_every)
     if self.dtype is not None:
       try:
@@ -163,10 +166,76 @@ def check_specs(shape: Shape | None, model: Any, loss: Any = None, compute: Any 
                        f"{model.output_activation!r}; use one of {list(LOSSES[loss.loss])}")
   if compute is not None:
     checks.check_type("compute", compute, ComputeSpec)
-    if compute.checkpoint_every is not None and shape is not None:
+    if compute.checkpoint_every not in (None, "auto") and shape is not None:
       checks.check_unidirectional(shape, "compute.checkpoint_every", "it runs time in chunks, "
                                   "one after another, and a bidirectional model reads the whole "
                                   "sequence")
+
+
+ACTIVATIONS_PER_CELL = 3
+"""``[T, B, H]`` arrays of each cell that a gradient step needs at its peak: the states, their
+gradient ``dL/dh_t`` and ``delta_t``. XLA's temp of the fused step holds about 4.5 today
+(a transposed copy of ``delta`` and the shifted states too; ``benchmarks/scaling.py``),
+which :data:`FUSED_MEMORY_SHARE` absorbs."""
+FUSED_STEPS_LIMIT = 512
+"""``T`` above which the chunked step is faster than the fused one (its chunks stay in cache).
+Measured on a 2-core Xeon (B = 16, I = 32, H = 128, float32, interleaved): chunked / fused
+time 1.16 at T = 500, 0.83 at T = 600, 0.54 at T = 1,000."""
+FUSED_MEMORY_SHARE = 0.5
+"""The share of the device's memory the fused step may take before the chunked one is chosen."""
+
+
+def step_memory(shape: Shape, num_steps: int, batch: int, itemsize: int,
+                checkpoint_every: int | None, training: bool = True) -> int:
+  """Bytes a step of ``T = num_steps`` by ``B = batch`` sequences holds at its peak, roughly.
+
+  ``itemsize * (n P + T B (I + O) + activations)``: the ``P`` parameters
+  (``n = 4`` in training: their gradient and Adam's two moments; 1 otherwise),
+  the data, and
+
+  * forward only (``training=False``): ``T B (L D H + O)``, every layer's states and the logits;
+  * ``checkpoint_every=None``: ``T B (3 L D H + 2 O)``
+    (:data:`ACTIVATIONS_PER_CELL` arrays per cell, the logits and their gradient);
+  * ``checkpoint_every=k``: ``ceil(T/k) B L D H`` for the kept states, one
+    chunk's ``k B (3 L D H + 2 O)`` and ``T B (I + O)`` for the padded chunks of data.
+  """
+  hidden, width = shape.hidden_size, shape.num_directions * shape.hidden_size
+  inputs, outputs, cells = shape.input_size, shape.output_size, shape.num_layers * shape.num_directions
+  num_params = (cells * hidden * (hidden + 1) + shape.num_directions * hidden
+                * (inputs + (shape.num_layers - 1) * width) + outputs * (width + 1))
+  data = num_steps * batch * (inputs + outputs)
+  per_step = batch * (ACTIVATIONS_PER_CELL * cells * hidden + 2 * outputs)
+  if not training:
+    activations = num_steps * batch * (cells * hidden + outputs)
+  elif checkpoint_every is None:
+    activations = num_steps * per_step
+  else:
+    activations = (-(-num_steps // checkpoint_every) * batch * cells * hidden
+                   + checkpoint_every * per_step + data)
+  return itemsize * ((4 if training else 1) * num_params + data + activations)
+
+
+def resolve_checkpoint(compute: ComputeSpec, shape: Shape, num_steps: int, batch: int,
+                       itemsize: int) -> int | None:
+  """The ``checkpoint_every`` a gradient step of ``T = num_steps`` by ``B = batch`` runs with.
+
+  An int or ``None`` in ``compute.checkpoint_every`` is kept. ``"auto"`` resolves, at trace
+  time from the static sizes and :func:`jaxrnn.checks.device_memory`, to
+
+  * ``None`` (store every state) for a bidirectional model or ``gradient="bptt"``, which
+    cannot run in chunks, and where ``T <= FUSED_STEPS_LIMIT`` (beyond it the chunked step
+    is faster) and the whole step (:func:`step_memory`) takes at most
+    :data:`FUSED_MEMORY_SHARE` of the device's memory;
+  * else ``k = ceil(sqrt(T))``, the ``k`` of least memory, ``~2 sqrt(T)`` states per layer.
+  """
+  if compute.checkpoint_every != "auto":
+    return compute.checkpoint_every
+  if shape.num_directions == 2 or compute.gradient == "bptt":
+    return None
+  fused = step_memory(shape, num_steps, batch, itemsize, None)
+  if num_steps <= FUSED_STEPS_LIMIT and fused <= FUSED_MEMORY_SHARE * checks.device_memory():
+    return None
+  return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
 
 
 def precision_scope(compute: ComputeSpec):

@@ -1710,3 +1710,21 @@ def test_jaxrnn_with_no_arguments_runs_the_demo(monkeypatch, capsys):
   out = capsys.readouterr().out
   assert out.startswith("jaxrnn demo: an Elman RNN learns the adding problem (T=50)")
   assert "\nadding: 3 steps in " in out
+
+
+def test_the_memory_refusal_follows_the_library_rule(monkeypatch):
+  """A text run whose fused step would not fit but whose chunked step does is taken (the
+  library chunks it); with less memory than the chunked step needs, it is refused."""
+  config = resolve_config("text", seq_len=256, hidden_size=64, batch_size=8)
+  shape = jaxrnn.pytrees.Shape(8, 64, 8, 1, 1)
+  chunked = jaxrnn.spec.step_memory(shape, 256, 8, 4, 16)
+  fused = jaxrnn.spec.step_memory(shape, 256, 8, 4, None)
+  assert chunked < fused
+  for memory in (fused, chunked):
+    monkeypatch.setattr(jaxrnn.checks, "device_memory", lambda: memory)
+    monkeypatch.setattr(training, "device_memory", lambda: memory)
+    training.check_memory(config)
+  monkeypatch.setattr(jaxrnn.checks, "device_memory", lambda: chunked - 1)
+  monkeypatch.setattr(training, "device_memory", lambda: chunked - 1)
+  with pytest.raises(rundir.RunError, match="this run needs about"):
+    training.check_memory(config)

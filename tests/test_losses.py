@@ -198,6 +198,57 @@ def test_checkpoint_every_rejects_bidirectional_and_bad_chunks():
       jaxrnn.ComputeSpec(checkpoint_every=bad)
 
 
+UNI, BI = jaxrnn.pytrees.Shape(3, 8, 2, 2, 1), jaxrnn.pytrees.Shape(3, 8, 2, 2, 2)
+
+
+def test_auto_checkpointing_rule():
+  """``"auto"``: every state stored for a short sequence, ``k = ceil(sqrt(T))`` past
+  ``FUSED_STEPS_LIMIT`` (512), never chunks a bidirectional model or the bptt oracle; an int or None is kept."""
+  resolve = jaxrnn.spec.resolve_checkpoint
+  auto = jaxrnn.ComputeSpec()
+  assert auto.checkpoint_every == "auto"
+  assert resolve(auto, UNI, 100, 32, 4) is None
+  assert resolve(auto, UNI, 512, 32, 4) is None
+  assert resolve(auto, UNI, 513, 32, 4) == 23
+  huge = 10**6
+  assert resolve(auto, UNI, huge, 32, 4) == 1000
+  assert resolve(auto, UNI, huge + 1, 32, 4) == 1001
+  assert resolve(auto, BI, huge, 32, 4) is None
+  assert resolve(jaxrnn.ComputeSpec(gradient="bptt"), UNI, huge, 32, 4) is None
+  for every in (None, 5):
+    assert resolve(jaxrnn.ComputeSpec(checkpoint_every=every), UNI, 100, 32, 4) == every
+    assert resolve(jaxrnn.ComputeSpec(checkpoint_every=every), UNI, huge, 32, 4) == every
+
+
+def test_auto_checkpoints_a_step_that_would_not_fit_fused(monkeypatch):
+  """With the device's memory between the chunked and the fused step's estimate, a short
+  sequence is chunked; with room for the fused one, it is not."""
+  fused = jaxrnn.spec.step_memory(UNI, 100, 32, 4, None)
+  chunked = jaxrnn.spec.step_memory(UNI, 100, 32, 4, 10)
+  assert chunked < fused / 2
+  monkeypatch.setattr(jaxrnn.checks, "device_memory", lambda: 2 * fused - 1)
+  assert jaxrnn.spec.resolve_checkpoint(jaxrnn.ComputeSpec(), UNI, 100, 32, 4) == 10
+  monkeypatch.setattr(jaxrnn.checks, "device_memory", lambda: 2 * fused)
+  assert jaxrnn.spec.resolve_checkpoint(jaxrnn.ComputeSpec(), UNI, 100, 32, 4) is None
+
+
+def test_auto_gives_the_numbers_of_none_and_of_k(monkeypatch):
+  """Loss, gradients and final state of ``"auto"`` forced to chunk (no memory: ``k = 3`` pads
+  T = 7) equal those of ``None`` and ``k = 3`` and the NumPy reference's loss (float64)."""
+  prob = random_problem(31, T, B, num_layers=2, masked=True)
+  model, spec = jaxrnn.ModelSpec(), jaxrnn.LossSpec()
+  run = lambda every: value_and_grad.__wrapped__(prob.params, prob.batch, prob.h0, model, spec,
+                                                 jaxrnn.ComputeSpec(checkpoint_every=every))
+  plain, chunked = run(None), run(3)
+  monkeypatch.setattr(jaxrnn.checks, "device_memory", lambda: 0)
+  auto = run("auto")
+  chex.assert_trees_all_close(auto, chunked, rtol=0, atol=0, strict=True)
+  chex.assert_trees_all_close(auto, plain, rtol=1e-12, atol=1e-12, strict=True)
+  want, want_final = reference_loss(prob, model, spec)
+  chex.assert_trees_all_close(auto[0], (np.float64(want), want_final), rtol=1e-12, atol=1e-13,
+                              strict=True)
+
+
 def test_checkpointing_lowers_compiled_memory():
   """XLA's compiled temp memory of a gradient step: checkpointed well below storing every h_t."""
   num_steps, batch, hidden = 1024, 8, 64

@@ -24,8 +24,9 @@ from jaxrnn.app.tasks import TEST_SEQUENCES, Task, build_task, higher_is_better
 from jaxrnn.checks import device_memory
 from jaxrnn.init import init_params
 from jaxrnn.parallel import as_mesh, local_copy, placed_batches
-from jaxrnn.pytrees import RNNParams
-from jaxrnn.spec import ComputeSpec, InitSpec, LossSpec, ModelSpec
+from jaxrnn.pytrees import RNNParams, Shape
+from jaxrnn.spec import (ComputeSpec, InitSpec, LossSpec, ModelSpec, resolve_checkpoint,
+                         step_memory)
 from jaxrnn.train import fit, make_eval_step, make_optimizer, make_train_step
 
 MIN_SPLIT_WORK = 2**18
@@ -50,14 +51,17 @@ def fresh_model(config: Config, input_size: int,
 
 
 def check_memory(config: Config) -> None:
-  """Raises :class:`RunError` when ``config`` clearly needs more than this machine's memory."""
-  hidden, dirs, layers = config.hidden_size, 1 + config.bidirectional, config.num_layers
-  seq, batch, width, io = config.seq_len, config.batch_size, dirs * hidden, 16  # io: I + O, roughly
-  num_params = layers * dirs * hidden * (width + hidden + 1) + io * (width + 1)
-  steps = {"copy": 2 * seq + config.delay, "digits": 64}.get(config.task, seq)
-  sequences = batch if config.task == "text" else max(batch, TEST_SEQUENCES)
-  activations = steps * sequences * (3 * width * layers + io)
-  needed = (4 * num_params + activations) * jnp.dtype(config.dtype).itemsize
+  """Raises :class:`RunError` when ``config`` cannot fit in this machine's memory on any path:
+  the training step as the library runs it (:func:`jaxrnn.spec.resolve_checkpoint` chunks it
+  where storing every state would not fit) and the forward pass over the test sequences, both
+  by :func:`jaxrnn.spec.step_memory` (the task's ``I + O`` taken as 16)."""
+  shape = Shape(8, config.hidden_size, 8, config.num_layers, 1 + config.bidirectional)
+  steps = {"copy": 2 * config.seq_len + config.delay, "digits": 64}.get(config.task, config.seq_len)
+  itemsize, batch = jnp.dtype(config.dtype).itemsize, config.batch_size
+  every = resolve_checkpoint(ComputeSpec(gradient=config.gradient), shape, steps, batch, itemsize)
+  needed = step_memory(shape, steps, batch, itemsize, every)
+  if config.task != "text":
+    needed += step_memory(shape, steps, TEST_SEQUENCES, itemsize, None, training=False)
   available = device_memory()
   if needed > available:
     raise RunError(f"this run needs about {needed / 2**30:.1f} GiB (data, parameters, optimizer "
