@@ -30,7 +30,8 @@ TINY_RUN = ["--seq-len", "4", "--hidden-size", "4", "--batch-size", "4", "--no-p
 """Options of a run that ends at once (for checks that must stop a run before it starts)."""
 TINY = ["--batch-size", "16", "--eval-every", "10", "--save-every", "50", "--no-progress"]
 TASK_OPTIONS = {
-    "adding": ["--steps", "200", "--seq-len", "10", "--hidden-size", "16", "--lr", "1e-2"],
+    "adding": ["--steps", "200", "--seq-len", "10", "--hidden-size", "16", "--lr", "1e-2",
+               "--warmup", "0"],
     "copy": ["--steps", "20", "--seq-len", "2", "--delay", "2", "--hidden-size", "16"],
     "sine": ["--steps", "100", "--seq-len", "20", "--hidden-size", "16", "--lr", "1e-2"],
     "digits": ["--steps", "100", "--hidden-size", "32", "--lr", "1e-2"],
@@ -1728,3 +1729,27 @@ def test_the_memory_refusal_follows_the_library_rule(monkeypatch):
   monkeypatch.setattr(training, "device_memory", lambda: chunked - 1)
   with pytest.raises(rundir.RunError, match="this run needs about"):
     training.check_memory(config)
+
+
+def test_the_default_adding_recipe_warms_up_instead_of_jumping(tmp_path):
+  """Adam's first steps at lr 1e-2 move every weight of the IRNN's ``W_hh = I`` by ~1e-2 at once
+  and the 50-step chain explodes (the loss jumps by orders of magnitude at step 2); the task's
+  300-step warmup keeps the first steps' loss at the level of the untrained model."""
+  peaks = {}
+  for warmup in ([], ["--warmup", "0"]):
+    run_dir = tmp_path / f"run{len(warmup)}"
+    assert cli.main(["train", "adding", "--steps", "6", "--eval-every", "6", "--run-dir",
+                     str(run_dir), "--no-progress", *warmup]) == 0
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    peaks[bool(warmup)] = max(r["loss"] for r in records)
+  assert rundir.run_config(tmp_path / "run0")[0].warmup == 300
+  assert peaks[False] < 2 and peaks[True] > 100, peaks
+
+
+def test_a_run_directory_of_version_0_3_0_without_warmup_resumes(adding_run, tmp_path, capsys):
+  """0.3.0 saved no ``warmup``: its runs resume with none (the optimizer state it saved)."""
+  run_dir = copy_of(adding_run, tmp_path)
+  edit_saved_configs(run_dir, lambda saved: saved.pop("warmup"))
+  assert rundir.run_config(run_dir)[0].warmup == 0
+  assert cli.main(["resume", str(run_dir), "--steps", "205", "--no-progress"]) == 0
+  assert "5 steps from step 200" in capsys.readouterr().out

@@ -44,6 +44,7 @@ HELP = {
     "bidirectional": "two directions per layer (adding, copy, digits)",
     "dropout": "dropout between layers (needs --layers >= 2)",
     "optimizer": "the optax optimizer", "learning_rate": "the optimizer's learning rate",
+    "warmup": "steps over which the learning rate rises linearly to --lr (0: none)",
     "clip_norm": "global-norm gradient clipping; 0 disables",
     "activation": "act in h_t = act(W_xh x_t + W_hh h_t-1 + b_h)",
     "init": "how W_hh starts (identity: the IRNN)", "dtype": "of the parameters and the data",

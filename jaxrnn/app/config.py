@@ -11,7 +11,7 @@ from jaxrnn.train import OPTIMIZERS
 MAX_STEPS = 2**31 - 1
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "adding": dict(steps=3000, hidden_size=64, activation="relu", init="identity",
-                   learning_rate=1e-2, seq_len=50),
+                   learning_rate=1e-2, warmup=300, seq_len=50),
     "copy": dict(steps=3000, hidden_size=128, learning_rate=3e-3, seq_len=5, delay=10),
     "sine": dict(steps=1000, hidden_size=32, learning_rate=3e-3, seq_len=50),
     "digits": dict(steps=1500, hidden_size=128, learning_rate=3e-3),
@@ -29,6 +29,8 @@ COUNTS = ("steps", "batch_size", "hidden_size", "num_layers", "seq_len", "delay"
           "save_every", "keep")
 RENAMED = {"checkpoint_every": "save_every"}
 """Fields renamed since 0.2.0: old name -> new name (a 0.2.0 run directory still resumes)."""
+ADDED = {"warmup": 0}
+"""Fields added since 0.3.0, and the value an older run directory had (it still resumes)."""
 
 
 def flag(name: str) -> str:
@@ -51,6 +53,7 @@ class Config:
   dropout: float = 0.0
   optimizer: str = "adam"
   learning_rate: float = 1e-3
+  warmup: int = 0
   clip_norm: float = 1.0
   activation: str = "tanh"
   init: str = "orthogonal"
@@ -72,7 +75,8 @@ class Config:
       if getattr(self, name) not in allowed:
         raise ValueError(f"unknown {flag(name)[2:]} {getattr(self, name)!r}; choose from "
                          f"{', '.join(allowed)}")
-    for name, low, high in (*((name, 1, MAX_STEPS) for name in COUNTS), ("seed", 0, 2**32 - 1)):
+    for name, low, high in (*((name, 1, MAX_STEPS) for name in COUNTS), ("seed", 0, 2**32 - 1),
+                            ("warmup", 0, MAX_STEPS)):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(f"{flag(name)} must be a whole number from {low} to {high}, got {value!r}")
@@ -118,12 +122,18 @@ def resolve_config(task: str, **options: Any) -> Config:
   return Config(**{**TASK_DEFAULTS[task], **given, "task": task})
 
 
+def upgraded(saved: dict[str, Any]) -> dict[str, Any]:
+  """A saved config's fields as this version names them: :data:`RENAMED` renamed back,
+  :data:`ADDED` filled in with the value an older version ran with."""
+  return {**ADDED, **{RENAMED.get(k, k): v for k, v in saved.items()}}
+
+
 def from_saved(saved: Any) -> Config:
   """The :class:`Config` a checkpoint saved (fields renamed since 0.2.0 renamed back);
   ``ValueError`` when its fields are another version's or a value no run can use."""
   if not isinstance(saved, dict):
     raise ValueError("the saved config is not a JSON object")
-  saved = {RENAMED.get(k, k): v for k, v in saved.items()}
+  saved = upgraded(saved)
   if set(saved) != set(FIELDS):
     raise ValueError("the saved config was written by another version of jaxrnn (its fields "
                      f"differ: {sorted(set(saved) ^ set(FIELDS))})")

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn.app import checkpoint
-from jaxrnn.app.config import RENAMED, Config, from_saved
+from jaxrnn.app.config import Config, from_saved, upgraded
 from jaxrnn.parallel import batch_mesh, replicate
 
 
@@ -178,7 +178,7 @@ def existing_run_message(run_dir: Path, config: Config, checkpoints: Any, step: 
       saved = checkpoint.saved_config(checkpoints, step)
   except Exception:  # a damaged file: orbax, JSON and OS errors alike
     return f"{run_dir} holds checkpoints that do not read; use another --run-dir"
-  saved = {RENAMED.get(k, k): v for k, v in saved.items()}
+  saved = upgraded(saved)
   diff = [f"{k} {saved.get(k)!r} there, {v!r} here" for k, v in config.asdict().items()
           if saved.get(k) != v]
   if not diff:
