@@ -94,8 +94,7 @@ class RNN(eqx.Module):
       raise ValueError("key: the layer has dropout and is in training mode, so a call needs a "
                        "jax.random key; pass key=, or inference=True (eqx.nn.inference_mode) "
                        "to evaluate")
-    return layers.apply(self.params, self.shape, xs, lengths, h0, key, self.model,
-                        self.compute, self.batch_first)
+    return layers.apply(self, self.params, xs, lengths, h0, key)
 
   def to_params(self) -> RNNParams:
     """The weights as a :class:`jaxrnn.RNNParams`, for the functional API:

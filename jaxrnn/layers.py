@@ -61,18 +61,19 @@ def has_dropout(model: ModelSpec) -> bool:
   return bool(model.dropout or model.input_dropout or model.state_dropout)
 
 
-def apply(params: RNNParams, built: Shape, xs: jax.Array, lengths: jax.Array | None,
-          h0: jax.Array | None, key: jax.Array | None, model: ModelSpec, compute: ComputeSpec,
-          batch_first: bool) -> tuple[jax.Array, jax.Array]:
-  """One call of a layer built for ``built``: ``(ys or hs, final [L*D, B, H])``.
+def apply(layer: Any, params: RNNParams, xs: jax.Array, lengths: jax.Array | None,
+          h0: jax.Array | None, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """One call of ``layer`` (an :mod:`jaxrnn.nnx` or :mod:`jaxrnn.equinox` ``RNN``: its ``shape``,
+  ``model``, ``compute`` and ``batch_first``) on its weights ``params``: ``(ys or hs, final
+  [L*D, B, H])``.
 
   ``xs [T, B, I]`` (``[B, T, I]`` when ``batch_first``) gives ``ys [T, B, O]`` with a
   read-out, else ``hs [T, B, D*H]`` (batch first likewise); the rest is :func:`jaxrnn.unroll`.
   """
   shape = checks.check_params(params)
-  if shape != built:
-    raise ValueError(f"the layer was built for {built} but holds weights of {shape}: it was "
-                     f"given another layer's state")
-  run = unroll_batch_first if batch_first else unroll
-  hs, ys, final = run(params, xs, h0, lengths, model=model, compute=compute, key=key)
+  if shape != layer.shape:
+    raise ValueError(f"the layer was built for {layer.shape} but holds weights of {shape}: it "
+                     f"was given another layer's state")
+  run = unroll_batch_first if layer.batch_first else unroll
+  hs, ys, final = run(params, xs, h0, lengths, model=layer.model, compute=layer.compute, key=key)
   return (ys if shape.output_size else hs), final

@@ -105,8 +105,7 @@ class RNN(nnx.Module):
                          "deterministic=True (model.eval()) to evaluate")
       key = rngs["dropout"]() if isinstance(rngs, nnx.Rngs) else (
           rngs() if isinstance(rngs, nnx.RngStream) else rngs)
-    return layers.apply(self.to_params(), self.shape, xs, lengths, h0, key, self.model,
-                        self.compute, self.batch_first)
+    return layers.apply(self, self.to_params(), xs, lengths, h0, key)
 
   def set_view(self, deterministic: bool | None = None):
     """For ``nnx.view``: ``deterministic=True`` turns dropout off, as ``nnx.Dropout``'s."""

@@ -172,7 +172,7 @@ def check_specs(shape: Shape | None, model: Any, loss: Any = None, compute: Any 
                                   "sequence")
 
 
-ACTIVATIONS_PER_CELL = 3
+STATES_PER_CELL = 3
 """``[T, B, H]`` arrays of each cell that a gradient step needs at its peak: the states, their
 gradient ``dL/dh_t`` and ``delta_t``. XLA's temp of the fused step holds about 4.5 today
 (a transposed copy of ``delta`` and the shifted states too; ``benchmarks/scaling.py``),
@@ -195,7 +195,7 @@ def step_memory(shape: Shape, num_steps: int, batch: int, itemsize: int,
 
   * forward only (``training=False``): ``T B (L D H + O)``, every layer's states and the logits;
   * ``checkpoint_every=None``: ``T B (3 L D H + 2 O)``
-    (:data:`ACTIVATIONS_PER_CELL` arrays per cell, the logits and their gradient);
+    (:data:`STATES_PER_CELL` arrays per cell, the logits and their gradient);
   * ``checkpoint_every=k``: ``ceil(T/k) B L D H`` for the kept states, one
     chunk's ``k B (3 L D H + 2 O)`` and ``T B (I + O)`` for the padded chunks of data.
   """
@@ -204,7 +204,7 @@ def step_memory(shape: Shape, num_steps: int, batch: int, itemsize: int,
   num_params = (cells * hidden * (hidden + 1) + shape.num_directions * hidden
                 * (inputs + (shape.num_layers - 1) * width) + outputs * (width + 1))
   data = num_steps * batch * (inputs + outputs)
-  per_step = batch * (ACTIVATIONS_PER_CELL * cells * hidden + 2 * outputs)
+  per_step = batch * (STATES_PER_CELL * cells * hidden + 2 * outputs)
   if not training:
     activations = num_steps * batch * (cells * hidden + outputs)
   elif checkpoint_every is None:
