@@ -13,6 +13,8 @@ Run: ``python benchmarks/long_stream.py``, ``--quick`` for a smoke run. Writes
   speed-up, the boundary-correction steps and the fallback against
   ``lambda_1``; the correction grows as ``lambda_1 -> 0`` (Gonzalez et al.,
   2025) until the chain is chaotic and the split falls back.
+* ``one segment``: :func:`jaxrnn.split_time` on one device (the chain with its
+  inputs projected by one GEMM, unsplit), to tell the split's gain from the GEMM's.
 * Peak RSS of the process (``ru_maxrss``) at the end.
 """
 
@@ -69,12 +71,16 @@ def lyapunov(params: jaxrnn.RNNParams, xs: np.ndarray) -> float:
 
 def measure(params: jaxrnn.RNNParams, xs: np.ndarray, rounds: int) -> dict[str, Any]:
   """Sequential against time split: median times, the split's stats and its largest
-  difference from the sequential outputs (relative to the largest output)."""
+  difference from the sequential outputs (relative to the largest output). ``one_segment`` is
+  :func:`jaxrnn.split_time` on one device: the split's chain (inputs projected by one GEMM)
+  without the split, as :func:`jaxrnn.unroll` runs it."""
   sequential = jax.jit(lambda p, x: jaxrnn.infer(p, x))
   split = jax.jit(lambda p, x: jaxrnn.infer(p, x, mesh=2))
+  one_segment = jax.jit(lambda p, x: jaxrnn.split_time(p, x, mesh=1)[1:3])
   one_xs, one_params = jnp.asarray(xs), params      # uncommitted: each jit places them itself
   calls = {"sequential": lambda: jax.block_until_ready(sequential(one_params, one_xs)),
-           "split": lambda: jax.block_until_ready(split(one_params, one_xs))}
+           "split": lambda: jax.block_until_ready(split(one_params, one_xs)),
+           "one_segment": lambda: jax.block_until_ready(one_segment(one_params, one_xs))}
   (final, ys), (split_final, split_ys) = calls["sequential"](), calls["split"]()
   stats = jax.jit(lambda p, x: jaxrnn.split_time(p, x, mesh=2).stats)(one_params, one_xs)
   scale = float(jnp.max(jnp.abs(ys)))
@@ -84,6 +90,7 @@ def measure(params: jaxrnn.RNNParams, xs: np.ndarray, rounds: int) -> dict[str, 
   medians = {name: float(np.median(times)) for name, times in wall.items()}
   spread = {name: [float(min(times)), float(max(times))] for name, times in wall.items()}
   return {"sequential_s": medians["sequential"], "split_s": medians["split"],
+          "one_segment_s": medians["one_segment"],
           "ratio": medians["split"] / medians["sequential"],
           "speedup": medians["sequential"] / medians["split"], "range_s": spread,
           "iterations": int(stats.iterations[0]), "rerun_steps": int(stats.rerun_steps[0]),
@@ -93,7 +100,7 @@ def measure(params: jaxrnn.RNNParams, xs: np.ndarray, rounds: int) -> dict[str, 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, few rounds")
-  parser.add_argument("--rounds", type=int, default=5, help="timed calls of each kind")
+  parser.add_argument("--rounds", type=int, default=3, help="timed calls of each kind")
   parser.add_argument("--sweep-steps", type=int, default=100_000, help="T of the sweep over g")
   parser.add_argument("--lyapunov-steps", type=int, default=20_000,
                       help="steps averaged for lambda_1")
@@ -121,11 +128,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"\nB = {B}, I = {I}, H = {H}, O = {O}, float32, 2 CPU devices; peak RSS "
         f"{peak_rss_mb:.0f} MB")
-  header = ["T", "g", "lambda_1", "sequential s", "split s", "split / seq", "rounds", "re-run",
-            "fell back", "max rel diff"]
-  row = lambda r, t: (t, r["gain"], f"{r['lambda_1']:+.3f}", r["sequential_s"], r["split_s"],
-                      f"{r['ratio']:.3f}", r["iterations"], r["rerun_steps"], r["fell_back"],
-                      f"{r['max_rel_diff']:.1e}")
+  header = ["T", "g", "lambda_1", "sequential s", "one segment s", "split s", "split / seq",
+            "rounds", "re-run", "fell back", "max rel diff"]
+  row = lambda r, t: (t, r["gain"], f"{r['lambda_1']:+.3f}", r["sequential_s"],
+                      r["one_segment_s"], r["split_s"], f"{r['ratio']:.3f}", r["iterations"],
+                      r["rerun_steps"], r["fell_back"], f"{r['max_rel_diff']:.1e}")
   print_table(header, [row(main_run, T)] + [row(r, sweep_steps) for r in sweep])
   payload = {"machine": machine_info(), "sizes": dict(zip("TBIHO", (T, B, I, H, O))),
              "devices": 2, "rounds": rounds, "sweep_steps": sweep_steps,

@@ -274,6 +274,23 @@ def gpu(results: list[Result]) -> str:
   return "\n\n".join(parts) + " Runs: " + "; ".join(runs) + "."
 
 
+def long_stream(results: list[Result]) -> str:
+  (path, payload), = results
+  s = payload["sizes"]
+  head = ["T", "g", "lambda_1", "sequential", "one segment", "split over 2",
+          "split / sequential", "rounds", "steps re-run", "fell back", "largest rel. difference"]
+  runs = [(payload["main"], s["T"])] + [(r, payload["sweep_steps"]) for r in payload["sweep"]]
+  rows = [[f"{t:,}", number(r["gain"]), f"{r['lambda_1']:+.3f}", f"{number(r['sequential_s'])} s",
+           f"{number(r['one_segment_s'])} s", f"{number(r['split_s'])} s", number(r["ratio"], 3),
+           str(r["iterations"]), f"{r['rerun_steps']:,}", "yes" if r["fell_back"] else "no",
+           f"{r['max_rel_diff']:.1e}"] for r, t in runs]
+  extra = (f"B = {s['B']}, I = {s['I']}, H = {s['H']}, O = {s['O']}, float32, tanh, "
+           f"W_hh = g Q; sequential: `infer` on one device, one segment: `split_time(mesh=1)` "
+           f"(the same chain, unsplit); medians of {payload['rounds']} interleaved rounds; "
+           f"lambda_1 over the first {payload['lyapunov_steps']:,} steps; peak RSS {payload['peak_rss_mb']:.0f} MB")
+  return table(head, rows, "r" * len(head)) + "\n\n" + source(path, payload, extra)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[Result]], str]]] = {
     "train_step": ("train_step*.json", newest, train_step),
     "split_threshold": ("split_threshold*.json", newest, split_threshold),
@@ -282,6 +299,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[R
     "irnn_adding": ("irnn_adding*.json", newest, irnn_adding),
     "compare_release": ("compare_release*.json", newest_per_devices, compare_release),
     "gpu": ("gpu*.json", newest_per_config, gpu),
+    "long_stream": ("long_stream*.json", newest, long_stream),
 }
 """Name -> (results pattern, which results to use, renderer)."""
 

@@ -239,16 +239,16 @@ def split_time(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None, *,
                    SplitStats(*(jnp.stack(s) for s in zip(*stats))))
 
 
-def on_mesh(run: Callable[..., Any], pick: Callable[[TimeSplit], Any], params: RNNParams, xs: jax.Array, h0: jax.Array, lengths: jax.Array | None,
-            mesh: Mesh | int | None, key: jax.Array | None, **options) -> Any:
+def on_mesh(run: Callable[..., Any], pick: Callable[[TimeSplit], Any], params: RNNParams,
+            xs: jax.Array, h0: jax.Array, lengths: jax.Array | None, mesh: Mesh | int | None,
+            key: jax.Array | None, **options) -> Any:
   """What ``mesh=`` does in :func:`jaxrnn.unroll` and :func:`jaxrnn.infer`, whose unsplit
   body is ``run(params, xs, h0, lengths) -> arrays with B on axis 1``.
 
-  Fewer sequences than devices: ``pick`` of :func:`split_time` (``options`` are
-  its ``model``/``compute``/``tol``/``chunk``);
-  no ``lengths`` (a stream has one length: slice ``xs``) and no dropout
-  ``key``. Otherwise the batch split: each device runs ``run`` on its ``B / P``
-  sequences (``B`` must be divisible by ``P``), ``tol`` and ``chunk`` unused.
+  Fewer sequences than devices: ``pick`` of :func:`split_time` with the keyword
+  arguments ``options``; no ``lengths`` (a stream has one length: slice ``xs``).
+  Otherwise the batch split: each device runs ``run`` on its ``B / P``
+  sequences (``B`` must be divisible by ``P``). No dropout ``key`` on either.
   """
   mesh = time_mesh(mesh)
   if key is not None:
