@@ -113,15 +113,18 @@ def correct_segments(pre: jax.Array, cell: CellParams, h0: jax.Array, model: Mod
       i, _, met, _ = carry
       return ~met & (i < num_chunks)
 
-    def one_chunk(carry):
-      i, h, _, hs = carry
+    def one_chunk(carry):                    # writes only `fresh`: its update stays in place
+      i, h, _, fresh = carry
       new = run(jax.lax.dynamic_slice_in_dim(pre, i * chunk, chunk), h)
       old = jax.lax.dynamic_slice_in_dim(hs, i * chunk, chunk)
       met = jnp.all(jnp.abs(new - old) <= tol * jnp.maximum(1, jnp.abs(old)))
-      return i + 1, new[-1], met, jax.lax.dynamic_update_slice_in_dim(hs, new, i * chunk, 0)
+      return i + 1, new[-1], met, jax.lax.dynamic_update_slice_in_dim(fresh, new, i * chunk, 0)
 
-    i, _, met, hs = jax.lax.while_loop(unmet, one_chunk, (jnp.int32(0), start, met, hs))
-    return hs, (i * chunk).astype(jnp.int32), ~met
+    i, _, met, fresh = jax.lax.while_loop(unmet, one_chunk,
+                                          (jnp.int32(0), start, met, jnp.zeros_like(hs)))
+    rerun_steps = i * chunk
+    hs = jnp.where(jnp.arange(len(hs))[:, None, None] < rerun_steps, fresh, hs)
+    return hs, rerun_steps, ~met
 
   def rounds_left(carry):
     iterations, changed = carry[:2]

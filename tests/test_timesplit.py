@@ -7,6 +7,7 @@ in a subprocess (``jax_num_cpu_devices`` must be set before any computation), wh
 boundary, a correction that stops early or a missing fallback show.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -33,7 +34,8 @@ def stream(seed, num_steps, sizes=(3, 5, 2), num_layers=1, bidirectional=False):
 
 def test_one_device_split_is_the_reference():
   params, xs, h0 = stream(0, 40, num_layers=2, bidirectional=True)
-  hs, ys, final, stats = jaxrnn.split_time(params, xs, h0, mesh=1, chunk=8)
+  hs, ys, final, stats = jax.jit(functools.partial(jaxrnn.split_time, mesh=1, chunk=8))(
+      params, xs, h0)
   top, _, ref_final, _ = reference.forward(params, xs, h0)
   np.testing.assert_allclose(hs, top, atol=1e-12, rtol=0)
   np.testing.assert_allclose(ys, reference.readout(params, top), atol=1e-12, rtol=0)
@@ -96,16 +98,15 @@ for dtype, tol, layers, bidi in ((jnp.float64, 1e-12, 1, False), (jnp.float64, 1
   top, _, final, _ = reference.forward(params, xs, h0)
   ys = reference.readout(params, top)
   cast = lambda t: jax.tree.map(lambda a: a.astype(dtype), t)
-  split = jaxrnn.split_time(cast(params), cast(xs), cast(h0), mesh=2, chunk=32)
+  split, (final_i, ys_i), (hs_u, ys_u, final_u) = jax.jit(lambda p, x, h: (
+      jaxrnn.split_time(p, x, h, mesh=2, chunk=32), jaxrnn.infer(p, x, h, mesh=2),
+      jaxrnn.unroll(p, x, h, mesh=2)))(cast(params), cast(xs), cast(h0))
   err = max(close(split.hs, top, tol), close(split.ys, ys, tol), close(split.final, final, tol))
   stats = split.stats
   segment = 320                                       # 2 segments of 10 chunks of 32 for T = 600
   report("contractive", err <= tol and (stats.iterations == 1).all() and not stats.fell_back.any()
          and (stats.rerun_steps < segment).all(), case=[str(dtype), layers, bidi], err=err,
          stats=[s.tolist() for s in stats])
-  p, x, h = cast(params), cast(xs), cast(h0)
-  final_i, ys_i = jax.jit(lambda p, x, h: jaxrnn.infer(p, x, h, mesh=2))(p, x, h)
-  hs_u, ys_u, final_u = jaxrnn.unroll(p, x, h, mesh=2)
   err = max(close(ys_i, ys, tol), close(final_i, final, tol), close(hs_u, top, tol),
             close(ys_u, ys, tol), close(final_u, final, tol))
   report("infer-unroll", err <= tol, case=[str(dtype), layers, bidi], err=err)
@@ -116,22 +117,22 @@ rng = np.random.default_rng(0)
 (cell,), = params.layers
 params = params._replace(layers=((cell._replace(W_hh=jnp.asarray(3 * rng.standard_normal((16, 16))
                                                                    / 4)),),))
-split = jaxrnn.split_time(params, xs, h0, mesh=2, chunk=32)
-sequential = jaxrnn.unroll(params, xs, h0)
+split, (final_i, ys_i), sequential = jax.jit(lambda p, x, h: (
+    jaxrnn.split_time(p, x, h, mesh=2, chunk=32), jaxrnn.infer(p, x, h, mesh=2),
+    jaxrnn.unroll(p, x, h)))(params, xs, h0)
 top = reference.forward(params, xs[:20], h0)[0]
 err = max(close(a, b, 1e-12) for a, b in zip(split[:3], sequential))
 report("chaotic", err <= 1e-12 and bool(split.stats.fell_back[0])
        and close(split.hs[:20], top, 1e-12) <= 1e-12
        and int(split.stats.rerun_steps[0]) == 224, err=err,
        stats=[s.tolist() for s in split.stats])
-final_i, ys_i = jaxrnn.infer(params, xs, h0, mesh=2)
 report("chaotic-infer", close(ys_i, sequential.ys, 1e-12) <= 1e-12
        and close(final_i, sequential.final, 1e-12) <= 1e-12)
 
 # gradients through unroll(mesh=2): the hand-derived BPTT on the split states
 params, xs, h0 = stream(5, 300, (3, 6, 2), 2, True)
 loss = lambda mesh: lambda p, h: jnp.sum(jnp.sin(jaxrnn.unroll(p, xs, h, mesh=mesh).ys))
-grads = [jax.grad(loss(mesh), argnums=(0, 1))(params, h0) for mesh in (None, 2)]
+grads = [jax.jit(jax.grad(loss(mesh), argnums=(0, 1)))(params, h0) for mesh in (None, 2)]
 err = max(jax.tree.leaves(jax.tree.map(lambda a, b: close(a, b, 1e-12), *grads)))
 report("gradient", err <= 1e-12, err=err)
 
@@ -142,8 +143,8 @@ rng = np.random.default_rng(1)
 xs4, h04 = jnp.asarray(rng.standard_normal((50, 4, 3))), jnp.asarray(rng.standard_normal((1, 4, 5)))
 lengths = jnp.array([50, 3, 0, 20])
 top, _, final, _ = reference.forward(params, xs4, h04, lengths)
-hs_u, ys_u, final_u = jaxrnn.unroll(params, xs4, h04, lengths, mesh=2)
-final_i, ys_i = jaxrnn.infer(params, xs4, h04, lengths, mesh=2)
+(hs_u, ys_u, final_u), (final_i, ys_i) = jax.jit(lambda p, x, h, n: (
+    jaxrnn.unroll(p, x, h, n, mesh=2), jaxrnn.infer(p, x, h, n, mesh=2)))(params, xs4, h04, lengths)
 err = max(close(hs_u, top, 0), close(final_u, final, 0), close(final_i, final, 0),
           close(ys_i, reference.readout(params, top, lengths=lengths), 0))
 report("batch", err <= 1e-12, err=err)
