@@ -304,6 +304,27 @@ def gpu(results: list[Result]) -> str:
   return "\n\n".join(parts) + " Runs: " + "; ".join(runs) + "."
 
 
+def long_stream(results: list[Result]) -> str:
+  (path, payload), = results
+  s = payload["sizes"]
+  head = ["T", "g", "lambda_1", "sequential `infer`", "one segment", "split over 2",
+          "split / sequential", "split / one segment", "rounds", "steps re-run", "fell back",
+          "difference from `infer`", "difference from one segment"]
+  runs = [(payload["main"], s["T"])] + [(r, payload["sweep_steps"]) for r in payload["sweep"]]
+  rows = [[f"{t:,}", number(r["gain"]), f"{r['lambda_1']:+.3f}", f"{number(r['sequential_s'])} s",
+           f"{number(r['one_segment_s'])} s", f"{number(r['split_s'])} s", number(r["ratio"], 3),
+           number(r["ratio_to_one_segment"], 3), str(r["iterations"]), f"{r['rerun_steps']:,}",
+           "yes" if r["fell_back"] else "no", f"{r['max_rel_diff']:.1e}",
+           f"{r['max_rel_diff_to_one_segment']:.1e}"] for r, t in runs]
+  extra = (f"B = {s['B']}, I = {s['I']}, H = {s['H']}, O = {s['O']}, float32, tanh, "
+           f"W_hh = g Q; one segment: `split_time(mesh=1)`, the split's chain (inputs projected "
+           f"by one GEMM) unsplit on one device; differences: largest over `ys` and `final`, "
+           f"relative to the largest output; medians of {payload['rounds']} interleaved rounds; "
+           f"lambda_1 over the first {payload['lyapunov_steps']:,} steps; peak RSS "
+           f"{payload['peak_rss_mb']:.0f} MB")
+  return table(head, rows, "r" * len(head)) + "\n\n" + source(path, payload, extra)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[Result]], str]]] = {
     "train_step": ("train_step*.json", newest, train_step),
     "split_threshold": ("split_threshold*.json", newest, split_threshold),
@@ -313,6 +334,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[R
     "chaos": ("chaos*.json", newest, chaos),
     "compare_release": ("compare_release*.json", newest_per_devices, compare_release),
     "gpu": ("gpu*.json", newest_per_config, gpu),
+    "long_stream": ("long_stream*.json", newest, long_stream),
 }
 """Name -> (results pattern, which results to use, renderer)."""
 

@@ -16,6 +16,7 @@ from jaxrnn.losses import sequence_loss
 from jaxrnn.pytrees import Batch, CellParams, RNNParams
 from jaxrnn.spec import ComputeSpec, InitSpec, LossSpec, ModelSpec
 from jaxrnn.tbptt import TBPTTResult, make_tbptt_step, tbptt_epoch
+from jaxrnn.timesplit import SplitStats, TimeSplit, split_time
 from jaxrnn.train import (FitResult, evaluate, fit, loss_and_grad, make_eval_step, make_optimizer,
                           make_train_step)
 from jaxrnn.unroll import Outputs, unroll, unroll_batch_first

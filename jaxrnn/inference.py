@@ -4,10 +4,12 @@ Both step every layer one time step at a time (:func:`jaxrnn.cell.stack_step`),
 so a unidirectional model needs only its ``[L, B, H]`` states, whatever ``T``.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import checks, kernels
+from jaxrnn import checks, kernels, timesplit
 from jaxrnn.cell import output_logits, readout, stack_step
 from jaxrnn.pytrees import RNNParams
 from jaxrnn.spec import ComputeSpec, ModelSpec, check_specs, precision_scope
@@ -16,14 +18,15 @@ from jaxrnn.unroll import forward
 
 def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
           lengths: jax.Array | None = None, *, model: ModelSpec = ModelSpec(),
-          compute: ComputeSpec = ComputeSpec()) -> tuple[jax.Array, jax.Array]:
+          compute: ComputeSpec = ComputeSpec(), mesh: Any = None) -> tuple[jax.Array, jax.Array]:
   """Forward-only run: ``(final [L*D, B, H], ys [T, B, O])``, equal to :func:`jaxrnn.unroll`'s.
 
   A unidirectional model keeps only its ``[L, B, H]`` states besides ``ys``;
   a bidirectional one (whose reverse direction starts at the end), or one on
   the Pallas kernels (``compute.recurrence``), runs layer by layer, one
   layer's ``[T, B, D*H]`` outputs at a time. No dropout; not for ``jax.grad``.
-  The arguments are :func:`jaxrnn.unroll`'s.
+  The arguments are :func:`jaxrnn.unroll`'s; ``mesh`` splits the batch, or, for
+  fewer sequences than devices, time (:func:`jaxrnn.split_time`).
 
   Example:
     >>> final, ys = jaxrnn.infer(params, xs)
@@ -32,6 +35,10 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   """
   shape, h0, mask = checks.check_inputs(params, xs, h0, lengths)
   check_specs(shape, model, None, compute)
+  if mesh is not None:
+    run = lambda p, x, h, n=None: infer(p, x, h, n, model=model, compute=compute)
+    return timesplit.on_mesh(run, lambda out: (out.final, out.ys), params, xs, h0, lengths,
+                             mesh, None, model=model, compute=compute)
   if shape.num_directions == 2 or kernels.use_kernel(compute, params.W_hy.dtype,
                                                      shape.hidden_size):
     trace = forward(params, xs, h0, mask, model, compute)

@@ -11,12 +11,12 @@ own last step. Under ``jit`` a length outside ``[0, T]`` (which cannot be
 checked there) makes that sequence's ``hs``, ``ys`` and final state NaN.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import checks
+from jaxrnn import checks, timesplit
 from jaxrnn.cell import readout, time_order
 from jaxrnn.dropout import DropoutMasks, draw_masks
 from jaxrnn.pytrees import CellParams, RNNParams
@@ -100,7 +100,8 @@ def forward(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | N
 
 def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
            lengths: jax.Array | None = None, *, model: ModelSpec = ModelSpec(),
-           compute: ComputeSpec = ComputeSpec(), key: jax.Array | None = None) -> Outputs:
+           compute: ComputeSpec = ComputeSpec(), key: jax.Array | None = None,
+           mesh: Any = None) -> Outputs:
   """Runs the RNN (any number of layers, one or two directions) over a batch of sequences.
 
   ``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-1} + b_h^{l,d})`` (``h_{t+1}``
@@ -111,6 +112,8 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   ``xs [T, B, I]`` in the params' dtype, ``h0 [L*D, B, H]`` (row ``l*D + d``; zeros when
   ``None``), ``lengths [B]`` in ``[0, T]`` (``None``: all ``T``), a ``key`` for dropout
   (``None``: none). Returns :class:`Outputs` ``(hs [T, B, D*H], ys [T, B, O], final)``.
+  ``mesh`` (a 1-D ``Mesh`` or a device count) splits the batch over its devices, or, for
+  fewer sequences than devices, time (:func:`jaxrnn.split_time`, which also reports how).
 
   Example:
     >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
@@ -121,6 +124,10 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   """
   shape, h0, mask = checks.check_inputs(params, xs, h0, lengths)
   check_specs(shape, model, None, compute)
+  if mesh is not None:
+    run = lambda p, x, h, n=None: unroll(p, x, h, n, model=model, compute=compute)
+    return timesplit.on_mesh(run, lambda out: Outputs(*out[:3]), params, xs, h0, lengths, mesh,
+                             key, model=model, compute=compute)
   num_steps, batch = jnp.shape(xs)[:2]
   masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or params.W_hy.dtype)
   trace = forward(params, xs, h0, mask, model, compute, masks)

@@ -7,12 +7,14 @@ the previous release (exported from this checkout's git history, imported as
 learns and reports its curve; a random tanh network's largest Lyapunov exponent
 is log rho(W_hh) where its state dies out and near mean-field theory where it
 is chaotic, and the theory meets its Monte-Carlo estimate and its series near
-g = 1; the forward-only and generation paths agree
-with torch; the GPU script's scan and kernel rows agree with its float64 oracle.
+g = 1; the forward-only and generation paths agree with torch; the long-stream
+split agrees with the sequential chain; the GPU script's scan and kernel rows
+agree with its float64 oracle.
 The scripts write their JSON into a temporary folder, not ``benchmarks/results/``.
 """
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -27,8 +29,8 @@ sys.path.insert(0, str(BENCHMARKS))
 import common  # noqa: E402
 import train_step  # noqa: E402
 
-SCRIPTS = ("chaos", "common", "compare_release", "gpu", "inference", "irnn_adding", "scaling",
-           "train_step")
+SCRIPTS = ("chaos", "common", "compare_release", "gpu", "inference", "irnn_adding",
+           "long_stream", "scaling", "train_step")
 SIZES = (6, 3, 4, 8, 5)   # (T, B, I, H, O)
 
 
@@ -158,6 +160,33 @@ def test_compare_release_runs_old_and_new_on_the_same_problem(previous_release, 
                              np.median(r["times_ms"]["new"]) / np.median(r["times_ms"]["old"]),
                              rtol=1e-9)
   assert written(results, "compare_release_quick")["new_version"] == train_step.jaxrnn.__version__
+
+
+LONG_STREAM = textwrap.dedent("""
+    import json, pathlib, sys
+    sys.path.insert(0, {benchmarks!r})
+    import common
+    common.RESULTS = pathlib.Path({results!r})
+    import long_stream                               # starts 2 host devices: a fresh process
+    long_stream.main(["--quick"])
+""")
+
+
+def test_long_stream_quick_run_splits_and_agrees(tmp_path):
+  """In a process of its own (2 host devices): the split of a contractive stream takes one round,
+  does not fall back and agrees with the sequential ``infer``; every row is reported."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  done = subprocess.run([sys.executable, "-c", LONG_STREAM.format(benchmarks=str(BENCHMARKS),
+                                                                  results=str(tmp_path))],
+                        env=env, capture_output=True, text=True, check=False, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  payload = written(tmp_path, "long_stream_quick")
+  main = payload["main"]
+  assert main["iterations"] == 1 and not main["fell_back"] and main["max_rel_diff"] < 1e-4
+  assert 0 < main["rerun_steps"] < payload["sizes"]["T"] / 2
+  assert [r["gain"] for r in payload["sweep"]] == [0.5, 3.0]
+  assert all(r["split_s"] > 0 and r["sequential_s"] > 0 for r in payload["sweep"])
 
 
 def test_irnn_adding_quick_run_learns_and_reports(results):
