@@ -38,7 +38,7 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   if mesh is not None:
     run = lambda p, x, h, n=None: infer(p, x, h, n, model=model, compute=compute)
     return timesplit.on_mesh(run, lambda out: (out.final, out.ys), params, xs, h0, lengths,
-                             mesh, None, model=model, compute=compute)
+                             mesh, model=model, compute=compute)
   if shape.num_directions == 2 or kernels.use_kernel(compute, params.W_hy.dtype,
                                                      shape.hidden_size):
     trace = forward(params, xs, h0, mask, model, compute)

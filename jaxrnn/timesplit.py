@@ -97,11 +97,12 @@ def segment_layout(num_steps: int, num_devices: int, chunk: int) -> tuple[int, i
 
 
 def correct_segments(pre: jax.Array, cell: CellParams, h0: jax.Array, model: ModelSpec,
-                     compute: ComputeSpec, axis: str, num_devices: int, chunk: int,
+                     compute: ComputeSpec, axis: str, chunk: int,
                      tol: float) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """One device's part of the split (inside ``shard_map``): ``pre [n, B, H]`` is its segment of
   ``a_t = W_xh x_t`` (without ``b_h``), ``h0 [B, H]`` the chain's start. Returns its states
   ``[n, B, H]`` and the stats ``(iterations, rerun_steps, fell_back)``, the same on every device."""
+  num_devices = jax.lax.axis_size(axis)
   run = lambda a, h: scan_hidden(a, cell.W_hh, h, None, model, compute, cell.b_h)   # [K, B, H]
   first = jax.lax.axis_index(axis) == 0
   start = jnp.where(first, h0, jnp.zeros_like(h0))                                # [B, H]
@@ -167,7 +168,7 @@ def _split_fwd(xs, cell, h0, model, compute, mesh, chunk, tol):
   def local(x, cell, h0):
     with precision_scope(compute):
       pre = x @ cell.W_xh.T                                                       # [n, B, H]
-    return correct_segments(pre, cell, h0, model, compute, axis, num_devices, chunk, tol)
+    return correct_segments(pre, cell, h0, model, compute, axis, chunk, tol)
 
   hs, *stats = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(), P()),
                              out_specs=(P(axis), P(), P(), P()), check_vma=False)(padded, cell, h0)
@@ -244,19 +245,16 @@ def split_time(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None, *,
 
 def on_mesh(run: Callable[..., Any], pick: Callable[[TimeSplit], Any], params: RNNParams,
             xs: jax.Array, h0: jax.Array, lengths: jax.Array | None, mesh: Mesh | int | None,
-            key: jax.Array | None, **options) -> Any:
+            **options) -> Any:
   """What ``mesh=`` does in :func:`jaxrnn.unroll` and :func:`jaxrnn.infer`, whose unsplit
   body is ``run(params, xs, h0, lengths) -> arrays with B on axis 1``.
 
   Fewer sequences than devices: ``pick`` of :func:`split_time` with the keyword
   arguments ``options``; no ``lengths`` (a stream has one length: slice ``xs``).
   Otherwise the batch split: each device runs ``run`` on its ``B / P``
-  sequences (``B`` must be divisible by ``P``). No dropout ``key`` on either.
+  sequences (``B`` must be divisible by ``P``).
   """
   mesh = time_mesh(mesh)
-  if key is not None:
-    raise ValueError("key must be None with mesh=: no dropout on a mesh here (train with "
-                     "make_train_step(mesh=...))")
   batch, devices = jnp.shape(xs)[1], mesh.devices.size
   if batch < devices:
     if lengths is not None:

@@ -125,9 +125,12 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   shape, h0, mask = checks.check_inputs(params, xs, h0, lengths)
   check_specs(shape, model, None, compute)
   if mesh is not None:
+    if key is not None:
+      raise ValueError("key must be None with mesh=: no dropout on a mesh here (train with "
+                       "make_train_step(mesh=...))")
     run = lambda p, x, h, n=None: unroll(p, x, h, n, model=model, compute=compute)
     return timesplit.on_mesh(run, lambda out: Outputs(*out[:3]), params, xs, h0, lengths, mesh,
-                             key, model=model, compute=compute)
+                             model=model, compute=compute)
   num_steps, batch = jnp.shape(xs)[:2]
   masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or params.W_hy.dtype)
   trace = forward(params, xs, h0, mask, model, compute, masks)

@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "jaxrnn"
 
 LAYERS: list[tuple[str, ...]] = [
     ("pytrees",), ("checks",), ("spec",), ("cell",), ("kernels",), ("recurrence",), ("dropout",),
-    ("unroll",), ("losses",), ("bptt",), ("parallel",), ("train",), ("tbptt",),
+    ("timesplit",), ("unroll",), ("losses",), ("bptt",), ("parallel",), ("train",), ("tbptt",),
     ("inference", "diagnostics", "init", "interop"), ("layers",), ("nnx", "equinox"),
 ]
 """The library's layers, bottom first (the plan's list): a module imports only from lower ones."""

@@ -77,6 +77,7 @@ def test_shell_command_lines_parse():
 
 
 def test_the_pages_stay_short():
-  """The README and the benchmarks page are for users: at most 200 and 150 lines."""
+  """The README and the benchmarks page are for users: at most 200 and 220 lines (150 until
+  0.4.0 added the transition to chaos and the long stream, a table each)."""
   assert len(README.read_text().splitlines()) <= 200
-  assert len((README.parent / "benchmarks" / "README.md").read_text().splitlines()) <= 150
+  assert len((README.parent / "benchmarks" / "README.md").read_text().splitlines()) <= 220
