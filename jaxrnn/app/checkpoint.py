@@ -110,8 +110,18 @@ def saved_config(checkpoints: Any, step: int) -> dict[str, Any]:
 
 def restore(checkpoints: Any, step: int, like: Any) -> Any:
   """The state saved as step ``step``, structured as ``like``; ``ValueError`` when the shapes
-  differ, :class:`CheckpointError` when it holds NaN or inf."""
+  differ (found in the saved metadata, before any array is read: a read that fails half-way leaves
+  orbax's unfinished reads to print tracebacks when they are collected), :class:`CheckpointError`
+  when it holds NaN or inf."""
   ocp = orbax()
+  saved = checkpoints.item_metadata(step).state
+  shapes = {leaf.name: tuple(leaf.shape) for leaf in jax.tree.leaves(getattr(saved, "tree", saved))
+            if hasattr(leaf, "shape")}
+  names = ocp.tree.get_param_names(like, include_empty_nodes=False)           # as orbax names them
+  for name, leaf in zip(jax.tree.leaves(names), jax.tree.leaves(like), strict=True):
+    if name in shapes and shapes[name] != np.shape(leaf):
+      raise ValueError(f"{name} has shape {shapes[name]} in checkpoint {step}, but the run's "
+                       f"config gives it shape {np.shape(leaf)}")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   state = checkpoints.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract))).state
