@@ -21,6 +21,18 @@ from jaxrnn.app.config import from_saved, resolve_config
 from conftest import random_params
 
 
+@pytest.fixture(autouse=True)
+def close_managers(monkeypatch):
+  """Closes every manager a test opens: an unclosed one's threads print 'Event loop is closed'
+  when it is collected, in whichever test runs then."""
+  opened, open_manager = [], checkpoint.manager
+  monkeypatch.setattr(checkpoint, "manager", lambda *args, **kwargs: (
+      opened.append(open_manager(*args, **kwargs)), opened[-1])[1])
+  yield
+  for manager in opened:
+    manager.close()
+
+
 def state_of(step: int) -> dict:
   """A small checkpoint state (a 2-layer bidirectional model) whose arrays all hold ``step``."""
   params = jaxrnn.init_params(jax.random.key(0), 2, 4, 1, dtype=jnp.float32, num_layers=2,
