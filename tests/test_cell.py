@@ -12,6 +12,7 @@ from absl.testing import parameterized
 
 import jaxrnn
 import reference
+from jaxrnn.cell import ACTIVATIONS, activation_derivative
 from conftest import MODELS, random_params, random_problem
 
 
@@ -57,6 +58,17 @@ class TestCellVariants(chex.TestCase):
     top, _, want_final, _ = reference.forward(p, prob.batch.xs, prob.h0)
     chex.assert_trees_all_close((ys, final), (reference.readout(p, top, "softmax"), want_final),
                                 rtol=1e-12, atol=1e-14, strict=True)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_activation_derivative_from_the_output_is_the_slope_at_the_input(activation):
+  """``act'(z)`` from ``h = act(z)``: tanh ``1 / cosh(z)^2``, relu 1 for ``z > 0`` and 0 for
+  ``z <= 0``, where ``h`` is exactly 0 (the subgradient 0 at ``z = 0``, as ``jax.nn.relu``)."""
+  z = np.array([-3.0, -0.5, -1e-300, 0.0, 1e-300, 0.25, 2.0])
+  slope = {"tanh": 1 / np.cosh(z) ** 2, "relu": (z > 0).astype(float)}[activation]
+  h = ACTIVATIONS[activation](jnp.asarray(z))
+  got = activation_derivative(jaxrnn.ModelSpec(activation=activation), h)
+  np.testing.assert_allclose(got, slope, rtol=1e-12, atol=1e-15)
 
 
 def test_bad_arguments_name_the_argument():

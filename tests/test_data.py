@@ -3,6 +3,7 @@ loaders read bundled data, tasks have baselines, a :class:`Config` checks itself
 
 import dataclasses
 import json
+import math
 
 import chex
 import jax
@@ -110,6 +111,15 @@ def test_windows_are_contiguous_slices():
   np.testing.assert_array_equal(np.argmax(np.asarray(batch.xs[1:]), -1), batch.targets[:-1])
 
 
+def test_sample_rows_draws_every_row_number_below_num_rows_evenly():
+  """7 rows, 7000 draws: every number in [0, 7) about 1000 times (Binomial(7000, 1/7): sd 29)
+  and none outside it."""
+  rows = np.asarray(data.sample_rows(KEY, 7, 7000))
+  assert rows.min() >= 0 and rows.max() <= 6
+  counts = np.bincount(rows, minlength=7)
+  assert counts.size == 7 and np.all(np.abs(counts - 1000) < 150), counts
+
+
 def test_digits_read_by_rows_and_by_pixels():
   pytest.importorskip("sklearn")
   images, labels = data.load_digits()
@@ -144,6 +154,31 @@ def test_digits_hold_out_a_fixed_fifth_whatever_the_seed():
   assert not train_rows & test_rows and len(train_rows) > 250
   counts = np.bincount(labels[sorted(test_rows)], minlength=10)
   assert built[0].baseline == pytest.approx(counts.max() / 359)
+
+
+def binomial_tail(n: int, p: float, k: int) -> float:
+  """``P(X >= k)`` for ``X ~ Binomial(n, p)``."""
+  return 1.0 - sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k))
+
+
+def test_digits_batches_draw_uniformly_from_the_1438_training_images():
+  """Every image of 10 batches of 512 is one of the 1438 images outside the test set, and none is
+  drawn far more often than uniform draws with replacement allow: each count is
+  Binomial(5120, 1/1438) (mean 3.6), so the chance that any of the 1438 exceeds the bound (20)
+  is under 1e-6. Row numbers drawn from all 1797 images would gather past the end of the training
+  rows, which JAX clamps to the last one: that image would be drawn about 1000 times."""
+  pytest.importorskip("sklearn")
+  images, _ = data.load_digits()
+  built = build_task(resolve_config("digits", batch_size=512), jax.random.key(3))
+  row_of = {image.tobytes(): i for i, image in enumerate(images)}
+  test_rows = {row_of[image.tobytes()] for image in np.asarray(built.test.xs).transpose(1, 0, 2)}
+  train_rows = sorted(set(range(len(images))) - test_rows)
+  assert len(train_rows) == 1438
+  drawn = np.asarray([row_of[image.tobytes()] for step in range(10)
+                      for image in np.asarray(built.batches(step).xs).transpose(1, 0, 2)])
+  assert drawn.shape == (5120,) and set(drawn) <= set(train_rows)
+  bound = next(k for k in range(5120) if 1438 * binomial_tail(5120, 1 / 1438, k + 1) < 1e-6)
+  assert np.bincount(drawn).max() <= bound, (np.bincount(drawn).max(), bound)
 
 
 def test_sunspots_are_the_yearly_series():

@@ -300,6 +300,18 @@ def test_evaluate_under_jit_with_a_target_mask_entry_of_2_is_nan(loss_name):
   assert all(np.isfinite(float(v)) for v in good.values()), good
 
 
+def test_evaluate_under_jit_with_a_class_outside_0_O_is_nan():
+  """Under jit a class cannot be refused: a class outside [0, O) on a live step makes the loss
+  and the accuracy NaN, not a clamped (or missed) class's plausible number."""
+  params, batch, _ = random_problem(5, 4, 2)                                    # O = 2
+  evaluate = jaxrnn.make_eval_step()
+  assert all(np.isfinite(float(v)) for v in evaluate(params, batch).values())
+  for bad in (2, -1):
+    metrics = evaluate(params, batch._replace(targets=batch.targets.at[1, 0].set(bad)))
+    assert set(metrics) == {"loss", "accuracy"}
+    assert all(np.isnan(float(v)) for v in metrics.values()), (bad, metrics)
+
+
 def test_param_max_is_the_largest_magnitude_also_when_it_is_negative():
   params, batch, _ = random_problem(5, 4, 2)
   params = params._replace(W_hy=params.W_hy.at[0, 0].set(-10.0))

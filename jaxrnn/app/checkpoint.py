@@ -49,11 +49,8 @@ def reason(error: BaseException) -> str:
 
 def non_finite(state: Any) -> str | None:
   """The path (e.g. ``['params'].W_hy``) of the first array of ``state`` holding NaN or inf."""
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    values = np.asarray(leaf)
-    if np.issubdtype(values.dtype, np.inexact) and not np.all(np.isfinite(values)):
-      return jax.tree_util.keystr(path)
-  return None
+  return next((jax.tree_util.keystr(path) for path, leaf in
+               jax.tree_util.tree_flatten_with_path(state)[0] if not np.isfinite(leaf).all()), None)
 
 
 def save(checkpoints: Any, step: int, state: Any, config: dict[str, Any]) -> None:
@@ -66,8 +63,7 @@ def save(checkpoints: Any, step: int, state: Any, config: dict[str, Any]) -> Non
   try:
     with quiet():
       checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     config=ocp.args.JsonSave(config)),
-                       force=True)
+                                                     config=ocp.args.JsonSave(config)), force=True)
       checkpoints.wait_until_finished()
   except Exception as error:  # orbax and tensorstore raise many types
     raise CheckpointError(f"could not write checkpoint {step} in {checkpoints.directory}: "
@@ -118,12 +114,16 @@ def saved_params_shapes(checkpoints: Any, step: int) -> Any:
 
 
 def restore(checkpoints: Any, step: int, like: Any) -> Any:
-  """The state saved as step ``step``, structured as ``like``; ``ValueError`` when the shapes
-  differ, :class:`CheckpointError` when it holds NaN or inf."""
+  """The state saved as step ``step``, structured as ``like``; ``ValueError`` naming an array whose
+  saved shape differs (checked before reading), :class:`CheckpointError` for NaN or inf."""
   ocp = orbax()
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  state = checkpoints.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract))).state
+  shapes = {a.name: tuple(a.shape) for a in jax.tree.leaves(checkpoints.item_metadata(step).state)}
+  for name, leaf in zip(jax.tree.leaves(ocp.tree.get_param_names(like, include_empty_nodes=False)),
+                        jax.tree.leaves(like)):
+    if shapes.get(name, np.shape(leaf)) != np.shape(leaf):
+      raise ValueError(f"{name} has shape {shapes[name]} in the checkpoint, not {np.shape(leaf)}")
+  state = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, like)))).state
   if (bad := non_finite(state)) is not None:
     raise CheckpointError(f"{bad} holds NaN or inf")
   return state
