@@ -14,7 +14,6 @@ from types import ModuleType
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -32,8 +31,10 @@ def manager(directory: str | Path, keep: int = 3) -> Any:
   ocp = orbax()
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
                                          create=True)
+  handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
   with quiet():                         # it reads every step's metadata, damaged ones too
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                                 item_handlers=handlers)    # so a fresh one reads metadata
 
 
 def reason(error: BaseException) -> str:
@@ -105,19 +106,17 @@ def saved_config(checkpoints: Any, step: int) -> dict[str, Any]:
   return checkpoints.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
 
-def saved_params_shapes(checkpoints: Any, step: int) -> Any:
-  """The shapes of the parameters saved as step ``step``, read without a target: a tree of
-  dicts and lists as stored (``{"layers": [[{"W_hh": (H, H), ...}]], "W_hy": ...}``)."""
-  ocp = orbax()
-  state = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return jax.tree.map(jnp.shape, state.state["params"])
+def saved_shapes(checkpoints: Any, step: int) -> dict[str, tuple[int, ...]]:
+  """The shape of every array saved as step ``step``, by name (``params.layers.0.0.W_hh``), from
+  orbax's metadata: no array is read."""
+  return {a.name: tuple(a.shape) for a in jax.tree.leaves(checkpoints.item_metadata(step).state)}
 
 
 def restore(checkpoints: Any, step: int, like: Any) -> Any:
   """The state saved as step ``step``, structured as ``like``; ``ValueError`` naming an array whose
   saved shape differs (checked before reading), :class:`CheckpointError` for NaN or inf."""
   ocp = orbax()
-  shapes = {a.name: tuple(a.shape) for a in jax.tree.leaves(checkpoints.item_metadata(step).state)}
+  shapes = saved_shapes(checkpoints, step)
   for name, leaf in zip(jax.tree.leaves(ocp.tree.get_param_names(like, include_empty_nodes=False)),
                         jax.tree.leaves(like)):
     if shapes.get(name, np.shape(leaf)) != np.shape(leaf):

@@ -114,13 +114,15 @@ def restore_state(checkpoints: Any, step: int, config: Config, params: Any, opti
 def mismatch(checkpoints: Any, step: int, config: Config) -> str | None:
   """Which model size of ``config`` the weights of checkpoint ``step`` disagree with, e.g.
   ``"hidden_size is 8 in the config, 16 in the saved weights"``; ``None`` if none does."""
-  try:
-    with checkpoint.quiet():
-      layers = checkpoint.saved_params_shapes(checkpoints, step)["layers"]
-    saved = {"hidden_size": layers[0][0]["W_hh"][0], "num_layers": len(layers),
-             "bidirectional": len(layers[0]) == 2}
-  except Exception:  # not a jaxrnn model's tree: orbax's reason will do
+  with checkpoint.quiet():
+    shapes = checkpoint.saved_shapes(checkpoints, step)
+  cells = [name.split(".")[2:4] for name in shapes
+           if name.startswith("params.layers.") and name.endswith(".W_hh")]
+  if not cells:                          # not a jaxrnn model's tree: orbax's reason will do
     return None
+  saved = {"hidden_size": shapes["params.layers.0.0.W_hh"][0],
+           "num_layers": 1 + max(int(layer) for layer, _ in cells),
+           "bidirectional": any(direction == "1" for _, direction in cells)}
   return next((f"{name} is {getattr(config, name)} in the config, {value} in the saved weights"
                for name, value in saved.items() if getattr(config, name) != value), None)
 
