@@ -113,7 +113,7 @@ def to_torch(params: RNNParams) -> tuple[dict[str, Any], dict[str, Any]]:
   zeros (only their sum enters). ``from_torch(*to_torch(params))`` gives back ``params``.
 
   Example:
-    >>> import jax.numpy as jnp, torch, jax, jaxrnn
+    >>> import jax, jax.numpy as jnp, torch, jaxrnn
     >>> params = jaxrnn.init_params(jax.random.key(0), 3, 8, 2)
     >>> rnn_state, linear_state = jaxrnn.to_torch(params)
     >>> rnn, linear = torch.nn.RNN(3, 8), torch.nn.Linear(8, 2)

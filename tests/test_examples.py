@@ -2,10 +2,10 @@
 
 Checked statically (``ast`` over the source, nothing of jaxrnn imported): the functions and
 the classes a user builds that ``jaxrnn/__init__.py`` exports, and the layer classes of
-:mod:`jaxrnn.nnx` and :mod:`jaxrnn.equinox`, each have a ``>>>`` example in their docstring; each docstring's examples
-use only the names they bind themselves (imports included) and Python's builtins; and the docs'
-doctest build gives them nothing more (``docs/conf.py`` sets no ``doctest_global_setup``), so
-what ``sphinx -b doctest`` runs is what a user pastes.
+:mod:`jaxrnn.nnx` and :mod:`jaxrnn.equinox`, each have a ``>>>`` example in their docstring;
+each docstring's examples use only the names they bind themselves (imports included) and
+Python's builtins; and the docs' doctest build gives them nothing more (``docs/conf.py`` sets
+no ``doctest_global_setup``), so what ``sphinx -b doctest`` runs is what a user pastes.
 """
 
 from __future__ import annotations
