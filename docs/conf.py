@@ -48,38 +48,9 @@ autodoc_preserve_defaults = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
-# The docstrings' examples run in this namespace (one fresh copy per document).
-# Names the examples may use without defining them:
-#   jax, jnp, np, optax, functools, jaxrnn and every public jaxrnn name;
-#   key; params (I=3, H=5, O=2, one layer); xs [T=6, B=4, I=3]; targets [T, B]
-#   (classes 0, 1); batch = Batch(xs, targets) (no lengths, so it is also a
-#   stream for truncated BPTT); lengths [B] = [6, 5, 2, 1]; optimizer (Adam
-#   1e-2, clipped at 1) and opt_state = optimizer.init(params);
-#   seq [T, I] (one sequence, for gradient_flow); char_params (I = O = 5, for
-#   generate); torch (None when torch is not installed).
-doctest_global_setup = """
-import functools
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-import jaxrnn
-from jaxrnn import *
-key = jax.random.key(0)
-params = jaxrnn.init_params(key, 3, 5, 2)
-xs = jax.random.normal(key, (6, 4, 3))
-targets = jax.random.randint(key, (6, 4), 0, 2)
-batch = jaxrnn.Batch(xs, targets)
-lengths = jnp.array([6, 5, 2, 1])
-optimizer = jaxrnn.make_optimizer("adam", 1e-2, clip_norm=1.0)
-opt_state = optimizer.init(params)
-seq = xs[:, 0]
-char_params = jaxrnn.init_params(key, 5, 8, 5)
-try:
-  import torch
-except ImportError:
-  torch = None
-"""
+# No doctest_global_setup: every example starts from what a fresh interpreter has
+# (nothing) and imports and builds what it uses, so it runs as pasted
+# (tests/test_examples.py checks that it names nothing it does not define).
 
 
 def separate_examples(app, what, name, obj, options, lines):  # pylint: disable=unused-argument
@@ -87,8 +58,8 @@ def separate_examples(app, what, name, obj, options, lines):  # pylint: disable=
 
   Without this, every example of a page shares one namespace, so an example
   that defines ``params`` changes what the next docstring's example sees. Each
-  group starts from ``doctest_global_setup``; the examples of one docstring
-  share their group, in order.
+  group starts empty, as a fresh interpreter does; the examples of one
+  docstring share their group, in order.
   """
   out, i = [], 0
   while i < len(lines):

@@ -98,7 +98,7 @@ def rnn_cell(params: RNNParams, h_prev: jax.Array, x_t: jax.Array,
   bidirectional model has no step-by-step form: use :func:`jaxrnn.unroll`.
 
   Example:
-    >>> import functools
+    >>> import functools, jax, jax.numpy as jnp, jaxrnn
     >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
     >>> xs = jnp.ones((4, 7, 3))                                  # [T, B, I]
     >>> h_T, ys = jax.lax.scan(functools.partial(jaxrnn.rnn_cell, params),

@@ -147,7 +147,10 @@ def gradient_flow(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   ``start`` and ``stride`` fix the shapes: under ``jax.jit`` they are static.
 
   Example:
-    >>> flow = jaxrnn.gradient_flow(params, seq)            # one sequence [T, I]
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> seq = jax.random.normal(jax.random.key(1), (6, 3))  # one sequence [T, I]
+    >>> flow = jaxrnn.gradient_flow(params, seq)
     >>> flow.norms.shape                                    # ||dh_t/dh_k|| for 0 <= k, t <= T
     (7, 7)
     >>> jaxrnn.gradient_flow(params, seq, start=0, stride=2).norms.shape   # t = 0, 2, 4, 6
@@ -204,11 +207,14 @@ def lyapunov_exponents(params: RNNParams, xs: jax.Array, h0: jax.Array | None = 
   ``burn_in`` are static under ``jax.jit``; ``vmap`` over sequences works.
 
   Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> seq = jax.random.normal(jax.random.key(1), (6, 3))  # one sequence [T, I]
     >>> jaxrnn.lyapunov_exponents(params, seq, k=2).shape
     (2,)
     >>> cell = jaxrnn.CellParams(jnp.zeros((5, 3)), 0.5 * jnp.eye(5), jnp.zeros(5))
     >>> linear = params._replace(layers=((cell,),))   # h_t = tanh(0.5 h_{t-1}) stays at 0
-    >>> np.round(jaxrnn.lyapunov_exponents(linear, jnp.zeros((100, 3)), k=2), 4)  # log 0.5
+    >>> jnp.round(jaxrnn.lyapunov_exponents(linear, jnp.zeros((100, 3)), k=2), 4)  # log 0.5
     Array([-0.6931, -0.6931], dtype=float32)
   """
   shape, h0 = check_path(params, xs, h0, layer, direction, model)

@@ -41,7 +41,7 @@ class RNN(eqx.Module):
     key: a ``jax.random`` key for the weights.
 
   Example:
-    >>> import jaxrnn.equinox
+    >>> import jax, jax.numpy as jnp, jaxrnn.equinox
     >>> layer = jaxrnn.equinox.RNN(3, 5, 2, num_layers=2, key=jax.random.key(0))
     >>> ys, final = layer(jnp.ones((4, 7, 3)))                   # xs [T, B, I]
     >>> ys.shape, final.shape
@@ -102,7 +102,8 @@ class RNN(eqx.Module):
     field). Without a read-out, ``W_hy [0, D*H]`` and ``b_y [0]``.
 
     Example:
-      >>> import jaxrnn.equinox
+      >>> import jax, jax.numpy as jnp, jaxrnn.equinox
+      >>> key = jax.random.key(0)
       >>> layer = jaxrnn.equinox.RNN(5, 8, 5, key=key)
       >>> jaxrnn.generate(layer.to_params(), key, jnp.array([1, 2]), 4, model=layer.model).shape
       (4,)
@@ -115,7 +116,9 @@ class RNN(eqx.Module):
     read-out, ``O = 0``, means none), with the constructor's other keyword ``options``.
 
     Example:
-      >>> import jaxrnn.equinox
+      >>> import jax, jax.numpy as jnp, jaxrnn.equinox
+      >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+      >>> xs = jnp.ones((4, 7, 3))                                # [T, B, I]
       >>> layer = jaxrnn.equinox.RNN.from_params(params, activation="relu")
       >>> all(a is b for a, b in zip(jax.tree.leaves(layer.to_params()), jax.tree.leaves(params)))
       True

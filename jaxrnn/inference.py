@@ -29,7 +29,9 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   fewer sequences than devices, time (:func:`jaxrnn.split_time`).
 
   Example:
-    >>> final, ys = jaxrnn.infer(params, xs)
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> final, ys = jaxrnn.infer(params, jnp.ones((6, 4, 3)))   # xs [T, B, I]
     >>> final.shape, ys.shape
     ((1, 4, 5), (6, 4, 2))
   """
@@ -72,6 +74,7 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
   ``-1`` if the prompt holds one outside ``[0, O)`` (which only ``jit`` hides from the check).
 
   Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
     >>> lm = jaxrnn.init_params(jax.random.key(0), 6, 8, 6)
     >>> jaxrnn.generate(lm, jax.random.key(0), jnp.array([3, 1, 4]), 5).shape
     (5,)

@@ -31,6 +31,7 @@ def init_params(key: jax.Array, input_size: int, hidden_size: int, output_size: 
     ``W_hh [H, H]``, ``b_h [H]``; ``W_hy [O, D*H]``, ``b_y [O]``.
 
   Example:
+    >>> import jax, jaxrnn
     >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
     >>> params.layers[0][0].W_hh.shape, params.W_hy.shape
     ((5, 5), (2, 5))

@@ -53,8 +53,11 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
       or weights, or sizes that disagree (the message names the array).
 
   Example:
+    >>> import torch, jaxrnn
     >>> rnn = torch.nn.RNN(3, 8, num_layers=2, bidirectional=True)
-    >>> params = jaxrnn.from_torch(rnn.state_dict())
+    >>> params = jaxrnn.from_torch(rnn.state_dict(), torch.nn.Linear(16, 2).state_dict())
+    >>> params.layers[1][1].W_xh.shape, params.W_hy.shape
+    ((8, 16), (2, 16))
   """
   for name, value in (("state_dict", state_dict), ("linear", {} if linear is None else linear)):
     if not isinstance(value, Mapping):
@@ -107,7 +110,21 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
 def to_torch(params: RNNParams) -> tuple[dict[str, Any], dict[str, Any]]:
   """``(rnn_state_dict, linear_state_dict)`` of CPU tensors for ``nn.RNN(I, H, num_layers=L,
   bidirectional=D == 2)`` and ``nn.Linear(D*H, O)``; ``bias_ih`` gets ``b_h`` and ``bias_hh``
-  zeros (only their sum enters). ``from_torch(*to_torch(params))`` gives back ``params``."""
+  zeros (only their sum enters). ``from_torch(*to_torch(params))`` gives back ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, torch, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 8, 2)
+    >>> rnn_state, linear_state = jaxrnn.to_torch(params)
+    >>> rnn, linear = torch.nn.RNN(3, 8), torch.nn.Linear(8, 2)
+    >>> rnn.load_state_dict(rnn_state)
+    <All keys matched successfully>
+    >>> linear.load_state_dict(linear_state)
+    <All keys matched successfully>
+    >>> ys = linear(rnn(torch.ones(6, 4, 3))[0]).detach().numpy()      # [T, B, O]
+    >>> jnp.allclose(ys, jaxrnn.unroll(params, jnp.ones((6, 4, 3))).ys, atol=1e-6)
+    Array(True, dtype=bool)
+  """
   import torch  # pylint: disable=import-outside-toplevel
 
   checks.check_params(params)

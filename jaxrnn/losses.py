@@ -195,6 +195,13 @@ def sequence_loss(params: RNNParams, batch: Batch, h0: jax.Array | None = None, 
     ``(L, final [L*D, B, H])``.
 
   Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> batch = jaxrnn.Batch(jax.random.normal(jax.random.key(1), (6, 4, 3)),  # xs [T, B, I]
+    ...                      jnp.ones((6, 4), int))                         # targets [T, B]
+    >>> value, final = jaxrnn.sequence_loss(params, batch)
+    >>> value.shape, final.shape
+    ((), (1, 4, 5))
     >>> grads, final = jax.grad(jaxrnn.sequence_loss, has_aux=True)(params, batch)
     >>> grads.W_hy.shape
     (2, 5)

@@ -48,8 +48,8 @@ class RNN(nnx.Module):
       its ``dropout`` stream (each falls back to ``default``).
 
   Example:
+    >>> import jax.numpy as jnp, jaxrnn.nnx
     >>> from flax import nnx
-    >>> import jaxrnn.nnx
     >>> layer = jaxrnn.nnx.RNN(3, 5, 2, num_layers=2, rngs=nnx.Rngs(0))
     >>> ys, final = layer(jnp.ones((4, 7, 3)))                   # xs [T, B, I]
     >>> ys.shape, final.shape
@@ -118,8 +118,9 @@ class RNN(nnx.Module):
     read-out, ``W_hy [0, D*H]`` and ``b_y [0]``.
 
     Example:
+      >>> import jax, jax.numpy as jnp, jaxrnn.nnx
       >>> from flax import nnx
-      >>> import jaxrnn.nnx
+      >>> key = jax.random.key(0)
       >>> layer = jaxrnn.nnx.RNN(5, 8, 5, rngs=nnx.Rngs(0))
       >>> jaxrnn.generate(layer.to_params(), key, jnp.array([1, 2]), 4, model=layer.model).shape
       (4,)
@@ -136,8 +137,9 @@ class RNN(nnx.Module):
     ``rngs``: for dropout (``None``: pass ``rngs`` to each training call, or evaluate).
 
     Example:
-      >>> from flax import nnx
-      >>> import jaxrnn.nnx
+      >>> import jax, jax.numpy as jnp, jaxrnn.nnx
+      >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+      >>> xs = jnp.ones((4, 7, 3))                                # [T, B, I]
       >>> layer = jaxrnn.nnx.RNN.from_params(params, activation="relu")
       >>> layer.to_params() is not params, jax.tree.all(jax.tree.map(jnp.array_equal,
       ...                                                 layer.to_params(), params))

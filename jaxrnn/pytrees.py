@@ -32,7 +32,19 @@ class RNNParams(NamedTuple):
 class Batch(NamedTuple):
   """One batch of sequences, time-major: inputs ``xs [T, B, I]``, ``targets`` (``[T, B]``
   classes or ``[T, B, O]`` values), ``lengths [B]`` (``None``: all ``T``) and ``target_mask
-  [T, B]``, 1 on the steps that have a target (``None``: all)."""
+  [T, B]``, 1 on the steps that have a target (``None``: all).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> batch = jaxrnn.Batch(jnp.ones((6, 4, 3)), jnp.zeros((6, 4), int),    # xs, classes
+    ...                      lengths=jnp.array([6, 5, 2, 1]))
+    >>> live = jnp.arange(6)[:, None] < batch.lengths                      # [T, B]
+    >>> by_lengths, _ = jaxrnn.sequence_loss(params, batch)
+    >>> by_mask, _ = jaxrnn.sequence_loss(params, batch._replace(lengths=None, target_mask=live))
+    >>> jnp.allclose(by_lengths, by_mask)            # the same steps count (one direction)
+    Array(True, dtype=bool)
+  """
   xs: jax.Array
   targets: jax.Array | None = None
   lengths: jax.Array | None = None

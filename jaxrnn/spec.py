@@ -47,6 +47,18 @@ class ModelSpec:
       cell for all steps and sequences (``W_hh diag(m)``).
 
   Dropout applies only where a ``key`` is passed (not in evaluation).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> model = jaxrnn.ModelSpec(activation="relu", output_activation="sigmoid")
+    >>> ys = jaxrnn.unroll(params, jnp.ones((4, 7, 3)), model=model).ys
+    >>> bool(((ys > 0) & (ys < 1)).all())                           # sigmoid outputs
+    True
+    >>> jaxrnn.ModelSpec(dropout=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: model.dropout must be a finite number in [0, 1), got 1.5
   """
   activation: Activation = "tanh"
   output_activation: OutputActivation = "identity"
@@ -69,6 +81,16 @@ class LossSpec:
   Attributes:
     loss: ``"cross_entropy"`` (class targets) or ``"squared_error"`` (real targets).
     reduction: ``"sum"`` (the seed's ``L``) or ``"mean"`` over live steps.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> batch = jaxrnn.Batch(jnp.ones((6, 4, 3)), jnp.full((6, 4, 2), 0.5))  # targets [T, B, O]
+    >>> total, _ = jaxrnn.sequence_loss(params, batch, loss=jaxrnn.LossSpec("squared_error"))
+    >>> mean, _ = jaxrnn.sequence_loss(params, batch,
+    ...                                loss=jaxrnn.LossSpec("squared_error", "mean"))
+    >>> jnp.allclose(total, 24 * mean)                               # T B = 24 live steps
+    Array(True, dtype=bool)
   """
   loss: Loss = "cross_entropy"
   reduction: Reduction = "sum"
@@ -100,6 +122,16 @@ class ComputeSpec:
       ``"auto"`` (the Pallas kernels of :mod:`jaxrnn.kernels` on a GPU where
       ``W_hh`` fits on chip, else ``lax.scan``), ``"scan"`` or ``"kernel"``
       (interpret mode off a GPU: slow, for tests).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> batch = jaxrnn.Batch(jnp.ones((6, 4, 3)), jnp.ones((6, 4), int))
+    >>> compute = jaxrnn.ComputeSpec(gradient="autodiff", checkpoint_every=2)
+    >>> _, grads = jaxrnn.loss_and_grad(params, batch, compute=compute)
+    >>> _, default = jaxrnn.loss_and_grad(params, batch)             # fused, "auto"
+    >>> jax.tree.all(jax.tree.map(jnp.allclose, grads, default))     # the same numbers
+    True
   """
   gradient: Gradient = "fused"
   scan_unroll: int = 1
@@ -139,6 +171,13 @@ class InitSpec:
       Hinton, 2015; for ReLU): ``W_hh = scale * I``, the rest ``~ N(0, 0.001^2)``.
     scale: ``None`` for the default (0.01 for ``"normal"``, else 1), or a
       finite number ``> 0``; ``"glorot"`` takes none.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> irnn = jaxrnn.InitSpec("identity", scale=0.5)
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2, init=irnn)
+    >>> jnp.array_equal(params.layers[0][0].W_hh, 0.5 * jnp.eye(5))
+    Array(True, dtype=bool)
   """
   scheme: Scheme = "normal"
   scale: float | None = None

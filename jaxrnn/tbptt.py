@@ -67,6 +67,17 @@ def make_tbptt_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
   Pure and traceable (jit it, or run it in :func:`tbptt_epoch`). ``optimizer``,
   the specs and ``mesh`` are :func:`jaxrnn.make_train_step`'s; with a mesh,
   ``h`` and ``h_next`` are split along ``B`` with the streams.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> optimizer = optax.sgd(0.1)
+    >>> step = jax.jit(jaxrnn.make_tbptt_step(optimizer))
+    >>> chunk = jaxrnn.Batch(jnp.ones((3, 4, 3)), jnp.ones((3, 4), int))   # k = 3 steps, B = 4
+    >>> h = jnp.zeros((1, 4, 5))                                           # [L, B, H]
+    >>> params, opt_state, h, loss = step(params, optimizer.init(params), h, chunk)
+    >>> h.shape, loss.shape                       # h goes on to the next chunk
+    ((1, 4, 5), ())
   """
   check_specs(None, model, loss, compute)
   body = parallel.split(functools.partial(value_and_grad, model=model, loss=loss,
@@ -96,9 +107,12 @@ def tbptt_epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, stream: Batc
   ``fold_in(key, c)``.
 
   Example:
+    >>> import jax, jax.numpy as jnp, optax, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> stream = jaxrnn.Batch(jnp.ones((6, 4, 3)), jnp.ones((6, 4), int))   # 4 streams of 6
     >>> optimizer = optax.adam(1e-2)
     >>> step = jaxrnn.make_tbptt_step(optimizer)
-    >>> result = jaxrnn.tbptt_epoch(step, params, optimizer.init(params), batch, chunk_length=3)
+    >>> result = jaxrnn.tbptt_epoch(step, params, optimizer.init(params), stream, chunk_length=3)
     >>> result.losses.shape                      # T = 6 steps in 2 chunks
     (2,)
   """

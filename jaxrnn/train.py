@@ -50,6 +50,15 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
     clip_norm: the norm to clip to (``> 0``); ``None``: no clipping stage;
       ``inf``: a stage that never clips (the state keeps its structure).
     **kwargs: finite numbers passed to the optimizer (e.g. ``momentum``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> optimizer = jaxrnn.make_optimizer("sgd", 0.1, clip_norm=1.0, momentum=0.9)
+    >>> grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)   # norm >> 1
+    >>> updates, _ = optimizer.update(grads, optimizer.init(params))
+    >>> round(float(optax.tree.norm(updates)), 4)    # clipped to norm 1, then times 0.1
+    0.1
   """
   checks.check_choice("optimizer", name, OPTIMIZERS)
   if not callable(learning_rate):
@@ -89,6 +98,10 @@ def loss_and_grad(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSp
   local device that divides ``B``, or ``None``: one device) splits the batch.
 
   Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> batch = jaxrnn.Batch(jax.random.normal(jax.random.key(1), (6, 4, 3)),  # xs [T, B, I]
+    ...                      jnp.ones((6, 4), int))                         # targets [T, B]
     >>> value, grads = jaxrnn.loss_and_grad(params, batch)
     >>> grads.layers[0][0].W_hh.shape
     (5, 5)
@@ -125,6 +138,10 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
       ``None``: one device.
 
   Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> batch = jaxrnn.Batch(jax.random.normal(jax.random.key(1), (6, 4, 3)),  # xs [T, B, I]
+    ...                      jnp.ones((6, 4), int))                         # targets [T, B]
     >>> optimizer = jaxrnn.make_optimizer("adam", 1e-2, clip_norm=1.0)
     >>> step = jaxrnn.make_train_step(optimizer)
     >>> params, opt_state, metrics = step(params, optimizer.init(params), batch)
@@ -200,6 +217,10 @@ def evaluate(params: RNNParams, batch: Batch, *, model: ModelSpec = ModelSpec(),
   :func:`jaxrnn.sequence_loss`'s; ``mesh`` splits the batch, as :func:`make_train_step`'s.
 
   Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> batch = jaxrnn.Batch(jax.random.normal(jax.random.key(1), (6, 4, 3)),  # xs [T, B, I]
+    ...                      jnp.ones((6, 4), int))                         # targets [T, B]
     >>> sorted(jaxrnn.evaluate(params, batch))
     ['accuracy', 'loss']
   """
@@ -214,7 +235,18 @@ def make_eval_step(*, model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(
                    compute: ComputeSpec = ComputeSpec(),
                    mesh: Any = "auto") -> Callable[[RNNParams, Batch], Metrics]:
   """``jax.jit`` of :func:`evaluate` for fixed specs and ``mesh`` (as :func:`make_train_step`'s):
-  ``(params, batch) -> metrics``."""
+  ``(params, batch) -> metrics``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> batch = jaxrnn.Batch(jnp.ones((6, 4, 3)), jnp.ones((6, 4), int),
+    ...                      lengths=jnp.array([6, 5, 2, 1]))
+    >>> eval_step = jaxrnn.make_eval_step(loss=jaxrnn.LossSpec(reduction="mean"))
+    >>> metrics = eval_step(params, batch)                 # compiled on its first call
+    >>> sorted(metrics)
+    ['accuracy', 'loss']
+  """
   check_specs(None, model, loss, compute)
   parallel.resolve(mesh, 0)
   mesh = mesh if mesh is None or isinstance(mesh, str) else parallel.as_mesh(mesh)
@@ -262,6 +294,10 @@ def fit(params: RNNParams, opt_state: Any, train_step: Step,
       and ``callback`` is not called for it (nothing non-finite is saved).
 
   Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> batch = jaxrnn.Batch(jax.random.normal(jax.random.key(1), (6, 4, 3)),  # xs [T, B, I]
+    ...                      jnp.ones((6, 4), int))                         # targets [T, B]
     >>> optimizer = jaxrnn.make_optimizer("adam", 1e-2)
     >>> step = jaxrnn.make_train_step(optimizer)
     >>> result = jaxrnn.fit(params, optimizer.init(params), step, [batch] * 3, 3, progress=False)

@@ -116,6 +116,7 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   fewer sequences than devices, time (:func:`jaxrnn.split_time`, which also reports how).
 
   Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
     >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
     >>> hs, ys, final = jaxrnn.unroll(params, jnp.ones((4, 7, 3)),
     ...                               lengths=jnp.array([4, 2, 0, 1, 4, 3, 3]))
@@ -142,7 +143,15 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
 def unroll_batch_first(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
                        lengths: jax.Array | None = None, **kwargs) -> Outputs:
   """:func:`unroll` for batch-first ``xs [B, T, I]``: ``hs [B, T, D*H]``, ``ys [B, T, O]``;
-  ``h0`` and ``final`` stay ``[L*D, B, H]``, as torch's with ``batch_first=True``."""
+  ``h0`` and ``final`` stay ``[L*D, B, H]``, as torch's with ``batch_first=True``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
+    >>> hs, ys, final = jaxrnn.unroll_batch_first(params, jnp.ones((7, 4, 3)))  # [B, T, I]
+    >>> hs.shape, ys.shape, final.shape
+    ((7, 4, 5), (7, 4, 2), (1, 7, 5))
+  """
   checks.check_shape("xs", xs, "[B, T, I]", (None, None, None))
   hs, ys, final = unroll(params, jnp.swapaxes(xs, 0, 1), h0, lengths, **kwargs)
   return Outputs(jnp.swapaxes(hs, 0, 1), jnp.swapaxes(ys, 0, 1), final)
