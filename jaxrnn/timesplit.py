@@ -210,6 +210,7 @@ def split_time(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None, *,
     :class:`TimeSplit` ``(hs [T, B, D*H], ys [T, B, O], final [L*D, B, H], stats)``.
 
   Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
     >>> params = jaxrnn.init_params(jax.random.key(0), 3, 5, 2)
     >>> hs, ys, final, stats = jaxrnn.split_time(params, jnp.ones((50, 1, 3)), mesh=1)
     >>> ys.shape, int(stats.iterations[0]), bool(stats.fell_back[0])

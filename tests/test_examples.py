@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "jaxrnn"
 LAYER_CLASSES = (("nnx", "RNN"), ("equinox", "RNN"))
 """The public classes of the optional layer modules, imported on their own (not from jaxrnn)."""
-RETURNED = {"RNNParams", "CellParams", "Outputs", "FitResult", "TBPTTResult", "GradientFlow"}
+RETURNED = {"RNNParams", "CellParams", "Outputs", "FitResult", "TBPTTResult", "GradientFlow",
+            "TimeSplit", "SplitStats"}
 """Exported classes a user gets from a function (whose example shows them) rather than builds."""
 
 

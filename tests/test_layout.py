@@ -6,11 +6,12 @@
 * no function takes more than 8 parameters;
 * the step equation, the read-out, the time flip and the activation tables
   are each written once, in ``jaxrnn/cell.py``;
-* the package stays small (``wc -l``): the library at most 3,300 lines, the application
+* the package stays small (``wc -l``): the library at most 3,500 lines, the application
   (``jaxrnn/app/``) at most 1,800 (3,800 in all at the renovation of 0.3.0; since then the
   application has grown by the coordinator of multi-process jobs, ``jaxrnn/app/job.py``, a help
   line per option and the long-sequence gradients command; the library by the Flax and Equinox
-  layers, the Lyapunov exponents, the memory rule and the time split of 0.4.0).
+  layers, the Lyapunov exponents, the memory rule, the time split and the runnable docstring
+  examples of 0.4.0).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ MAX_PARAMETERS = 8
 LAYER_CONSTRUCTORS = {"jaxrnn/nnx.py": "__init__", "jaxrnn/equinox.py": "__init__"}
 """Exempt from :data:`MAX_PARAMETERS`: the Flax and Equinox layers' constructors take the keywords
 of ``torch.nn.RNN`` and Keras (issue 26), as the layers they stand in for do."""
-MAX_LINES = {"library": 3300, "application": 1800}
+MAX_LINES = {"library": 3500, "application": 1800}
 HOME = "cell.py"
 """Where the step, the read-out, the flip and the activation tables live."""
 
