@@ -28,7 +28,8 @@ def dropout_stream(rngs: nnx.Rngs | None, model: ModelSpec) -> nnx.RngStream | N
 class RNN(nnx.Module):
   """An Elman RNN of ``num_layers`` layers, one or two directions and an optional read-out.
 
-  ``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-+1} + b_h^{l,d})``,
+  ``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-1} + b_h^{l,d})`` (``t+1``
+  in the reverse direction),
   ``y_t = out_act(W_hy x^L_t + b_y)``: the model of :func:`jaxrnn.unroll`, whose
   arguments the constructor takes as ``torch.nn.RNN`` does.
 

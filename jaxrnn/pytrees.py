@@ -2,7 +2,8 @@
 
 Layer ``l`` has one Elman RNN per direction ``d`` (0 forward in time, 1
 backward), each with the seed's three arrays, and the read-out is shared:
-``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-+1} + b_h^{l,d})``,
+``h^{l,d}_t = act(W_xh^{l,d} x^l_t + W_hh^{l,d} h^{l,d}_{t-1} + b_h^{l,d})`` (``t+1`` for
+``d = 1``),
 ``x^0_t = x_t``, ``x^{l+1}_t = [h^{l,0}_t; h^{l,1}_t]``, ``y_t = out_act(W_hy x^L_t + b_y)``.
 With ``L = D = 1`` this is the seed's model.
 """
