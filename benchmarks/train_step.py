@@ -154,9 +154,11 @@ def run_jaxrnn_step(problem: Problem, train_step: Callable, mesh: Any = None) ->
 
 
 def make_jaxrnn(problem: Problem, gradient: str) -> Callable[[], float]:
-  """:func:`jaxrnn.make_train_step` with ``gradient`` and a summed cross-entropy."""
+  """:func:`jaxrnn.make_train_step` with ``gradient`` and a summed cross-entropy, on one device
+  (``mesh=None``: the default ``"auto"`` would split over the process's devices)."""
   return run_jaxrnn_step(problem, jaxrnn.make_train_step(
-      optax.adam(LEARNING_RATE), loss=LOSS, compute=jaxrnn.ComputeSpec(gradient=gradient)))
+      optax.adam(LEARNING_RATE), loss=LOSS, compute=jaxrnn.ComputeSpec(gradient=gradient),
+      mesh=None))
 
 
 def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
