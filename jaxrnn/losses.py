@@ -13,6 +13,7 @@ cannot be checked, a class outside ``[0, O)``, a length outside ``[0, T]`` or a
 """
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -23,8 +24,9 @@ from jaxrnn import checks
 from jaxrnn.cell import output_activation, output_logits
 from jaxrnn.dropout import DropoutMasks, draw_masks
 from jaxrnn.pytrees import Batch, RNNParams, Shape, shape_of
-from jaxrnn.spec import (ComputeSpec, LossSpec, ModelSpec, check_specs, precision_scope,
-                         resolve_checkpoint)
+from jaxrnn.recurrence import STATES
+from jaxrnn.spec import (ComputeSpec, LossSpec, ModelSpec, check_specs, fused_chunk,
+                         precision_scope, resolve_checkpoint)
 from jaxrnn.unroll import forward
 
 
@@ -128,8 +130,8 @@ def to_chunks(x: jax.Array, chunk_size: int) -> jax.Array:
 
 
 def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
-                 loss: LossSpec, compute: ComputeSpec,
-                 chunk_size: int) -> tuple[jax.Array, jax.Array]:
+                 loss: LossSpec, compute: ComputeSpec, chunk_size: int,
+                 keep_states: bool = False) -> tuple[jax.Array, jax.Array]:
   """``(L, final)`` with each chunk of ``k = chunk_size`` steps rematerialised.
 
   A ``lax.scan`` over chunks carries every layer's state; each chunk's
@@ -137,6 +139,13 @@ def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: Model
   ``~T/k + k`` for one extra forward pass. ``T`` is padded to a multiple of
   ``k`` with frozen, zero-weight steps; the dropout masks are the whole
   sequence's, so the numbers are the unchunked loss's.
+
+  ``keep_states`` (for ``compute.gradient="fused"``): the checkpoint keeps
+  every layer's states (the :data:`jaxrnn.recurrence.STATES` of
+  :func:`jaxrnn.recurrence.fused_layer`) and recomputes only the read-out and
+  the loss: no extra forward pass, memory ``~T`` states ``+ k``, and the
+  backward pass forms ``dL/dh_t`` and runs the ``delta`` recursion one chunk
+  at a time.
   """
   num_steps, size = batch.xs.shape[:2]
   mask = problem.mask
@@ -148,7 +157,9 @@ def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: Model
   chunks = jax.tree.map(lambda x: to_chunks(x, chunk_size), sequences)
   inner = dataclasses.replace(compute, checkpoint_every=None)
 
-  @jax.checkpoint
+  policy = jax.checkpoint_policies.save_only_these_names(STATES) if keep_states else None
+
+  @functools.partial(jax.checkpoint, policy=policy)
   def chunk_loss(h, chunk):
     xs_c, targets_c, weights_c, mask_c, between_c = chunk                # [k, B, ...]
     masks_c = None if masks is None else masks._replace(between=between_c)
@@ -163,12 +174,18 @@ def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: Model
 def loss_body(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
               loss: LossSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
   """``(L, final)`` on checked inputs: the one loss body of every path (split, chunked, TBPTT),
-  chunked as :func:`jaxrnn.spec.resolve_checkpoint` decides."""
+  chunked as :func:`jaxrnn.spec.resolve_checkpoint` decides, or, where every state is stored,
+  as :func:`jaxrnn.spec.fused_chunk` does (keeping the states)."""
   num_steps, size = batch.xs.shape[:2]
-  chunk_size = resolve_checkpoint(compute, shape_of(params), num_steps, size,
+  shape = shape_of(params)
+  chunk_size = resolve_checkpoint(compute, shape, num_steps, size,
                                   jnp.dtype(compute.dtype or params.W_hy.dtype).itemsize)
   if chunk_size is not None:
     return chunked_loss(params, batch, problem, model, loss, compute, chunk_size)
+  stored_chunk = fused_chunk(shape, num_steps, compute.gradient)
+  if stored_chunk is not None:
+    return chunked_loss(params, batch, problem, model, loss, compute, stored_chunk,
+                        keep_states=True)
   z, final = logits(params, batch, problem, model, compute)              # [T, B, O]
   return weighted_sum(problem.weights, step_losses(z, batch.targets, model, loss)), final
 

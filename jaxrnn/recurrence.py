@@ -5,18 +5,24 @@ runs step by step, in ``lax.scan`` or in the Pallas kernels of
 :mod:`jaxrnn.kernels` (``ComputeSpec.recurrence`` picks). A step past a
 sequence's end (mask ``m_t = 0``) freezes the state,
 ``h_t = m_t act(a_t + W_hh h_{t-1}) + (1 - m_t) h_{t-1}``. :func:`fused_layer`
-is a layer whose gradient is the hand-derived backward recursion.
+is a layer whose gradient is the hand-derived backward recursion; its states
+carry the :data:`STATES` name, which the chunked loss
+(:func:`jaxrnn.losses.chunked_loss`) keeps while recomputing the rest.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxrnn import kernels
 from jaxrnn.cell import activation_derivative, step
 from jaxrnn.pytrees import CellParams
 from jaxrnn.spec import ComputeSpec, ModelSpec, precision_scope
+
+STATES = "states"
+"""The ``jax.ad_checkpoint.checkpoint_name`` of the states :func:`fused_layer` stores."""
 
 
 def scan_hidden(pre: jax.Array, W_hh: jax.Array, h0: jax.Array, mask: jax.Array | None,
@@ -126,9 +132,9 @@ def fused_layer(xs: jax.Array, cell: CellParams, h0: jax.Array, mask: jax.Array 
                 model: ModelSpec, compute: ComputeSpec) -> jax.Array:
   """One layer's ``h_t = act(W_xh x_t + b_h + W_hh h_{t-1})`` whose gradient is the hand-derived BPTT.
 
-  The forward pass saves only ``hs = [h_1..h_T] [T, B, H]``; the backward
-  pass runs the ``delta`` recursion (:func:`chain_backward`), then the weight
-  gradients (:func:`weight_gradients`) and ``dL/dx_t = W_xh^T delta_t``.
+  The forward pass saves only ``hs = [h_1..h_T] [T, B, H]`` (named :data:`STATES`);
+  the backward pass runs the ``delta`` recursion (:func:`chain_backward`), then
+  the weight gradients (:func:`weight_gradients`) and ``dL/dx_t = W_xh^T delta_t``.
   ``xs [T, B, I]``, ``h0 [B, H]``; the rest as :func:`scan_hidden`'s.
   """
   return _fused_fwd(xs, cell, h0, mask, model, compute)[0]
@@ -137,7 +143,8 @@ def fused_layer(xs: jax.Array, cell: CellParams, h0: jax.Array, mask: jax.Array 
 def _fused_fwd(xs, cell, h0, mask, model, compute):
   with precision_scope(compute):
     projected = xs @ cell.W_xh.T                                         # [T, B, H]
-  hs = chain_forward(projected, cell.W_hh, h0, mask, model, compute, cell.b_h)
+  hs = checkpoint_name(chain_forward(projected, cell.W_hh, h0, mask, model, compute, cell.b_h),
+                       STATES)
   return hs, (xs, cell, hs, h0, mask)
 
 

@@ -212,20 +212,44 @@ def check_specs(shape: Shape | None, model: Any, loss: Any = None, compute: Any 
 
 
 STATES_PER_CELL = 3
-"""``[T, B, H]`` arrays of each cell that a gradient step needs at its peak: the states, their
-gradient ``dL/dh_t`` and ``delta_t``. XLA's temp of the fused step holds about 4.5 today
-(a transposed copy of ``delta`` and the shifted states too; ``benchmarks/scaling.py``),
-which :data:`FUSED_MEMORY_SHARE` absorbs."""
+"""``[T, B, H]`` arrays of each cell that a gradient step over a whole sequence needs at its
+peak: the states, their gradient ``dL/dh_t`` and ``delta_t``. XLA's temp of the fused step
+holds about 4.5 (a transposed copy of ``delta`` and the shifted states too;
+``benchmarks/scaling.py``), which :data:`FUSED_MEMORY_SHARE` absorbs."""
 FUSED_STEPS_LIMIT = 512
 """``T`` above which the chunked step is faster than the fused one (its chunks stay in cache).
 Measured on a 2-core Xeon (B = 16, I = 32, H = 128, float32, interleaved): chunked / fused
-time 1.16 at T = 500, 0.83 at T = 600, 0.54 at T = 1,000."""
+time 1.16 at T = 500, 0.83 at T = 600, 0.54 at T = 1,000. Past it, a fused step that
+stores every state runs in chunks too (:func:`fused_chunk`)."""
 FUSED_MEMORY_SHARE = 0.5
 """The share of the device's memory the fused step may take before the chunked one is chosen."""
+FUSED_CHUNK = 64
+"""The most steps per chunk of a fused step past :data:`FUSED_STEPS_LIMIT` (:func:`fused_chunk`).
+Measured as :data:`FUSED_STEPS_LIMIT` (B = 16 and 32, T = 1,000 and 3,000): chunks of 32 to 128
+take 0.7 to 0.9 of the unchunked step's CPU time; XLA's temp is about ``T B H`` plus a copy of
+the inputs plus a share ``~ 4 FUSED_CHUNK / T`` more."""
+
+
+def fused_chunk(shape: Shape, num_steps: int, gradient: Gradient = "fused") -> int | None:
+  """Steps per chunk of a gradient step that stores every state, or ``None``.
+
+  ``None`` (the whole sequence at once) unless ``gradient == "fused"``, for a
+  bidirectional model and where ``T <= FUSED_STEPS_LIMIT``; else the step
+  stores every layer's states but runs the read-out, the loss and the backward
+  recursion chunk by chunk
+  (:func:`jaxrnn.losses.chunked_loss` with ``keep_states``), so the gradient
+  reaching the states, ``delta`` and the logits never exist for all ``T`` at
+  once: chunks of ``ceil(T / ceil(T / FUSED_CHUNK)) <= FUSED_CHUNK`` steps, the
+  fewest with the least padding.
+  """
+  if gradient != "fused" or shape.num_directions == 2 or num_steps <= FUSED_STEPS_LIMIT:
+    return None
+  return -(-num_steps // -(-num_steps // FUSED_CHUNK))
 
 
 def step_memory(shape: Shape, num_steps: int, batch: int, itemsize: int,
-                checkpoint_every: int | None, training: bool = True) -> int:
+                checkpoint_every: int | None, training: bool = True,
+                gradient: Gradient = "fused") -> int:
   """Bytes a step of ``T = num_steps`` by ``B = batch`` sequences holds at its peak, roughly.
 
   ``itemsize * (n P + T B (I + O) + activations)``: the ``P`` parameters
@@ -234,7 +258,10 @@ def step_memory(shape: Shape, num_steps: int, batch: int, itemsize: int,
 
   * forward only (``training=False``): ``T B (L D H + O)``, every layer's states and the logits;
   * ``checkpoint_every=None``: ``T B (3 L D H + 2 O)``
-    (:data:`STATES_PER_CELL` arrays per cell, the logits and their gradient);
+    (:data:`STATES_PER_CELL` arrays per cell, the logits and their gradient), or where
+    the step of ``gradient`` runs in chunks of ``c`` (:func:`fused_chunk`) ``T B L D H`` for
+    the states, one chunk's ``c B (3 L D H + 2 O)`` and ``T B (I + O)`` for the padded
+    chunks of data;
   * ``checkpoint_every=k``: ``ceil(T/k) B L D H`` for the kept states, one
     chunk's ``k B (3 L D H + 2 O)`` and ``T B (I + O)`` for the padded chunks of data.
   """
@@ -244,13 +271,14 @@ def step_memory(shape: Shape, num_steps: int, batch: int, itemsize: int,
                 * (inputs + (shape.num_layers - 1) * width) + outputs * (width + 1))
   data = num_steps * batch * (inputs + outputs)
   per_step = batch * (STATES_PER_CELL * cells * hidden + 2 * outputs)
+  chunk = fused_chunk(shape, num_steps, gradient) if checkpoint_every is None else checkpoint_every
   if not training:
     activations = num_steps * batch * (cells * hidden + outputs)
-  elif checkpoint_every is None:
+  elif chunk is None:
     activations = num_steps * per_step
   else:
-    activations = (-(-num_steps // checkpoint_every) * batch * cells * hidden
-                   + checkpoint_every * per_step + data)
+    kept = num_steps if checkpoint_every is None else -(-num_steps // checkpoint_every)
+    activations = kept * batch * cells * hidden + chunk * per_step + data
   return itemsize * ((4 if training else 1) * num_params + data + activations)
 
 

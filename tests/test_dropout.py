@@ -223,6 +223,23 @@ def test_fused_gradient_with_dropout_equals_autodiff(num_layers, bidirectional):
   assert float(jnp.max(jnp.abs(fused[1][0].W_hy))) > 1e-3           # a non-trivial gradient
 
 
+def test_fused_step_in_chunks_keeping_every_state_with_dropout_equals_autodiff(monkeypatch):
+  """A 2-layer fused step past ``FUSED_STEPS_LIMIT`` (lowered to 4 here: T = 6 runs in 2 chunks
+  of 3, every state kept) gives autodiff's numbers over the whole sequence with the same key
+  (every kind of dropout, lengths and a target mask)."""
+  monkeypatch.setattr(jaxrnn.spec, "FUSED_STEPS_LIMIT", 4)
+  monkeypatch.setattr(jaxrnn.spec, "FUSED_CHUNK", 4)
+  prob = random_problem(7, T, B, num_layers=2, masked=True)
+  assert jaxrnn.spec.fused_chunk(jaxrnn.pytrees.shape_of(prob.params), T) == 3
+  key, spec = jax.random.key(11), jaxrnn.LossSpec(reduction="mean")
+  retraced = jax.jit(value_and_grad.__wrapped__, static_argnames=("model", "loss", "compute"))
+  fused, autodiff = (retraced(prob.params, prob.batch, prob.h0, key, RATES, spec,
+                              jaxrnn.ComputeSpec(gradient=g, checkpoint_every=None))
+                     for g in ("fused", "autodiff"))
+  chex.assert_trees_all_close(fused, autodiff, rtol=1e-10, atol=1e-13)
+  assert float(jnp.max(jnp.abs(fused[1][0].layers[0][0].W_hh))) > 1e-3
+
+
 def test_loss_and_grad_and_the_train_step_apply_the_dropout_of_their_key():
   """The public gradient and the train step draw the masks of ``key`` as unroll does: their loss
   is the reference's sum of cross-entropies with those masks, and no key means no dropout."""

@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl.testing import parameterized
 
@@ -249,6 +250,68 @@ def test_auto_gives_the_numbers_of_none_and_of_k(monkeypatch):
                               strict=True)
 
 
+def test_fused_chunk_rule():
+  """Past ``FUSED_STEPS_LIMIT`` (512) a unidirectional fused step that stores every state runs
+  in chunks of at most ``FUSED_CHUNK`` (64) steps, as few and as even as can be; never a
+  bidirectional one. Its memory estimate is then about the states, not three arrays of them."""
+  chunk = jaxrnn.spec.fused_chunk
+  assert chunk(UNI, 512) is None
+  assert chunk(UNI, 513) == 57                                     # 9 chunks
+  assert chunk(UNI, 1000) == 63                                    # 16 chunks, 1,008 steps
+  assert chunk(UNI, 1024) == 64
+  assert chunk(BI, 10**6) is None
+  per_state = 4 * 10**6 * 32 * 2 * 8                               # T B L H float32
+  assert per_state < jaxrnn.spec.step_memory(UNI, 10**6, 32, 4, None) < 2 * per_state
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_fused_step_past_the_limit_gives_the_reference_loss_and_gradient(num_layers):
+  """``checkpoint_every=None`` at T = 530 (> ``FUSED_STEPS_LIMIT``): every state stored, the
+  read-out, loss and backward recursion run in 9 chunks of 59 (one padding step); loss, final
+  state and gradient (params and h0) are the NumPy reference's (float64)."""
+  num_steps = 530
+  prob = random_problem(41 + num_layers, num_steps, 3, num_layers=num_layers, masked=True)
+  model, spec = jaxrnn.ModelSpec(), jaxrnn.LossSpec("cross_entropy", "mean")
+  compute = jaxrnn.ComputeSpec(checkpoint_every=None)
+  jaxpr = jax.make_jaxpr(lambda p: jaxrnn.sequence_loss(p, prob.batch, prob.h0,
+                                                        compute=compute))(prob.params)
+  assert "remat" in str(jaxpr)                                     # it did run in chunks
+  (value, final), grads = value_and_grad(prob.params, prob.batch, prob.h0, model, spec, compute)
+  want, want_final = reference_loss(prob, model, spec)
+  chex.assert_trees_all_close((value, final), (np.float64(want), want_final), rtol=1e-12,
+                              atol=1e-13, strict=True)
+  want_grads = reference.bptt(reference.as_numpy(prob.params), prob.batch.xs, prob.batch.targets,
+                              prob.h0, prob.batch.lengths, prob.batch.target_mask, "tanh",
+                              "identity", spec.loss, spec.reduction)
+  chex.assert_trees_all_close(grads, want_grads, rtol=1e-10, atol=1e-12)
+  assert np.max(np.abs(np.asarray(grads[0].layers[0][0].W_hh))) > 1e-4
+
+
+def test_fused_train_step_scratch_is_at_most_1_5_times_states_and_inputs():
+  """XLA's temp of the compiled fused train step (``value_and_grad`` + Adam, float32, T =
+  1,000, B = 8, I = 32, H = 128, O = 32, ``checkpoint_every=None``) is at most 1.5x the states
+  and inputs, ``4 T B (H + I)`` bytes (3.6x while ``dL/dh_t``, ``delta``, a transposed copy and
+  the logits were held for all T; 1.30x measured in chunks), and below ``step_memory``."""
+  num_steps, batch, (inputs, hidden, outputs) = 1000, 8, (32, 128, 32)
+  params = random_params(0, (inputs, hidden, outputs), num_layers=1, dtype=jnp.float32)
+  data = jaxrnn.Batch(jnp.zeros((num_steps, batch, inputs), jnp.float32),
+                      jnp.zeros((num_steps, batch), jnp.int32))
+  optimizer = optax.adam(1e-3)
+  compute = jaxrnn.ComputeSpec(checkpoint_every=None, recurrence="scan")
+
+  def step(params, opt_state, batch):
+    (value, _), grads = jax.value_and_grad(jaxrnn.sequence_loss, has_aux=True)(
+        params, batch, compute=compute)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  compiled = jax.jit(step).lower(params, optimizer.init(params), data).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  assert temp <= 1.5 * 4 * num_steps * batch * (hidden + inputs)
+  assert temp < jaxrnn.spec.step_memory(jaxrnn.pytrees.shape_of(params), num_steps, batch, 4,
+                                        None)
+
+
 def test_checkpointing_lowers_compiled_memory():
   """XLA's compiled temp memory of a gradient step: checkpointed well below storing every h_t."""
   num_steps, batch, hidden = 1024, 8, 64
@@ -262,8 +325,9 @@ def test_checkpointing_lowers_compiled_memory():
 
   hs_bytes = num_steps * batch * hidden * 4
   scan = jaxrnn.ComputeSpec(recurrence="scan")          # XLA's buffers (a GPU's kernel is opaque)
-  plain, chunked = temp_bytes(scan), temp_bytes(dataclasses.replace(scan, checkpoint_every=32))
-  assert plain >= hs_bytes                 # measured: 8.65 MB plain, 0.44 MB chunked (k = 32)
+  plain, chunked = (temp_bytes(dataclasses.replace(scan, checkpoint_every=every))
+                    for every in (None, 32))
+  assert plain >= hs_bytes                 # measured: 2.85 MB plain, 0.44 MB chunked (k = 32)
   assert chunked < hs_bytes / 4
 
 

@@ -63,7 +63,7 @@ def check_memory(config: Config) -> None:
   steps = {"copy": 2 * config.seq_len + config.delay, "digits": 64}.get(config.task, config.seq_len)
   itemsize, batch = jnp.dtype(config.dtype).itemsize, config.batch_size
   every = resolve_checkpoint(ComputeSpec(gradient=config.gradient), shape, steps, batch, itemsize)
-  needed = step_memory(shape, steps, batch, itemsize, every)
+  needed = step_memory(shape, steps, batch, itemsize, every, gradient=config.gradient)
   if config.task != "text":
     needed += step_memory(shape, steps, TEST_SEQUENCES, itemsize, None, training=False)
   available = device_memory()
