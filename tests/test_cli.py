@@ -718,8 +718,8 @@ def test_a_text_of_one_letter_trains_to_zero_loss_without_warnings(tmp_path, cap
 
 
 def test_the_progress_bar_times_only_the_steps_after_the_compile(capsys):
-  """The first step compiles: the bar restarts after it, counting the steps left, so no frame
-  shows a rate or an ETA that the compile went into."""
+  """The first step compiles: the bar restarts after it with that step counted (1/6) but not
+  timed, so no frame shows a rate or an ETA that the compile went into, and it ends at 6/6."""
   config = resolve_config("adding", steps=6, seq_len=5, hidden_size=4, batch_size=4,
                           eval_every=6)
   training.train_run(config, None, progress=True)               # the demo's way: no run dir
@@ -728,11 +728,11 @@ def test_the_progress_bar_times_only_the_steps_after_the_compile(capsys):
   assert frames and all(counts), frames
   counts = [(int(m[1]), int(m[2]), m[3], m[4]) for m in counts]
   after_compile = [i for i, f in enumerate(frames) if "loss=" in f][0]   # step 0's frame
-  assert counts[after_compile][:2] == (0, 5), frames                     # restarted: 5 to go
+  assert counts[after_compile] == (1, 6, "?", "?"), frames              # restarted, untimed
   for done, total, eta, rate in counts:
-    assert (eta == "?") == (rate == "?") == (done == 0), frames          # timed steps only
-    assert total == (6 if done == 0 and total == 6 else 5), frames
-  assert counts[-1][:2] == (5, 5), frames
+    assert (eta == "?") == (rate == "?") == (done <= 1), frames          # timed steps only
+    assert total == 6, frames
+  assert counts[-1][:2] == (6, 6), frames
 
 
 def test_checkpoint_of_another_config_is_refused(adding_run, capsys):
