@@ -325,6 +325,30 @@ def long_stream(results: list[Result]) -> str:
   return table(head, rows, "r" * len(head)) + "\n\n" + source(path, payload, extra)
 
 
+LAYER_PAIRS = (("jaxrnn_nnx", "flax_nnx", "nnx"), ("jaxrnn_equinox", "equinox_scan", "equinox"))
+"""(jaxrnn's layer, the framework's own, the framework) of ``layers.py``."""
+
+
+def layers(results: list[Result]) -> str:
+  (path, payload), = results
+  rows = []
+  for name, config in payload["configs"].items():
+    r = config["results"]
+    cells = [f"{name} {sizes(config['sizes'])}", number(r["jaxrnn_step"]["ms"])]
+    for ours, own, framework in LAYER_PAIRS:
+      p = config["pairs"][framework]
+      cells += [number(r[ours]["ms"]), number(r[own]["ms"]),
+                f"{number(p['speedup_over_own'])} / {number(p['cpu_speedup_over_own'])}",
+                f"{number(p['over_functional'], 3)} / {number(p['cpu_over_functional'], 3)}"]
+    rows.append(cells)
+  head = ["config (T, B, I, H, O)", "functional step ms", "`jaxrnn.nnx` ms", "Flax `nnx.RNN` ms",
+          "Flax / `jaxrnn.nnx` (wall / CPU)", "`jaxrnn.nnx` / functional (wall / CPU)",
+          "`jaxrnn.equinox` ms", "Equinox scan ms", "scan / `jaxrnn.equinox` (wall / CPU)",
+          "`jaxrnn.equinox` / functional (wall / CPU)"]
+  rounds = f"median of {payload['rounds']} rounds after {payload['warmup']} warm-up, one device"
+  return table(head, rows, "l" + "r" * (len(head) - 1)) + "\n\n" + source(path, payload, rounds)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[Result]], str]]] = {
     "train_step": ("train_step*.json", newest, train_step),
     "split_threshold": ("split_threshold*.json", newest, split_threshold),
@@ -335,6 +359,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[R
     "compare_release": ("compare_release*.json", newest_per_devices, compare_release),
     "gpu": ("gpu*.json", newest_per_config, gpu),
     "long_stream": ("long_stream*.json", newest, long_stream),
+    "layers": ("layers*.json", newest, layers),
 }
 """Name -> (results pattern, which results to use, renderer)."""
 

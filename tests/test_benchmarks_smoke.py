@@ -9,7 +9,8 @@ is log rho(W_hh) where its state dies out and near mean-field theory where it
 is chaotic, and the theory meets its Monte-Carlo estimate and its series near
 g = 1; the forward-only and generation paths agree with torch; the long-stream
 split agrees with the sequential chain; the GPU script's scan and kernel rows
-agree with its float64 oracle.
+agree with its float64 oracle; the Flax NNX and Equinox layers, each framework's own RNN and
+jaxrnn's functional step train the same model to the same loss.
 The scripts write their JSON into a temporary folder, not ``benchmarks/results/``.
 """
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import common  # noqa: E402
 import train_step  # noqa: E402
 
-SCRIPTS = ("chaos", "common", "compare_release", "gpu", "inference", "irnn_adding",
+SCRIPTS = ("chaos", "common", "compare_release", "gpu", "inference", "irnn_adding", "layers",
            "long_stream", "scaling", "train_step")
 SIZES = (6, 3, 4, 8, 5)   # (T, B, I, H, O)
 
@@ -225,6 +226,26 @@ def test_inference_quick_run_agrees_with_torch(results):
   assert set(payload["throughput"]) == {"jaxrnn_unroll", "jaxrnn_infer", "torch"}
   assert set(payload["generation"]) == {"jaxrnn_loop", "jaxrnn_scan", "torch_loop"}
   assert written(results, "inference_quick")["tokens"] == 10
+
+
+def test_layers_quick_run_trains_the_same_model_every_way(results):
+  """``layers.py --quick``: the five steps start from the same loss, near ``T B log O``; the
+  ratios are those of the medians."""
+  pytest.importorskip("flax", reason="needs Flax: pip install -e '.[flax]'")
+  pytest.importorskip("equinox", reason="needs Equinox: pip install -e '.[equinox]'")
+  import layers  # pylint: disable=import-outside-toplevel
+  payload = layers.main(["--quick"])
+  config = payload["configs"]["tiny"]
+  r, nnx = config["results"], config["pairs"]["nnx"]
+  assert set(r) == set(layers.IMPLS) and all(len(x["times_ms"]) == 2 for x in r.values())
+  T, B, _, _, O = train_step.QUICK_CONFIGS["tiny"]
+  first = r["jaxrnn_step"]["first_loss"]
+  assert 0.5 * T * B * np.log(O) < first < 2 * T * B * np.log(O)
+  np.testing.assert_allclose([x["first_loss"] for x in r.values()], first, rtol=1e-5)
+  assert nnx["speedup_over_own"] == r["flax_nnx"]["ms"] / r["jaxrnn_nnx"]["ms"]
+  assert nnx["over_functional"] == r["jaxrnn_nnx"]["ms"] / r["jaxrnn_step"]["ms"]
+  assert written(results, "layers_quick")["configs"]["tiny"]["sizes"] == dict(
+      zip("TBIHO", train_step.QUICK_CONFIGS["tiny"]))
 
 
 def test_gpu_script_quick_rows_agree_with_the_float64_oracle(results):
