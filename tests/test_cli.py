@@ -981,14 +981,20 @@ JOB = ["--steps", "1200", "--save-every", "300", "--seq-len", "10", "--hidden-si
 
 
 def free_port():
-  """A loopback port free with its successor (a job's process 0 listens on both)."""
-  while True:
-    with socket.socket() as s:
+  """A loopback port free with its successor (a job's process 0 listens on both), ``2 w`` modulo
+  4 on xdist worker ``w`` (``gw0``, ``gw1``): two workers' jobs never share a port, so a process
+  cannot greet the other worker's job or its JAX service at ``PORT + 1``."""
+  worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+  with contextlib.ExitStack() as held:   # held open, so each bind gets another port
+    while True:
+      s = held.enter_context(socket.socket())
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
-    with socket.socket() as s:
-      if s.connect_ex(("127.0.0.1", port + 1)) != 0:
-        return port
+      if port % 4 != 2 * (worker % 2):
+        continue
+      with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port + 1)) != 0:
+          return port
 
 
 def listening():
