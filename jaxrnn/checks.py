@@ -174,6 +174,16 @@ def check_inputs(params: Any, xs: Any, h0: Any, lengths: Any,
   return shape, check_h0(h0, shape, batch, dtype), lengths_mask(lengths, num_steps, batch, dtype)
 
 
+def device_mesh(name: str, num_devices: int | None, axis: str) -> Any:
+  """A 1-D ``jax.sharding.Mesh`` named ``axis`` over the first ``num_devices`` devices (all for
+  ``None``); ``ValueError`` naming ``name`` unless it is an int from 1 to the device count."""
+  if num_devices is not None:
+    check_int(name, num_devices)
+    if num_devices > jax.device_count():
+      raise ValueError(f"{name}={num_devices} but only {jax.device_count()} devices exist")
+  return jax.sharding.Mesh(jax.devices()[:num_devices], (axis,))
+
+
 def device_memory() -> int:
   """Bytes of memory of JAX's default device: its allocator's limit, or the machine's RAM."""
   stats = jax.local_devices()[0].memory_stats() or {}

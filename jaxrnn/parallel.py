@@ -23,11 +23,7 @@ ROWS = P(None, AXIS)                # a [T, B, ...] or [L*D, B, H] array, split 
 
 def batch_mesh(num_devices: int | None = None) -> Mesh:
   """A 1-D mesh named ``"batch"`` over the first ``num_devices`` devices (all when ``None``)."""
-  if num_devices is not None:
-    checks.check_int("num_devices", num_devices)
-    if num_devices > jax.device_count():
-      raise ValueError(f"num_devices={num_devices} but only {jax.device_count()} devices exist")
-  return Mesh(jax.devices()[:num_devices], (AXIS,))
+  return checks.device_mesh("num_devices", num_devices, AXIS)
 
 
 def as_mesh(mesh: Mesh | int | None) -> Mesh:

@@ -71,11 +71,7 @@ def time_mesh(mesh: Mesh | int | None) -> Mesh:
   """``mesh`` (a 1-D ``Mesh``, or a device count: a mesh named ``"time"`` over the first
   ``mesh`` devices; ``None``: all of them), checked."""
   if not isinstance(mesh, Mesh):
-    if mesh is not None:
-      checks.check_int("mesh", mesh)
-      if mesh > jax.device_count():
-        raise ValueError(f"mesh={mesh} devices but only {jax.device_count()} exist")
-    return Mesh(jax.devices()[:mesh], (AXIS,))
+    return checks.device_mesh("mesh", mesh, AXIS)
   if len(mesh.axis_names) != 1:
     raise ValueError(f"mesh must have one axis to split over, got axes {mesh.axis_names}")
   return mesh
