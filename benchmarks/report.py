@@ -114,7 +114,8 @@ def train_step(results: list[Result]) -> str:
   impls = list(next(iter(configs.values()))["results"])
   ours = [i for i in impls if i.startswith("jaxrnn")]
   labels = {"jaxrnn_fused": "jaxrnn, 1 device", "jaxrnn_all_cores": f"jaxrnn, {devices} devices",
-            "jaxrnn_autodiff": "jaxrnn autodiff", "torch": "torch", "flax": "Flax",
+            "jaxrnn_autodiff": "jaxrnn autodiff", "jaxrnn_readme": "jaxrnn, README step",
+            "torch": "torch", "flax": "Flax",
             "numpy": "NumPy"}
   which = " / ".join(labels[i].removeprefix("jaxrnn, ") for i in ours)
   rows = []
@@ -325,6 +326,23 @@ def long_stream(results: list[Result]) -> str:
   return table(head, rows, "r" * len(head)) + "\n\n" + source(path, payload, extra)
 
 
+def xla_cpu_flags(results: list[Result]) -> str:
+  (path, payload), = results
+  parts = []
+  for name, config in payload["configs"].items():
+    rows = [[f"`{option}`", f"`{r['flags']}`" if r["flags"] else "(none)",
+             *([number(r["ms"]), number(r["cores_busy"]), number(r["speedup"]),
+                f"{r['loss_difference']:.1e}"] if "ms" in r else [r["error"], "", "", ""])]
+            for option, r in config["results"].items()]
+    head = ["option", "`XLA_FLAGS`", "ms/step", "cores busy (CPU / wall)", "default / option",
+            "first loss difference"]
+    parts.append(f"{name} {sizes(config['sizes'])}, one device:\n\n"
+                 + table(head, rows, "llrrrr"))
+  extra = (f"one process per option and round, {payload['rounds']} rounds in a fresh order each, "
+           f"median of {payload['steps']} steps after {payload['warmup']} warm-up in each")
+  return "\n\n".join(parts) + "\n\n" + source(path, payload, extra)
+
+
 LAYER_PAIRS = (("jaxrnn_nnx", "flax_nnx", "nnx"), ("jaxrnn_equinox", "equinox_scan", "equinox"))
 """(jaxrnn's layer, the framework's own, the framework) of ``layers.py``."""
 
@@ -360,6 +378,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[R
     "gpu": ("gpu*.json", newest_per_config, gpu),
     "long_stream": ("long_stream*.json", newest, long_stream),
     "layers": ("layers*.json", newest, layers),
+    "xla_cpu_flags": ("xla_cpu_flags*.json", newest, xla_cpu_flags),
 }
 """Name -> (results pattern, which results to use, renderer)."""
 

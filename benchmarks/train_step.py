@@ -17,6 +17,9 @@ loss ``L = sum_t sum_b -log softmax(W_hy h_t + b_y)[target]``, Adam(1e-3):
   every host device (one chain per core, one ``psum`` of the gradients).
 * ``jaxrnn_autodiff``: the same with ``ComputeSpec(gradient="autodiff")``
   (``jax.grad`` through ``lax.scan``), one device.
+* ``jaxrnn_readme``: the README's step, ``make_train_step(...)`` with its
+  default ``mesh="auto"`` on a batch of plain arrays (split by the step on
+  every call), with ``jax_num_cpu_devices`` set as the README does.
 * ``torch``: ``torch.nn.RNN`` + ``nn.Linear`` + ``torch.optim.Adam`` with
   torch's default intra-op threads (every core).
 * ``flax``: ``flax.linen.RNN(nn.SimpleCell)`` + ``nn.Dense`` + ``optax.adam``, jit.
@@ -73,7 +76,7 @@ QUICK_CONFIGS = {"tiny": (12, 4, 5, 16, 5)}
 LEARNING_RATE = 1e-3
 LOSS = jaxrnn.LossSpec(loss="cross_entropy", reduction="sum")   # model: jaxrnn.ModelSpec() (tanh)
 IMPLS = ("jaxrnn_fused", "jaxrnn_all_cores", "torch", "flax")
-"""The default rows; ``--impls`` adds ``jaxrnn_autodiff`` and ``numpy``."""
+"""The default rows; ``--impls`` adds ``jaxrnn_autodiff``, ``jaxrnn_readme`` and ``numpy``."""
 
 
 class Weights(NamedTuple):
@@ -172,6 +175,13 @@ def make_jaxrnn_sharded(problem: Problem) -> Callable[[], float]:
   mesh = batch_mesh(jax.device_count())
   return run_jaxrnn_step(problem, jaxrnn.make_train_step(optax.adam(LEARNING_RATE), loss=LOSS,
                                                          mesh=mesh), mesh)
+
+
+def make_jaxrnn_readme(problem: Problem) -> Callable[[], float]:
+  """The README's step as a user writes it: ``make_train_step(optax.adam(...), loss=...)`` with
+  the default ``mesh="auto"`` (the batch split over every device that divides it) and a batch of
+  plain arrays, which the step itself splits on every call."""
+  return run_jaxrnn_step(problem, jaxrnn.make_train_step(optax.adam(LEARNING_RATE), loss=LOSS))
 
 
 def make_torch(problem: Problem) -> Callable[[], float]:
@@ -286,6 +296,7 @@ MAKERS: dict[str, Callable[[Problem], Callable[[], float]]] = {
     "jaxrnn_fused": lambda problem: make_jaxrnn(problem, "fused"),
     "jaxrnn_autodiff": lambda problem: make_jaxrnn(problem, "autodiff"),
     "jaxrnn_all_cores": make_jaxrnn_sharded,
+    "jaxrnn_readme": make_jaxrnn_readme,
     "torch": make_torch,
     "flax": make_flax,
     "numpy": make_numpy,

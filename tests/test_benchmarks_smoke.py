@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -31,7 +32,7 @@ import common  # noqa: E402
 import train_step  # noqa: E402
 
 SCRIPTS = ("chaos", "common", "compare_release", "gpu", "inference", "irnn_adding", "layers",
-           "long_stream", "scaling", "train_step")
+           "long_stream", "scaling", "train_step", "xla_cpu_flags")
 SIZES = (6, 3, 4, 8, 5)   # (T, B, I, H, O)
 
 
@@ -177,7 +178,7 @@ def test_long_stream_quick_run_splits_and_agrees(tmp_path):
   """In a process of its own (2 host devices): the split of a contractive stream takes one round,
   does not fall back and agrees with the sequential ``infer``; every row is reported."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
   done = subprocess.run([sys.executable, "-c", LONG_STREAM.format(benchmarks=str(BENCHMARKS),
                                                                   results=str(tmp_path))],
                         env=env, capture_output=True, text=True, check=False, timeout=600)
@@ -246,6 +247,21 @@ def test_layers_quick_run_trains_the_same_model_every_way(results):
   assert nnx["over_functional"] == r["jaxrnn_nnx"]["ms"] / r["jaxrnn_step"]["ms"]
   assert written(results, "layers_quick")["configs"]["tiny"]["sizes"] == dict(
       zip("TBIHO", train_step.QUICK_CONFIGS["tiny"]))
+
+
+def test_xla_cpu_flags_quick_run_times_each_option_in_its_own_process(results):
+  """``xla_cpu_flags.py --quick`` with one option besides the default: a process each, the same
+  first loss to float32 rounding (a loss near T B log O = 77; Eigen's threads reorder sums), the
+  default's ratio to itself 1."""
+  import xla_cpu_flags  # pylint: disable=import-outside-toplevel
+  payload = xla_cpu_flags.main(["--quick", "--options", "eigen_single_thread"])
+  rows = payload["configs"]["tiny"]["results"]
+  assert list(rows) == ["default", "eigen_single_thread"], rows
+  for row in rows.values():
+    assert row["ms"] > 0 and row["cpu_ms"] > 0 and row["loss_difference"] < 1e-4, row
+  assert rows["default"]["loss_difference"] == 0 and rows["default"]["speedup"] == 1.0 and len(rows["default"]["rounds_ms"]) == 1
+  assert written(results, "xla_cpu_flags_quick")["configs"]["tiny"]["results"][
+      "eigen_single_thread"]["flags"] == "--xla_cpu_multi_thread_eigen=false"
 
 
 def test_gpu_script_quick_rows_agree_with_the_float64_oracle(results):

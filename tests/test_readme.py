@@ -40,9 +40,6 @@ def run_blocks(sources: list[str]) -> str:
   """Runs ``sources`` cumulatively in one fresh interpreter; returns its stdout."""
   import json  # pylint: disable=import-outside-toplevel
   env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
-  # The examples run eagerly, so most of their time is XLA compiling many tiny
-  # programs; LLVM's optimisations do not pay for themselves there.
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
   result = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(sources),
                           capture_output=True, text=True, env=env, timeout=300,
                           cwd=README.parent, check=False)
@@ -77,7 +74,7 @@ def test_shell_command_lines_parse():
 
 
 def test_the_pages_stay_short():
-  """The README and the benchmarks page are for users: at most 200 and 220 lines (150 until
-  0.4.0 added the transition to chaos and the long stream, a table each)."""
+  """The README and the benchmarks page are for users: at most 200 and 250 lines (150 until
+  0.4.0 added the transition to chaos, the long stream and the XLA:CPU options, a table each)."""
   assert len(README.read_text().splitlines()) <= 200
-  assert len((README.parent / "benchmarks" / "README.md").read_text().splitlines()) <= 220
+  assert len((README.parent / "benchmarks" / "README.md").read_text().splitlines()) <= 250
