@@ -25,6 +25,7 @@ pytest.importorskip("matplotlib")
 import jaxrnn
 from jaxrnn.app import checkpoint, cli, job, plots, rundir, tasks, training
 from jaxrnn.app.config import resolve_config
+from conftest import TEST_XLA_FLAGS
 
 TINY_RUN = ["--seq-len", "4", "--hidden-size", "4", "--batch-size", "4", "--no-progress"]
 """Options of a run that ends at once (for checks that must stop a run before it starts)."""
@@ -976,21 +977,25 @@ def test_devices_beyond_the_machine_or_below_one_is_one_line(tmp_path, capsys):
   assert "--devices must be at least 1" in one_error_line(capsys)
 
 
-JOB = ["--steps", "1200", "--save-every", "300", "--seq-len", "10", "--hidden-size", "8",
-       "--batch-size", "8", "--eval-every", "600", "--no-progress"]
+JOB_STEPS, JOB_SAVE = 600, 200
+"""A job's steps and checkpoint interval: 200 steps are ~120 records past a save before the next
+one, so a kill after the first flush of metrics past a save (~77 records) lands between saves."""
+JOB = ["--steps", str(JOB_STEPS), "--save-every", str(JOB_SAVE), "--seq-len", "10",
+       "--hidden-size", "8", "--batch-size", "8", "--eval-every", "300", "--no-progress"]
 
 
 def free_port():
   """A loopback port free with its successor (a job's process 0 listens on both), ``2 w`` modulo
-  4 on xdist worker ``w`` (``gw0``, ``gw1``): two workers' jobs never share a port, so a process
-  cannot greet the other worker's job or its JAX service at ``PORT + 1``."""
+  ``2 n`` on xdist worker ``w`` of ``n`` (``gw0``, ``gw1``, ...): two workers' jobs never share a
+  port, so a process cannot greet another worker's job or its JAX service at ``PORT + 1``."""
   worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+  workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
   with contextlib.ExitStack() as held:   # held open, so each bind gets another port
     while True:
       s = held.enter_context(socket.socket())
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
-      if port % 4 != 2 * (worker % 2):
+      if port % (2 * workers) != 2 * worker:
         continue
       with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port + 1)) != 0:
@@ -1037,9 +1042,9 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
   """Two processes on loopback (gloo), one CPU device each: a batch that does not split is one
   line in each; a job whose process 1 is killed mid-run stops process 0 with one line at once,
   resumes from the last checkpoint, and ends equal, step by step, to one uninterrupted process
-  with two devices; only process 0 writes metrics.jsonl (steps 1..1200, each once)."""
+  with two devices; only process 0 writes metrics.jsonl (steps 1..600, each once)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
   bad = finished(start_job(["train", "adding", "--run-dir", str(tmp_path / "bad"), *JOB,
                             "--batch-size", "7"], env))
   for code, _, err in bad:
@@ -1052,12 +1057,12 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
   try:
     deadline = time.monotonic() + 240
     metrics = job_dir / "metrics.jsonl"
-    while not ((job_dir / "checkpoints" / "300").exists() and metrics.exists()
-               and last_step(metrics) > 300):
+    while not ((job_dir / "checkpoints" / str(JOB_SAVE)).exists() and metrics.exists()
+               and last_step(metrics) > JOB_SAVE):
       assert all(p.poll() is None for p in processes), processes[0].stderr.read()[-2000:]
       assert time.monotonic() < deadline
       time.sleep(0.01)
-    # Killed between checkpoints (metrics past step 300 reached the file: the first flush after
+    # Killed between checkpoints (metrics past step 200 reached the file: the first flush after
     # the save), so process 0 meets the dead peer in a gradient all-reduce.
     processes[1].kill()
     began = time.monotonic()
@@ -1070,21 +1075,21 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
   assert err.strip().splitlines()[-1].startswith(
       "jaxrnn: training stopped: another process of this job failed"), err[-2000:]
   assert err.strip().endswith("start every process again with jaxrnn resume"), err[-2000:]
-  assert rundir.run_config(job_dir)[1] == 300
+  assert rundir.run_config(job_dir)[1] == JOB_SAVE
 
   resumed = finished(start_job(["resume", str(job_dir), "--no-progress"], env))
   assert [code for code, _, _ in resumed] == [0, 0], resumed[0][2][-2000:] + resumed[1][2][-2000:]
-  assert "steps from step 300" in resumed[0][1] and "test mse" in resumed[0][1]
+  assert f"steps from step {JOB_SAVE}" in resumed[0][1] and "test mse" in resumed[0][1]
   assert resumed[1][1] == "" and "Gloo" not in resumed[0][1]  # process 1 quiet; gloo's notice off
 
   one = subprocess.run([sys.executable, "-m", "jaxrnn", "train", "adding", "--run-dir",
                         str(tmp_path / "one"), *JOB, "--devices", "2"],
-                       env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                       env=dict(env, XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2"),
                        capture_output=True, text=True, timeout=300)
   assert one.returncode == 0, one.stderr[-2000:]
   logs = [[json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
           for name in ("job", "one")]
-  assert [r["step"] for r in logs[0]] == list(range(1, 1201))
+  assert [r["step"] for r in logs[0]] == list(range(1, JOB_STEPS + 1))
   np.testing.assert_allclose([r["loss"] for r in logs[0]], [r["loss"] for r in logs[1]],
                              rtol=1e-6)
   _, _, job = final_state(job_dir, 2, 1)
@@ -1241,7 +1246,7 @@ import os, sys
 from jaxrnn.app import checkpoint, cli
 save = checkpoint.save
 def save_or_die(checkpoints, step, *rest):
-  if step == 600 and sys.argv[-1] == os.environ["VICTIM"]:
+  if step == 2 * int(os.environ["SAVE"]) and sys.argv[-1] == os.environ["VICTIM"]:
     os.kill(os.getpid(), 9)
   return save(checkpoints, step, *rest)
 checkpoint.save = save_or_die
@@ -1251,10 +1256,10 @@ sys.exit(cli.main(sys.argv[1:]))
 
 @pytest.mark.parametrize("victim", [0, 1])
 def test_a_process_killed_as_a_checkpoint_is_saved_stops_the_job_with_one_line(victim, tmp_path):
-  """A process killed as the save of step 600 begins, the other inside that save: the other
+  """A process killed as the save of step 400 begins, the other inside that save: the other
   stops with one line and exit 2 (with 0.2.0, a C++ abort), from its failed save or from the
   coordinator, and the run keeps its last good checkpoint."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", VICTIM=str(victim))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", VICTIM=str(victim), SAVE=str(JOB_SAVE))
   processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB], env,
                         program=("-c", KILLED_IN_SAVE))
   outcomes = finished(processes, timeout=240)
@@ -1262,9 +1267,10 @@ def test_a_process_killed_as_a_checkpoint_is_saved_stops_the_job_with_one_line(v
   assert outcomes[victim][0] == -9 and status == 2, err[-2000:]
   line, = err.strip().splitlines()
   assert line == STOPPED.format(victim) or (
-      line.startswith("jaxrnn: error: could not write checkpoint 600 in ")
-      and line.endswith(f"the last good checkpoint, after 300 steps, is in {tmp_path / 'run'}")), line
-  assert rundir.run_config(tmp_path / "run")[1] == 300
+      line.startswith(f"jaxrnn: error: could not write checkpoint {2 * JOB_SAVE} in ")
+      and line.endswith(f"the last good checkpoint, after {JOB_SAVE} steps, is in "
+                        f"{tmp_path / 'run'}")), line
+  assert rundir.run_config(tmp_path / "run")[1] == JOB_SAVE
 
 
 def test_checkpoints_of_garbage_bytes_are_one_line_for_train_and_resume(tmp_path, capsys):
@@ -1498,7 +1504,7 @@ def test_a_float64_run_trains_and_saves_float64_in_a_fresh_process(tmp_path):
 def test_a_job_refuses_a_device_count_it_cannot_use_with_one_line(tmp_path):
   """(A batch that does not split over the job is the two-process test's first check.)"""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
   processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB,
                          "--devices", "1"], env)
   for status, _, err in finished(processes, timeout=120):
