@@ -1256,21 +1256,22 @@ sys.exit(cli.main(sys.argv[1:]))
 
 @pytest.mark.parametrize("victim", [0, 1])
 def test_a_process_killed_as_a_checkpoint_is_saved_stops_the_job_with_one_line(victim, tmp_path):
-  """A process killed as the save of step 400 begins, the other inside that save: the other
-  stops with one line and exit 2 (with 0.2.0, a C++ abort), from its failed save or from the
-  coordinator, and the run keeps its last good checkpoint."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", VICTIM=str(victim), SAVE=str(JOB_SAVE))
-  processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB], env,
-                        program=("-c", KILLED_IN_SAVE))
+  """A process killed as the save of step 100 begins (saves every 50 steps), the other inside
+  that save: the other stops with one line and exit 2 (with 0.2.0, a C++ abort), from its failed
+  save or from the coordinator, and the run keeps its last good checkpoint."""
+  save = 50
+  env = dict(os.environ, JAX_PLATFORMS="cpu", VICTIM=str(victim), SAVE=str(save))
+  processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB,
+                         "--save-every", str(save)], env, program=("-c", KILLED_IN_SAVE))
   outcomes = finished(processes, timeout=240)
   status, _, err = outcomes[1 - victim]
   assert outcomes[victim][0] == -9 and status == 2, err[-2000:]
   line, = err.strip().splitlines()
   assert line == STOPPED.format(victim) or (
-      line.startswith(f"jaxrnn: error: could not write checkpoint {2 * JOB_SAVE} in ")
-      and line.endswith(f"the last good checkpoint, after {JOB_SAVE} steps, is in "
+      line.startswith(f"jaxrnn: error: could not write checkpoint {2 * save} in ")
+      and line.endswith(f"the last good checkpoint, after {save} steps, is in "
                         f"{tmp_path / 'run'}")), line
-  assert rundir.run_config(tmp_path / "run")[1] == JOB_SAVE
+  assert rundir.run_config(tmp_path / "run")[1] == save
 
 
 def test_checkpoints_of_garbage_bytes_are_one_line_for_train_and_resume(tmp_path, capsys):
