@@ -58,28 +58,22 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def nnx_stepper(model: Any, problem: Problem) -> Callable[[], float]:
   """A blocking step of an NNX ``model`` (``xs -> (logits, ...)``): ``nnx.Optimizer`` and
   ``nnx.value_and_grad`` in Flax's functional training loop (``nnx.split`` once, ``jax.jit``
-  over the state, ``nnx.merge`` inside), which Flax's performance guide advises for a step
-  called many times: a plain ``nnx.jit`` call walks the model and optimizer in Python first
-  (0.9 ms of the small configuration's 8.3 ms step here, with any layer); the call returns the
-  loss before the update."""
+  over the states, ``nnx.merge`` inside), which Flax's performance guide advises for a step
+  called many times: a plain ``nnx.jit`` call walks the model and optimizer in Python first."""
   from flax import nnx
-  optimizer = nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
+  model_def, model_state = nnx.split(model)
+  optimizer_def, optimizer_state = nnx.split(
+      nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=nnx.Param))
   batch = (jnp.asarray(problem.xs), jnp.asarray(problem.targets))
 
-  @functools.partial(jax.jit, donate_argnums=0)             # as make_train_step donates
-  def step(state, batch):
+  @functools.partial(jax.jit, donate_argnums=(0, 1))        # as make_train_step donates
+  def step(model_state, optimizer_state, batch):
     xs, targets = batch
-    model, optimizer = nnx.merge(graphdef, state)
+    model, optimizer = nnx.merge(model_def, model_state), nnx.merge(optimizer_def, optimizer_state)
     loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(xs)[0], targets))(model)
     optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), loss
-  holder = [state]
-
-  def run():
-    holder[0], loss = jax.block_until_ready(step(holder[0], batch))
-    return float(loss)
-  return run
+    return nnx.state(model), nnx.state(optimizer), loss
+  return jax_stepper(step, model_state, optimizer_state, batch)
 
 
 def make_jaxrnn_nnx(problem: Problem) -> Callable[[], float]:
@@ -115,8 +109,7 @@ def equinox_stepper(model: Any, problem: Problem) -> Callable[[], float]:
   """A blocking step of an Equinox ``model`` (``xs -> (logits, ...)``):
   ``eqx.filter_value_and_grad``, ``optax.adam``, under ``jax.jit`` over the model's arrays
   (``eqx.partition`` outside, ``eqx.combine`` inside), as Equinox allows for a step called many
-  times: ``eqx.filter_jit`` filters the whole model on every call (0.8 ms of the small
-  configuration's 7.8 ms step here, with any layer)."""
+  times: ``eqx.filter_jit`` filters the whole model on every call."""
   import equinox as eqx
   optimizer = optax.adam(LEARNING_RATE)
   batch = (jnp.asarray(problem.xs), jnp.asarray(problem.targets))

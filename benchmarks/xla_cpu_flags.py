@@ -30,10 +30,13 @@ import os
 import random
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from common import machine_info, print_table, time_call, write_json  # noqa: I001
+from train_step import CONFIGS, QUICK_CONFIGS, make_jaxrnn, make_problem
 
 OPTIONS: dict[str, str] = {
     "default": "",
@@ -47,19 +50,11 @@ OPTIONS: dict[str, str] = {
 
 def worker(sizes: Sequence[int], steps: int, warmup: int) -> dict[str, float]:
   """In a process with its ``XLA_FLAGS`` set: median wall and CPU ms of the one-device step."""
-  import numpy as np
-  sys.path.insert(0, str(Path(__file__).resolve().parent))
-  from train_step import make_jaxrnn, make_problem  # pylint: disable=import-outside-toplevel
   step = make_jaxrnn(make_problem(*sizes), "fused")
   first_loss = step()
   for _ in range(warmup):
     step()
-  wall, cpu = [], []
-  for _ in range(steps):
-    w, c = time.perf_counter(), time.process_time()
-    step()
-    wall.append(time.perf_counter() - w)
-    cpu.append(time.process_time() - c)
+  wall, cpu = zip(*(time_call(step) for _ in range(steps)))
   return {"ms": 1e3 * float(np.median(wall)), "cpu_ms": 1e3 * float(np.median(cpu)),
           "first_loss": first_loss}
 
@@ -78,7 +73,6 @@ def run_config(sizes: Sequence[int], options: Sequence[str], rounds: int, steps:
                warmup: int) -> dict[str, Any]:
   """``options`` (``"default"`` among them), one process each per round, in a fresh order each
   round; medians and ratios."""
-  import numpy as np
   order = random.Random(0)
   runs: dict[str, list[dict[str, Any]]] = {name: [] for name in options}
   for _ in range(rounds):
@@ -104,7 +98,6 @@ def run_config(sizes: Sequence[int], options: Sequence[str], rounds: int, steps:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  from train_step import CONFIGS  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 round, 3 steps")
   parser.add_argument("--configs", nargs="+", default=["medium"], choices=list(CONFIGS))
@@ -120,8 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
-  from common import machine_info, print_table, write_json  # noqa: I001
-  from train_step import CONFIGS, QUICK_CONFIGS  # pylint: disable=import-outside-toplevel
+  options = ["default", *(o for o in args.options if o != "default")]
   if args.quick:
     configs, rounds, steps, warmup = QUICK_CONFIGS, 1, 3, 1
   else:
@@ -130,7 +122,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   payload = {"machine": machine_info(), "rounds": rounds, "steps": steps, "warmup": warmup,
              "configs": {}}
   for name, sizes in configs.items():
-    options = ["default", *(o for o in args.options if o != "default")]
     result = run_config(sizes, options, rounds, steps, warmup)
     payload["configs"][name] = result
     print(f"\n{name} (T, B, I, H, O) = {sizes}, one device")

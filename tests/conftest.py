@@ -17,10 +17,9 @@ import jaxrnn
 
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 """XLA:CPU compiles this session's programs (and those of the processes it starts) without its
-optimisation passes: the tests check numbers on tiny shapes, where compiling is most of the time
-(3.5x less XLA compile time on the train steps, 92 s -> 52 s for test_losses + test_bptt on 2
-cores). Programs mean the same at any level; speed is measured in ``benchmarks/`` at XLA's
-default level."""
+optimisation passes: the tests check numbers on tiny shapes, where compiling is most of the time.
+Programs mean the same at any level; speed is measured in ``benchmarks/`` at XLA's default
+level."""
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 jax.config.update("jax_enable_x64", True)
 jax.devices()  # start the backend now: one CPU device, whatever a later cli.main asks for
@@ -93,9 +92,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",
                   "/jax/compilation_cache/cache_retrieval_time_sec")
 """The duration events of one compilation: by XLA, or read from a persistent cache where the
-caller's environment sets one (``JAX_COMPILATION_CACHE_DIR``). The test session sets none: with
-one, every compile of this suite's 4,000 small programs re-read the whole cache folder (JAX's
-size-limited cache does, to evict) and the run took twice as long (15 min against 7)."""
+caller's environment sets one (``JAX_COMPILATION_CACHE_DIR``). The test session sets none: JAX's
+size-limited cache re-reads its whole folder at every write, and this suite compiles thousands
+of small programs."""
 
 
 def pytest_collection_modifyitems(config, items):
