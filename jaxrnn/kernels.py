@@ -20,8 +20,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
 from jaxrnn.cell import activation_derivative, step
 from jaxrnn.spec import ComputeSpec, ModelSpec
@@ -62,6 +60,10 @@ def _launch(body, name: str, args: list[tuple[str, jax.Array]], outs: list[str],
   ``(layout, array)`` with layout ``"w"`` (``[H, H]``, whole), ``"seq"`` (``[T, B, H]``),
   ``"row"`` (``[B, H]``) or ``"mask"`` (``[T, B]``); ``outs`` the layouts of the outputs,
   returned unpadded."""
+  # imported where a kernel is built: most programs never build one, and Pallas with Triton's
+  # lowering would slow down every `import jaxrnn`
+  from jax.experimental import pallas as pl  # pylint: disable=import-outside-toplevel
+  from jax.experimental.pallas import triton as pltriton  # pylint: disable=import-outside-toplevel
   if not isinstance(block_b, int) or block_b < 1 or block_b & (block_b - 1):
     raise ValueError(f"block_b must be a power of two, got {block_b!r}")
   num_steps, batch, hidden = next(a.shape for kind, a in args if kind == "seq")

@@ -7,6 +7,10 @@ with NumPy (no compiles) from an integer seed.
 """
 
 import os
+import random
+import shutil
+import socket
+import tempfile
 from typing import NamedTuple
 
 import jax
@@ -15,9 +19,11 @@ import numpy as np
 
 import jaxrnn
 
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+                  "--xla_cpu_parallel_codegen_split_count=1")
 """XLA:CPU compiles this session's programs (and those of the processes it starts) without its
-optimisation passes: the tests check numbers on tiny shapes, where compiling is most of the time.
+optimisation passes, each as one LLVM module (split in parts, a small program compiles slower on
+two cores): the tests check numbers on tiny shapes, where compiling is most of the time.
 Programs mean the same at any level; speed is measured in ``benchmarks/`` at XLA's default
 level."""
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
@@ -91,10 +97,53 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",
                   "/jax/compilation_cache/cache_retrieval_time_sec")
-"""The duration events of one compilation: by XLA, or read from a persistent cache where the
-caller's environment sets one (``JAX_COMPILATION_CACHE_DIR``). The test session sets none: JAX's
-size-limited cache re-reads its whole folder at every write, and this suite compiles thousands
-of small programs."""
+"""The duration events of one compilation: by XLA, or read from the test process's persistent
+cache (:func:`pytest_configure`)."""
+
+
+def free_port() -> int:
+  """A loopback port ``P`` free with ``P + 1`` (a job's process 0 listens on both).
+
+  Drawn below the kernel's ephemeral range (``ip_local_port_range``), where no outgoing connection
+  takes its local port: a port from that range can be taken by another test's connection between
+  this check and its use (seen: "could not start JAX's coordination service on port ...: Failed
+  to start RPC server"). ``P = 2 w mod 2 n`` on xdist worker ``w`` of ``n`` (``gw0``, ``gw1``,
+  ...): two workers never draw the same pair.
+  """
+  worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+  workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+  try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as ports:
+      ephemeral = int(ports.read().split()[0])
+  except (OSError, ValueError, IndexError):
+    ephemeral = 32768                                    # Linux's default
+  ports = list(range(10000 + 2 * worker, ephemeral - 1 if ephemeral > 12000 else 65535,
+                     2 * workers))
+  random.SystemRandom().shuffle(ports)
+  for port in ports:
+    with socket.socket() as first, socket.socket() as second:
+      try:
+        first.bind(("127.0.0.1", port))
+        second.bind(("127.0.0.1", port + 1))
+      except OSError:
+        continue
+    return port
+  raise RuntimeError("no two free loopback ports in a row")
+
+
+def pytest_configure(config):
+  """Gives each test process (the session, each xdist worker) a persistent compilation cache of
+  its own, new and empty: a program built again (in another test, by a fresh ``jax.jit`` of the
+  same function) is read back instead of compiled. Processes the tests start get none, so no
+  process reads an entry another one is still writing."""
+  config.compilation_cache = tempfile.mkdtemp(prefix="jaxrnn-tests-compiled-")
+  jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def pytest_unconfigure(config):
+  jax.config.update("jax_compilation_cache_dir", None)
+  shutil.rmtree(config.compilation_cache, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

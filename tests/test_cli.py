@@ -25,7 +25,7 @@ pytest.importorskip("matplotlib")
 import jaxrnn
 from jaxrnn.app import checkpoint, cli, job, plots, rundir, tasks, training
 from jaxrnn.app.config import resolve_config
-from conftest import TEST_XLA_FLAGS
+from conftest import TEST_XLA_FLAGS, free_port
 
 TINY_RUN = ["--seq-len", "4", "--hidden-size", "4", "--batch-size", "4", "--no-progress"]
 """Options of a run that ends at once (for checks that must stop a run before it starts)."""
@@ -748,10 +748,11 @@ def test_checkpoint_of_another_config_is_refused(adding_run, capsys):
 
 
 def test_python_m_jaxrnn_runs_the_demo_with_only_the_core_dependencies(tmp_path):
-  """``python -m jaxrnn`` (shortened to 40 steps) without the extras: it trains, prints, and
-  writes nothing."""
+  """``python -m jaxrnn`` (shortened to 40 steps) without the extras, and without Pallas (only a
+  GPU kernel imports it): it trains, prints, and writes nothing."""
   code = ("import runpy, sys\n"
-          "for name in ('matplotlib', 'orbax', 'sklearn', 'statsmodels'):\n"
+          "for name in ('matplotlib', 'orbax', 'sklearn', 'statsmodels',\n"
+          "             'jax.experimental.pallas'):\n"
           "  sys.modules[name] = None\n"
           "from jaxrnn.app import cli\n"
           "cli.DEMO.update(steps=40)\n"
@@ -982,24 +983,6 @@ JOB_STEPS, JOB_SAVE = 600, 200
 one, so a kill after the first flush of metrics past a save (~77 records) lands between saves."""
 JOB = ["--steps", str(JOB_STEPS), "--save-every", str(JOB_SAVE), "--seq-len", "10",
        "--hidden-size", "8", "--batch-size", "8", "--eval-every", "300", "--no-progress"]
-
-
-def free_port():
-  """A loopback port free with its successor (a job's process 0 listens on both), ``2 w`` modulo
-  ``2 n`` on xdist worker ``w`` of ``n`` (``gw0``, ``gw1``, ...): two workers' jobs never share a
-  port, so a process cannot greet another worker's job or its JAX service at ``PORT + 1``."""
-  worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
-  workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-  with contextlib.ExitStack() as held:   # held open, so each bind gets another port
-    while True:
-      s = held.enter_context(socket.socket())
-      s.bind(("127.0.0.1", 0))
-      port = s.getsockname()[1]
-      if port % (2 * workers) != 2 * worker:
-        continue
-      with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", port + 1)) != 0:
-          return port
 
 
 def listening():

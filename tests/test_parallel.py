@@ -19,7 +19,7 @@ import optax
 import pytest
 
 import jaxrnn
-from conftest import MODELS, TEST_XLA_FLAGS, random_problem
+from conftest import MODELS, TEST_XLA_FLAGS, free_port, random_problem
 from jaxrnn.parallel import batch_mesh
 
 OPTIMIZER = optax.adam(1e-2)
@@ -307,10 +307,7 @@ def test_two_processes_train_like_one_process(tmp_path):
   """jax.distributed on loopback (gloo CPU collectives), one device per process: 3 steps of the
   split step (2-layer bidirectional, dropout keys placed per process) equal one process with 2
   devices. The command line's jobs: test_cli."""
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = str(s.getsockname()[1])
+  port = str(free_port())
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
   code = TWO_PROCESSES.format(tests=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path))
