@@ -101,6 +101,18 @@ COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",
 cache (:func:`pytest_configure`)."""
 
 
+def process_env(cache: "os.PathLike[str] | None" = None, **variables: str) -> dict[str, str]:
+  """The environment of a process a test starts: this one's with JAX on the CPU, the test's XLA
+  flags (not the caller's device count) and ``variables``; with ``cache``, a persistent
+  compilation cache in that folder, which must be the process's own (JAX writes an entry in
+  place: a process reading it while another writes could read half of it)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=TEST_XLA_FLAGS, **variables)
+  if cache is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=os.fspath(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  return env
+
+
 def free_port() -> int:
   """A loopback port ``P`` free with ``P + 1`` (a job's process 0 listens on both).
 

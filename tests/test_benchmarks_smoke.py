@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEST_XLA_FLAGS
+from conftest import process_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -177,8 +177,7 @@ LONG_STREAM = textwrap.dedent("""
 def test_long_stream_quick_run_splits_and_agrees(tmp_path):
   """In a process of its own (2 host devices): the split of a contractive stream takes one round,
   does not fall back and agrees with the sequential ``infer``; every row is reported."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
+  env = process_env(cache=tmp_path / "compiled")
   done = subprocess.run([sys.executable, "-c", LONG_STREAM.format(benchmarks=str(BENCHMARKS),
                                                                   results=str(tmp_path))],
                         env=env, capture_output=True, text=True, check=False, timeout=600)

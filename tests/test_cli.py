@@ -25,7 +25,7 @@ pytest.importorskip("matplotlib")
 import jaxrnn
 from jaxrnn.app import checkpoint, cli, job, plots, rundir, tasks, training
 from jaxrnn.app.config import resolve_config
-from conftest import TEST_XLA_FLAGS, free_port
+from conftest import TEST_XLA_FLAGS, free_port, process_env
 
 TINY_RUN = ["--seq-len", "4", "--hidden-size", "4", "--batch-size", "4", "--no-progress"]
 """Options of a run that ends at once (for checks that must stop a run before it starts)."""
@@ -927,7 +927,7 @@ def test_the_command_splits_over_every_core_and_equals_one_device(tmp_path):
   Then each run is resumed on the other device count (not part of the config) and goes on. A
   model too small for the split to pay (H=8) trains on one device by default.
   """
-  env = dict(os.environ, JAX_PLATFORMS="cpu")             # the cores, on a GPU host too
+  env = process_env(cache=tmp_path / "compiled")          # the cores, on a GPU host too
   done = subprocess.run([sys.executable, "-c", ALL_CORES.format(tmp=str(tmp_path))],
                         capture_output=True, text=True, timeout=300, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -1026,8 +1026,7 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
   line in each; a job whose process 1 is killed mid-run stops process 0 with one line at once,
   resumes from the last checkpoint, and ends equal, step by step, to one uninterrupted process
   with two devices; only process 0 writes metrics.jsonl (steps 1..600, each once)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
+  env = process_env()
   bad = finished(start_job(["train", "adding", "--run-dir", str(tmp_path / "bad"), *JOB,
                             "--batch-size", "7"], env))
   for code, _, err in bad:
@@ -1476,7 +1475,8 @@ def test_a_float64_run_trains_and_saves_float64_in_a_fresh_process(tmp_path):
   """``--dtype float64`` turns on ``jax_enable_x64`` itself (this test process has it on)."""
   run_dir = tmp_path / "run"
   done = subprocess.run([sys.executable, "-c", FLOAT64_RUN.format(run=str(run_dir))],
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300,
+                        env=process_env(cache=tmp_path / "compiled"))
   assert done.returncode == 0, done.stderr[-2000:]
   checkpoints = checkpoint.manager(run_dir / "checkpoints")
   saved = checkpoints.restore(3, args=checkpoint.orbax().args.Composite(
@@ -1487,8 +1487,7 @@ def test_a_float64_run_trains_and_saves_float64_in_a_fresh_process(tmp_path):
 
 def test_a_job_refuses_a_device_count_it_cannot_use_with_one_line(tmp_path):
   """(A batch that does not split over the job is the two-process test's first check.)"""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
+  env = process_env()
   processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB,
                          "--devices", "1"], env)
   for status, _, err in finished(processes, timeout=120):

@@ -19,7 +19,7 @@ import optax
 import pytest
 
 import jaxrnn
-from conftest import MODELS, TEST_XLA_FLAGS, free_port, random_problem
+from conftest import MODELS, TEST_XLA_FLAGS, free_port, process_env, random_problem
 from jaxrnn.parallel import batch_mesh
 
 OPTIMIZER = optax.adam(1e-2)
@@ -260,8 +260,7 @@ def test_split_over_two_host_devices_equals_the_unsplit_one_and_compiles_once(tm
   born split; an odd batch raises; the default mesh splits where the devices divide B (and
   not elsewhere); the split train and eval steps trace and compile once over
   many batches of one shape (and a recompile would be caught)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
+  env = process_env(cache=tmp_path / "compiled")
   script = tmp_path / "two_devices.py"          # a file: chex.assert_max_traces reads the source
   script.write_text(TWO_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__))))
   result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
@@ -308,8 +307,7 @@ def test_two_processes_train_like_one_process(tmp_path):
   split step (2-layer bidirectional, dropout keys placed per process) equal one process with 2
   devices. The command line's jobs: test_cli."""
   port = str(free_port())
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
+  env = process_env()
   code = TWO_PROCESSES.format(tests=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path))
   runs = [subprocess.Popen([sys.executable, "-c", code, str(i), "2", port], env=env,
                            stderr=subprocess.PIPE, text=True) for i in range(2)]

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 import jaxrnn
 import reference
-from conftest import TEST_XLA_FLAGS, random_params
+from conftest import process_env, random_params
 
 
 def stream(seed, num_steps, sizes=(3, 5, 2), num_layers=1, bidirectional=False):
@@ -166,8 +166,7 @@ def test_split_over_two_host_devices_is_the_sequential_chain(tmp_path):
   chaotic one falls back (``fell_back``, the whole second segment re-run) and equals the
   sequential chain; gradients through ``unroll(mesh=2)`` equal the unsplit ones; ``B = 4``
   splits the batch, ``B = 3``, ``lengths`` and a ``key`` on the time split are refused."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = TEST_XLA_FLAGS   # not the caller's device count
+  env = process_env(cache=tmp_path / "compiled")
   script = tmp_path / "two_devices.py"
   script.write_text(TWO_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__))))
   result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
