@@ -59,11 +59,23 @@ def batch_specs(batch: Batch) -> Batch:
                None if batch.target_mask is None else ROWS)
 
 
+def in_host_memory(x: Any) -> bool:
+  """Whether ``x`` is a computed jax array on one CPU device (not a PRNG key): its buffer is host
+  memory, which NumPy views without a copy. Placed from that view, each device copies its own
+  part; placed as a jax array, one device's buffer is first split on that device."""
+  return (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+          and len(x.sharding.device_set) == 1
+          and next(iter(x.sharding.device_set)).platform == "cpu"
+          and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+
+
 def put(x: Any, sharding: NamedSharding) -> Any:
   """The array ``x`` placed as ``sharding`` says (a no-op where it already is); in a job of
   several processes each process holds the same value and transfers only its devices' pieces."""
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.sharding == sharding:
     return x                                     # already there: skips device_put's cost
+  if in_host_memory(x):
+    x = np.asarray(x)                            # a view: each device copies its part from it
   if jax.process_count() == 1 or isinstance(x, jax.core.Tracer):
     return jax.device_put(x, sharding)
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
