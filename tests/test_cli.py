@@ -978,7 +978,7 @@ def test_devices_beyond_the_machine_or_below_one_is_one_line(tmp_path, capsys):
   assert "--devices must be at least 1" in one_error_line(capsys)
 
 
-JOB_STEPS, JOB_SAVE = 600, 200
+JOB_STEPS, JOB_SAVE = 400, 200
 """A job's steps and checkpoint interval: 200 steps are ~120 records past a save before the next
 one, so a kill after the first flush of metrics past a save (~77 records) lands between saves."""
 JOB = ["--steps", str(JOB_STEPS), "--save-every", str(JOB_SAVE), "--seq-len", "10",
@@ -1025,7 +1025,7 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
   """Two processes on loopback (gloo), one CPU device each: a batch that does not split is one
   line in each; a job whose process 1 is killed mid-run stops process 0 with one line at once,
   resumes from the last checkpoint, and ends equal, step by step, to one uninterrupted process
-  with two devices; only process 0 writes metrics.jsonl (steps 1..600, each once)."""
+  with two devices; only process 0 writes metrics.jsonl (steps 1..400, each once)."""
   env = process_env()
   bad = finished(start_job(["train", "adding", "--run-dir", str(tmp_path / "bad"), *JOB,
                             "--batch-size", "7"], env))

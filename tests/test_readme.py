@@ -51,7 +51,7 @@ def test_readme_has_the_api_example_and_the_two_set_up_commands():
   assert len(blocks("python")) >= 1
   shell = "\n".join(blocks("sh"))
   assert "pip install -e . && python -m jaxrnn" in shell            # install + demo
-  assert 'pip install -e ".[test]" && python -m pytest -q -n 2' in shell
+  assert 'pip install -e ".[test]" && python -m pytest -q -n 3' in shell
 
 
 def test_python_blocks_run_in_order():
