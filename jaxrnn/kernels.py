@@ -60,8 +60,7 @@ def _launch(body, name: str, args: list[tuple[str, jax.Array]], outs: list[str],
   ``(layout, array)`` with layout ``"w"`` (``[H, H]``, whole), ``"seq"`` (``[T, B, H]``),
   ``"row"`` (``[B, H]``) or ``"mask"`` (``[T, B]``); ``outs`` the layouts of the outputs,
   returned unpadded."""
-  # imported where a kernel is built: most programs never build one, and Pallas with Triton's
-  # lowering would slow down every `import jaxrnn`
+  # imported here, not with jaxrnn: Pallas and Triton's lowering slow down every import
   from jax.experimental import pallas as pl  # pylint: disable=import-outside-toplevel
   from jax.experimental.pallas import triton as pltriton  # pylint: disable=import-outside-toplevel
   if not isinstance(block_b, int) or block_b < 1 or block_b & (block_b - 1):

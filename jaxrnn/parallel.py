@@ -60,12 +60,10 @@ def batch_specs(batch: Batch) -> Batch:
 
 
 def in_host_memory(x: Any) -> bool:
-  """Whether ``x`` is a computed jax array on one CPU device (not a PRNG key): its buffer is host
-  memory, which NumPy views without a copy. Placed from that view, each device copies its own
-  part; placed as a jax array, one device's buffer is first split on that device."""
+  """Whether ``x`` is a computed jax array on one CPU device (not a PRNG key): host memory, which
+  NumPy views without a copy, so that each device can copy its own part of it."""
   return (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
-          and len(x.sharding.device_set) == 1
-          and next(iter(x.sharding.device_set)).platform == "cpu"
+          and [device.platform for device in x.sharding.device_set] == ["cpu"]
           and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
 
 
