@@ -61,7 +61,8 @@ def batch_specs(batch: Batch) -> Batch:
 
 def in_host_memory(x: Any) -> bool:
   """Whether ``x`` is a computed jax array on one CPU device (not a PRNG key): host memory, which
-  NumPy views without a copy, so that each device can copy its own part of it."""
+  NumPy views without a copy, so that each device can copy its own part of a batch from it (not
+  for donated arrays: placed from the view, the caller's array would outlive the donation)."""
   return (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
           and [device.platform for device in x.sharding.device_set] == ["cpu"]
           and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
@@ -72,8 +73,6 @@ def put(x: Any, sharding: NamedSharding) -> Any:
   several processes each process holds the same value and transfers only its devices' pieces."""
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.sharding == sharding:
     return x                                     # already there: skips device_put's cost
-  if in_host_memory(x):
-    x = np.asarray(x)                            # a view: each device copies its part from it
   if jax.process_count() == 1 or isinstance(x, jax.core.Tracer):
     return jax.device_put(x, sharding)
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -86,7 +85,8 @@ def put(x: Any, sharding: NamedSharding) -> Any:
 def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
   """``batch`` placed on ``mesh``: each device holds its ``B / n`` sequences."""
   check_divisible(jnp.shape(batch.xs)[1], mesh)
-  return jax.tree.map(lambda x, s: put(x, NamedSharding(mesh, s)), batch, batch_specs(batch))
+  return jax.tree.map(lambda x, s: put(np.asarray(x) if in_host_memory(x) else x,
+                                       NamedSharding(mesh, s)), batch, batch_specs(batch))
 
 
 def placed_batches(batches: Callable[[int], Batch], mesh: Mesh) -> Callable[[int], Batch]:

@@ -188,6 +188,18 @@ for size, want in ((6, 2), (5, 1)):
   one = jaxrnn.loss_and_grad(params, b, mesh=None)
   report("auto", "one-device", size, ok=devices(one) == [1], devices=devices(one))
 
+# the split step donates what it is given: the caller's arrays are deleted, and passing them again
+# is refused (else it would train from the old parameters again)
+fresh = random_problem(13, batch=6, masked=True).params
+given, split_step = (fresh, optimizer.init(fresh)), jaxrnn.make_train_step(optimizer, mesh=2)
+split_step(*given, batch)
+try:
+  split_step(*given, batch)
+  report("donated", ok=False, error="the donated arrays were taken again")
+except ValueError as error:
+  report("donated", ok="donated to an earlier step" in str(error)
+         and all(x.is_deleted() for x in jax.tree.leaves(given)), error=str(error))
+
 # compiled once on the mesh: the traced bodies run once, XLA compiles nothing after the first call
 compiles = collections.Counter()
 jax.monitoring.register_event_duration_secs_listener(
@@ -258,7 +270,8 @@ def test_split_over_two_host_devices_equals_the_unsplit_one_and_compiles_once(tm
   """On 2 devices, float64: the train step, evaluation, loss_and_grad with dropout and truncated
   BPTT equal the unsplit ones (a split batch gets the unsplit dropout masks); batches can be
   born split; an odd batch raises; the default mesh splits where the devices divide B (and
-  not elsewhere); the split train and eval steps trace and compile once over
+  not elsewhere); the split step deletes the arrays it was given and refuses them again; the
+  split train and eval steps trace and compile once over
   many batches of one shape (and a recompile would be caught)."""
   env = process_env(cache=tmp_path / "compiled")
   script = tmp_path / "two_devices.py"          # a file: chex.assert_max_traces reads the source
@@ -271,7 +284,7 @@ def test_split_over_two_host_devices_equals_the_unsplit_one_and_compiles_once(tm
   for entry in reports:
     counts[entry["what"]] = counts.get(entry["what"], 0) + 1
   assert counts == {"step": 4, "eval": 4, "dropout": 2, "dropout-on": 2, "tbptt": 2, "placed": 2,
-                    "odd": 3, "auto": 10, "once-step": 1, "once-eval": 1, "retrace-dtype": 1,
+                    "odd": 3, "auto": 10, "donated": 1, "once-step": 1, "once-eval": 1, "retrace-dtype": 1,
                     "retrace-rebuilt": 1, "recompile-rebuilt": 1}, result.stdout
   failed = [entry for entry in reports if not entry["ok"]]
   assert not failed, json.dumps(failed, indent=1)
