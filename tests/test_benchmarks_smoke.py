@@ -258,7 +258,9 @@ def test_xla_cpu_flags_quick_run_times_each_option_in_its_own_process(results):
   assert list(rows) == ["default", "eigen_single_thread"], rows
   for row in rows.values():
     assert row["ms"] > 0 and row["cpu_ms"] > 0 and row["loss_difference"] < 1e-4, row
-  assert rows["default"]["loss_difference"] == 0 and rows["default"]["speedup"] == 1.0 and len(rows["default"]["rounds_ms"]) == 1
+  default = rows["default"]
+  assert default["loss_difference"] == 0 and default["speedup"] == 1.0, default
+  assert len(default["rounds_ms"]) == 1, default
   assert written(results, "xla_cpu_flags_quick")["configs"]["tiny"]["results"][
       "eigen_single_thread"]["flags"] == "--xla_cpu_multi_thread_eigen=false"
 

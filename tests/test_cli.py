@@ -153,7 +153,7 @@ def test_a_reader_that_closes_stdout_early_gets_no_traceback(tmp_path):
   process = subprocess.Popen([sys.executable, "-m", "jaxrnn", "train", "adding", "--run-dir",
                               str(tmp_path / "run"), *TINY_RUN, "--steps", "5"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                             env=process_env())
   process.stdout.readline()
   process.stdout.close()
   assert process.wait(timeout=120) == 141 and process.stderr.read() == ""
@@ -1066,7 +1066,8 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
 
   one = subprocess.run([sys.executable, "-m", "jaxrnn", "train", "adding", "--run-dir",
                         str(tmp_path / "one"), *JOB, "--devices", "2"],
-                       env=dict(env, XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2"),
+                       env=dict(env, XLA_FLAGS=f"{TEST_XLA_FLAGS} "
+                                        "--xla_force_host_platform_device_count=2"),
                        capture_output=True, text=True, timeout=300)
   assert one.returncode == 0, one.stderr[-2000:]
   logs = [[json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
@@ -1083,7 +1084,7 @@ def test_a_job_whose_processes_were_given_different_options_stops_each_with_one_
   """The coordinator compares every process's options before JAX starts: a different
   --hidden-size on process 1 stops both with one line naming the option (not gloo's abort on
   mismatched sizes), and gloo's connection notice stays off stdout."""
-  env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
+  env, port = process_env(), free_port()
   run = ["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB]
   processes = [job_process(run, port, 0, env), job_process(run + ["--hidden-size", "16"], port,
                                                            1, env)]
@@ -1104,7 +1105,7 @@ def test_a_job_with_a_missing_process_stops_with_one_line_within_the_join_timeou
     started, message, tmp_path):
   """Only process 0, or only process 1, of 2 started: one line and exit 2 after --join-timeout,
   not silence for 300 s and a C++ abort."""
-  env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
+  env, port = process_env(), free_port()
   process = job_process(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB,
                          "--join-timeout", "3"], port, started, env)
   (status, _, err), = finished([process], timeout=60)
@@ -1121,7 +1122,7 @@ def test_a_job_of_processes_that_do_not_fit_together_stops_each_with_one_line(
   """Two processes with one --process-id (the first one 0 as well), or a process given another
   --num-processes: every process stops at once with one line (with 0.2.0 the first of two
   process 0s died in a C++ abort, and another --num-processes went unnoticed)."""
-  env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
+  env, port = process_env(), free_port()
   run = ["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB, "--join-timeout", "60"]
   processes = [job_process(run, port, i, env, n) for i, n in zip(ids[:-1], counts)]
   time.sleep(1)                         # the first process is the one that keeps the port
@@ -1134,7 +1135,7 @@ def test_a_job_of_processes_that_do_not_fit_together_stops_each_with_one_line(
 
 def test_a_job_without_a_run_dir_stops_with_one_line():
   """Each process would name its own default run directory after its own start time."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = process_env()
   for status, _, err in finished(start_job(["train", "adding", *JOB], env), timeout=120):
     assert (status, err.strip().splitlines()) == (2, [
         "jaxrnn: error: a job of several processes needs --run-dir, the same in every process"])
@@ -1151,7 +1152,7 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 def test_a_job_of_two_jaxrnn_versions_stops_each_with_one_line(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = process_env()
   processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB], env,
                         program=("-c", OLD_VERSION))
   for status, _, err in finished(processes, timeout=120):
@@ -1161,7 +1162,7 @@ def test_a_job_of_two_jaxrnn_versions_stops_each_with_one_line(tmp_path):
 
 def test_options_that_only_change_what_a_process_shows_may_differ_in_a_job(tmp_path):
   """--no-progress (and --join-timeout) only change one process's terminal: not a mismatch."""
-  env, port = dict(os.environ, JAX_PLATFORMS="cpu"), free_port()
+  env, port = process_env(), free_port()
   run = ["train", "adding", "--run-dir", str(tmp_path / "run"), "--steps", "20", "--seq-len",
          "10", "--hidden-size", "8", "--batch-size", "8"]
   processes = [job_process(run + ["--no-progress"], port, 0, env),
@@ -1213,7 +1214,7 @@ def test_a_process_that_dies_stops_a_peer_waiting_in_a_coordination_barrier(dies
   """A process killed while its peer waits in JAX's coordination barrier, as orbax's saves do:
   the peer stops with one line and exit 2 within seconds (JAX's health check would abort it
   with a C++ stack after its heartbeat timeout, 77 s with 0.2.0)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = process_env()
   processes = start_job([str(dies)], env, program=("-c", DIES))
   began = time.monotonic()
   outcomes = finished(processes, timeout=90)
@@ -1242,7 +1243,7 @@ def test_a_process_killed_as_a_checkpoint_is_saved_stops_the_job_with_one_line(v
   that save: the other stops with one line and exit 2 (with 0.2.0, a C++ abort), from its failed
   save or from the coordinator, and the run keeps its last good checkpoint."""
   save = 50
-  env = dict(os.environ, JAX_PLATFORMS="cpu", VICTIM=str(victim), SAVE=str(save))
+  env = process_env(VICTIM=str(victim), SAVE=str(save))
   processes = start_job(["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB,
                          "--save-every", str(save)], env, program=("-c", KILLED_IN_SAVE))
   outcomes = finished(processes, timeout=240)

@@ -284,8 +284,8 @@ def test_split_over_two_host_devices_equals_the_unsplit_one_and_compiles_once(tm
   for entry in reports:
     counts[entry["what"]] = counts.get(entry["what"], 0) + 1
   assert counts == {"step": 4, "eval": 4, "dropout": 2, "dropout-on": 2, "tbptt": 2, "placed": 2,
-                    "odd": 3, "auto": 10, "donated": 1, "once-step": 1, "once-eval": 1, "retrace-dtype": 1,
-                    "retrace-rebuilt": 1, "recompile-rebuilt": 1}, result.stdout
+                    "odd": 3, "auto": 10, "donated": 1, "once-step": 1, "once-eval": 1,
+                    "retrace-dtype": 1, "retrace-rebuilt": 1, "recompile-rebuilt": 1}, result.stdout
   failed = [entry for entry in reports if not entry["ok"]]
   assert not failed, json.dumps(failed, indent=1)
 
@@ -324,7 +324,8 @@ def test_two_processes_train_like_one_process(tmp_path):
   code = TWO_PROCESSES.format(tests=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path))
   runs = [subprocess.Popen([sys.executable, "-c", code, str(i), "2", port], env=env,
                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  single_env = dict(env, XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2")
+  single_env = dict(env,
+                    XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2")
   single = subprocess.run([sys.executable, "-c", code, "0", "1", port], env=single_env,
                           capture_output=True, text=True, timeout=300)
   for run in runs:
