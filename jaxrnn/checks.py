@@ -53,6 +53,8 @@ def check_shape(name: str, x: Any, layout: str, sizes: tuple[int | None, ...]) -
   (``None``: any size); ``layout`` names the axes, e.g. ``"[T, B, I]"``."""
   if not isinstance(x, (jax.Array, np.ndarray)):
     raise TypeError(f"{name} must be a jax or NumPy array, got {type(x).__name__}")
+  if isinstance(x, jax.Array) and is_concrete(x) and x.is_deleted():
+    raise ValueError(f"{name} was deleted (donated to an earlier step?): pass the one it returned")
   shape = jnp.shape(x)
   if len(shape) != len(sizes) or any(s is not None and s != n for s, n in zip(sizes, shape)):
     expected = tuple("*" if s is None else s for s in sizes)

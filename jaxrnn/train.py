@@ -165,6 +165,13 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
   expected: dict[Any, Any] = {}
 
   def checked_step(params, opt_state, batch, key=None):
+    leaves = jax.tree.leaves((params, opt_state))
+    if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in leaves):
+      raise ValueError("params or opt_state were donated to an earlier step and deleted: pass "
+                       "the ones that step returned, or build that step with donate=False")
+    if donate and len({id(leaf) for leaf in leaves}) < len(leaves):
+      raise ValueError("params or opt_state hold one array twice (tied weights?): a donating "
+                       "step cannot update it in place; build the step with donate=False")
     layout = shapes_of(params)
     if layout not in expected:
       checks.check_params(params)
@@ -172,14 +179,6 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
     if shapes_of(opt_state) != expected[layout]:
       raise ValueError("opt_state does not fit params: its tree or shapes differ from "
                        "optimizer.init(params)'s (another optimizer or another model?)")
-    if donate:
-      leaves = jax.tree.leaves((params, opt_state))
-      if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in leaves):
-        raise ValueError("params or opt_state were donated to an earlier step and deleted: pass "
-                         "the ones that step returned, or build the step with donate=False")
-      if len({id(leaf) for leaf in leaves}) < len(leaves):
-        raise ValueError("params or opt_state hold one array twice (tied weights?): a donating "
-                         "step cannot update it in place; build the step with donate=False")
     if (split_over := parallel.resolve(mesh, jnp.shape(batch.xs)[1])) is not None:
       place = parallel.place_step_arguments(parallel.as_mesh(split_over))
       params, opt_state, batch, key = place(params, opt_state, batch, key)

@@ -223,13 +223,21 @@ def test_any_optax_transformation_and_donation(num_layers, bidirectional):
   expected = optax.apply_updates(params, updates)
   copy = jax.tree.map(jnp.copy, params)
   step = jaxrnn.make_train_step(optimizer, model=model, loss=loss)   # donates by default
-  new_params, new_state, _ = step(copy, optimizer.init(copy), batch)
+  old_state = optimizer.init(copy)
+  new_params, new_state, _ = step(copy, old_state, batch)
   assert all(leaf.is_deleted() for leaf in jax.tree.leaves(copy))    # buffers were donated
   chex.assert_trees_all_close(new_params, expected, atol=1e-12, rtol=0)
   chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
   # reusing what was donated is named, not a crash deep inside XLA
   with pytest.raises(ValueError, match="donated to an earlier step.*donate=False"):
     step(copy, new_state, batch)
+  for fresh in (jaxrnn.make_train_step(optimizer, model=model, loss=loss),   # no params seen yet
+                jaxrnn.make_train_step(optimizer, model=model, loss=loss, donate=False)):
+    for donated in ((copy, new_state), (params, old_state)):
+      with pytest.raises(ValueError, match="donated to an earlier step"):
+        fresh(*donated, batch)
+  with pytest.raises(ValueError, match=r"params\.W_hy was deleted \(donated"):
+    jaxrnn.loss_and_grad(copy, batch, model=model, loss=loss)
   params_again, _, _ = step(new_params, new_state, batch)            # the returned ones work
   assert all(leaf.is_deleted() for leaf in jax.tree.leaves(new_params))
   chex.assert_tree_all_finite(params_again)
