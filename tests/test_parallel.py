@@ -102,8 +102,7 @@ def same(what, case, a, b, atol=1e-12):
 optimizer = optax.adam(1e-2)
 dropout = jaxrnn.ModelSpec(dropout=0.3, input_dropout=0.3, state_dropout=0.3)
 lengths = jnp.array([6, 0, 2, 6, 5, 4])   # most live steps on the second device's half
-for num_layers, bidirectional, reduction in [(1, False, "sum"), (1, False, "mean"),
-                                             (2, True, "sum"), (2, True, "mean")]:
+for num_layers, bidirectional, reduction in [(1, False, "sum"), (2, True, "mean")]:
   params, batch, _ = random_problem(13, batch=6, num_layers=num_layers,
                                     bidirectional=bidirectional, masked=True)
   batch = batch._replace(lengths=lengths)
@@ -283,7 +282,7 @@ def test_split_over_two_host_devices_equals_the_unsplit_one_and_compiles_once(tm
   counts = {}
   for entry in reports:
     counts[entry["what"]] = counts.get(entry["what"], 0) + 1
-  assert counts == {"step": 4, "eval": 4, "dropout": 2, "dropout-on": 2, "tbptt": 2, "placed": 2,
+  assert counts == {"step": 2, "eval": 2, "dropout": 2, "dropout-on": 2, "tbptt": 2, "placed": 2,
                     "odd": 3, "auto": 10, "donated": 1, "once-step": 1, "once-eval": 1,
                     "retrace-dtype": 1, "retrace-rebuilt": 1, "recompile-rebuilt": 1}, result.stdout
   failed = [entry for entry in reports if not entry["ok"]]

@@ -21,11 +21,18 @@ LOSS_UNITS = {"cross_entropy": "cross-entropy, nats per step",
 
 
 def plain_ticks(ax: Any) -> None:
-  """Labels a log axis's ticks as plain numbers (``0.3``, not ``3x10^-1``)."""
-  from matplotlib.ticker import FuncFormatter  # pylint: disable=import-outside-toplevel
+  """Labels a log axis's ticks as plain numbers (``0.3``, not ``3x10^-1``), the minor ones only
+  where matplotlib's own log labels would be (an axis spanning a decade or less), so that no two
+  labels overlap."""
+  from matplotlib.ticker import LogFormatter  # pylint: disable=import-outside-toplevel
+
+  class Plain(LogFormatter):
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+      return f"{x:.3g}"
+
   if ax.get_yscale() == "log":
-    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-      axis(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    ax.yaxis.set_major_formatter(Plain())
+    ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False))
 
 
 def plot_run(records: list[dict[str, Any]], task: Task, path: Path) -> None:
