@@ -1196,6 +1196,30 @@ def test_the_coordinator_keeps_one_deadline_for_the_whole_job():
   server.close()
 
 
+def test_a_process_that_comes_after_the_job_failed_is_told_why():
+  """A process of another jaxrnn version comes first: it is refused at once, and so is the right
+  one that comes after it, with the same reason (it once found the coordinator gone and said
+  "no jaxrnn job answered"); the coordinator stops once both were told, not at the deadline."""
+  server, address = listening()
+  clients = []
+
+  def hello(index, version):
+    clients.append(socket.create_connection(server.getsockname()))
+    job.send(clients[-1], process_id=index, options={}, version=version)
+
+  threading.Timer(0.1, hello, [1, "0.0.1"]).start()
+  threading.Timer(0.6, hello, [0, jaxrnn.__version__]).start()
+  began = time.monotonic()
+  reason = f"the processes of this job run jaxrnn {jaxrnn.__version__} and 0.0.1"
+  with pytest.raises(rundir.RunError, match=re.escape(reason)):
+    job.gather(server, address, 2, 20.0)
+  assert time.monotonic() - began < 5
+  assert [job.receive(client, 5.0) for client in clients] == [{"error": reason}] * 2
+  for client in clients:
+    client.close()
+  server.close()
+
+
 STOPPED = ("jaxrnn: error: process {} of this job stopped (see its output); start every process "
            "again (jaxrnn resume RUN_DIR goes on from the last checkpoint)")
 DIES = """

@@ -62,36 +62,43 @@ def receive(conn: socket.socket, timeout: float | None) -> dict[str, Any]:
 
 def gather(server: socket.socket, address: str, num_processes: int,
            timeout: float) -> dict[int, socket.socket]:
-  """The coordinator: each process's connection once all came alike, else tells each why."""
+  """The coordinator: each process's connection once all came alike, else tells each why, those
+  that come after the reason was found too (until all came or ``timeout`` ran out)."""
   peers: dict[int, socket.socket] = {}
-  deadline, error, first = time.monotonic() + timeout, None, None
-  while len(peers) < num_processes and error is None:
+  deadline, error, first, told = time.monotonic() + timeout, None, None, 0
+  while len(peers) + told < num_processes:
     server.settimeout(max(deadline - time.monotonic(), 0.01))
     try:
       conn, _ = server.accept()
     except TimeoutError:
-      missing = ", ".join(str(i) for i in range(num_processes) if i not in peers)
-      error = (f"the job at {address} did not gather its {num_processes} processes within "
-               f"{timeout:g} s: no process with --process-id {missing} came")
+      if error is None:
+        missing = ", ".join(str(i) for i in range(num_processes) if i not in peers)
+        error = (f"the job at {address} did not gather its {num_processes} processes within "
+                 f"{timeout:g} s: no process with --process-id {missing} came")
       break
     hello = receive(conn, 5.0)
     if not isinstance(hello.get("options"), dict):
       conn.close()                        # not a jaxrnn process: ignored
       continue
     first = first or hello
-    if differ := sorted(k for k in {**hello["options"], **first["options"]}
-                        if hello["options"].get(k) != first["options"].get(k)):
-      error = ("the processes of this job were given different "
-               f"{', '.join('--' + k.replace('_', '-') for k in differ)}: start every process "
-               "with the same options")
-    elif hello.get("version") != jaxrnn.__version__:
-      error = f"the processes of this job run jaxrnn {jaxrnn.__version__} and {hello['version']}"
-    elif hello.get("process_id") in peers:
-      error = f"two processes of this job were given --process-id {hello['process_id']}"
-    else:
-      peers[hello["process_id"]] = conn
-      continue
+    if error is None:
+      if differ := sorted(k for k in {**hello["options"], **first["options"]}
+                          if hello["options"].get(k) != first["options"].get(k)):
+        error = ("the processes of this job were given different "
+                 f"{', '.join('--' + k.replace('_', '-') for k in differ)}: start every process "
+                 "with the same options")
+      elif hello.get("version") != jaxrnn.__version__:
+        error = f"the processes of this job run jaxrnn {jaxrnn.__version__} and {hello['version']}"
+      elif hello.get("process_id") in peers:
+        error = f"two processes of this job were given --process-id {hello['process_id']}"
+      else:
+        peers[hello["process_id"]] = conn
+        continue
+      for peer in peers.values():
+        send(peer, error=error)
+      told, peers = told + len(peers), {}
     send(conn, error=error)
+    told += 1
   if error is None:
     return peers
   for conn in peers.values():
