@@ -60,26 +60,26 @@ def batch_specs(batch: Batch) -> Batch:
 
 
 def in_host_memory(x: Any) -> bool:
-  """Whether ``x`` is a computed jax array on one CPU device (not a PRNG key): host memory, which
-  NumPy views without a copy, so that each device can copy its own part of a batch from it (not
-  for donated arrays: placed from the view, the caller's array would outlive the donation)."""
+  """Whether ``x`` is a computed jax array on one CPU device (not a PRNG key): host memory that
+  NumPy views without a copy (batches only: a donated array placed from it would live on)."""
   return (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
           and [device.platform for device in x.sharding.device_set] == ["cpu"]
           and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
 
 
 def put(x: Any, sharding: NamedSharding) -> Any:
-  """The array ``x`` placed as ``sharding`` says (a no-op where it already is); in a job of
-  several processes each process holds the same value and transfers only its devices' pieces."""
+  """The array ``x`` placed as ``sharding`` says (a no-op where it already is); from host memory
+  (NumPy, or any array of a multi-process job) each device gets its piece as a contiguous copy."""
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.sharding == sharding:
     return x                                     # already there: skips device_put's cost
-  if jax.process_count() == 1 or isinstance(x, jax.core.Tracer):
+  if isinstance(x, jax.core.Tracer) or (jax.process_count() == 1 and isinstance(x, jax.Array)):
     return jax.device_put(x, sharding)
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding),
                                     impl=jax.random.key_impl(x))
   value = np.asarray(x)
-  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.make_array_from_callback(value.shape, sharding,
+                                      lambda index: np.array(value[index], order="C"))
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
