@@ -1095,17 +1095,18 @@ def test_a_two_process_job_trains_like_one_process_and_resumes_after_a_kill(tmp_
 
 def test_a_job_whose_processes_were_given_different_options_stops_each_with_one_line(tmp_path):
   """The coordinator compares every process's options before JAX starts: a different
-  --hidden-size on process 1 stops both with one line naming the option (not gloo's abort on
-  mismatched sizes), and gloo's connection notice stays off stdout."""
+  --hidden-size and --num-processes on process 1 stop both with one line naming the options (not
+  gloo's abort on mismatched sizes; with 0.2.0 another --num-processes went unnoticed), and
+  gloo's connection notice stays off stdout."""
   env, port = process_env(), free_port()
   run = ["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB]
-  processes = [job_process(run, port, 0, env), job_process(run + ["--hidden-size", "16"], port,
-                                                           1, env)]
+  processes = [job_process(run, port, 0, env),
+               job_process(run + ["--hidden-size", "16"], port, 1, env, processes=3)]
   for status, out, err in finished(processes, timeout=120):
     assert status == 2, err
     assert err.strip().splitlines() == [
-        "jaxrnn: error: the processes of this job were given different --hidden-size: start "
-        "every process with the same options"]
+        "jaxrnn: error: the processes of this job were given different --hidden-size, "
+        "--num-processes: start every process with the same options"]
     assert "Gloo" not in out
 
 
@@ -1127,14 +1128,12 @@ def test_a_job_with_a_missing_process_stops_with_one_line_within_the_join_timeou
 
 @pytest.mark.parametrize("ids, counts, message", [
     ((0, 0), (2, 2), "two processes of this job were given --process-id 0"),
-    ((0, 1, 1), (3, 3, 3), "two processes of this job were given --process-id 1"),
-    ((0, 1), (2, 3), "the processes of this job were given different --num-processes: start "
-                     "every process with the same options")])
+    ((0, 1, 1), (3, 3, 3), "two processes of this job were given --process-id 1")])
 def test_a_job_of_processes_that_do_not_fit_together_stops_each_with_one_line(
     ids, counts, message, tmp_path):
-  """Two processes with one --process-id (the first one 0 as well), or a process given another
-  --num-processes: every process stops at once with one line (with 0.2.0 the first of two
-  process 0s died in a C++ abort, and another --num-processes went unnoticed)."""
+  """Two processes with one --process-id (the first one 0 as well): every process stops at once
+  with one line (with 0.2.0 the first of two process 0s died in a C++ abort). (Another
+  --num-processes: the different-options test.)"""
   env, port = process_env(), free_port()
   run = ["train", "adding", "--run-dir", str(tmp_path / "run"), *JOB, "--join-timeout", "60"]
   processes = [job_process(run, port, i, env, n) for i, n in zip(ids[:-1], counts)]
