@@ -72,7 +72,7 @@ def put(x: Any, sharding: NamedSharding) -> Any:
   (NumPy, or any array of a multi-process job) each device gets its piece as a contiguous copy."""
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.sharding == sharding:
     return x                                     # already there: skips device_put's cost
-  if isinstance(x, jax.core.Tracer) or (jax.process_count() == 1 and isinstance(x, jax.Array)):
+  if isinstance(x, jax.core.Tracer) or not (isinstance(x, np.ndarray) or jax.process_count() > 1):
     return jax.device_put(x, sharding)
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding),

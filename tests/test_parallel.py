@@ -47,6 +47,20 @@ def test_split_step_equals_plain_step_on_one_device(num_layers, bidirectional, r
   assert max(jax.tree.leaves(moved)) > 1e-3                     # the step moved the params
 
 
+def test_placing_keeps_every_kind_of_leaf():
+  """NumPy arrays (copied per device), jax arrays, Python numbers and PRNG keys are placed with
+  their values, shapes and dtypes (an optimizer's state may hold any of them)."""
+  tree = {"numpy": np.arange(12.0).reshape(3, 4)[:, ::2], "jax": jax.numpy.ones((2, 3)),
+          "scalar": np.float32(2.5), "python": 1.5, "key": jax.random.key(4)}
+  placed = jaxrnn.parallel.replicate(tree, batch_mesh(1))
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(placed))
+  np.testing.assert_array_equal(placed["numpy"], tree["numpy"])
+  assert placed["scalar"].shape == () and float(placed["scalar"]) == 2.5
+  assert float(placed["python"]) == 1.5
+  np.testing.assert_array_equal(jax.random.key_data(placed["key"]),
+                                jax.random.key_data(tree["key"]))
+
+
 @pytest.mark.parametrize("num_layers,bidirectional", MODELS[:1])
 def test_loss_and_grad_and_evaluate_on_a_one_device_mesh(num_layers, bidirectional):
   """``mesh=1`` (and a Mesh object) equals no mesh, dropout masks included (2 devices and the
