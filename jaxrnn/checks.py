@@ -20,6 +20,11 @@ def is_concrete(*xs: Any) -> bool:
   return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
+def is_deleted(x: Any) -> bool:
+  """Whether ``x`` is a concrete jax array whose buffers a donating call deleted (tracers: no)."""
+  return isinstance(x, jax.Array) and is_concrete(x) and x.is_deleted()
+
+
 def check_choice(name: str, value: Any, choices: Container[str]) -> None:
   """Raises ``ValueError`` unless ``value`` is one of ``choices``."""
   if not isinstance(value, str) or value not in choices:
@@ -53,7 +58,7 @@ def check_shape(name: str, x: Any, layout: str, sizes: tuple[int | None, ...]) -
   (``None``: any size); ``layout`` names the axes, e.g. ``"[T, B, I]"``."""
   if not isinstance(x, (jax.Array, np.ndarray)):
     raise TypeError(f"{name} must be a jax or NumPy array, got {type(x).__name__}")
-  if isinstance(x, jax.Array) and is_concrete(x) and x.is_deleted():
+  if is_deleted(x):
     raise ValueError(f"{name} was deleted (donated to an earlier step?): pass the one it returned")
   shape = jnp.shape(x)
   if len(shape) != len(sizes) or any(s is not None and s != n for s, n in zip(sizes, shape)):

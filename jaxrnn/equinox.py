@@ -63,8 +63,7 @@ class RNN(eqx.Module):
                input_dropout: float = 0.0, state_dropout: float = 0.0,
                init: InitSpec | str = InitSpec(), dtype: Any = None, batch_first: bool = False,
                compute: ComputeSpec = ComputeSpec(), inference: bool = False, key: jax.Array):
-    model = layers.model_spec(activation, output_activation, dropout, input_dropout,
-                              state_dropout)
+    model = layers.model_spec(activation, output_activation, dropout, input_dropout, state_dropout)
     self.params = layers.new_params(key, input_size, hidden_size, output_size, num_layers,
                                     bidirectional, init, dtype)
     self.shape = checks.check_params(self.params)

@@ -41,8 +41,7 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
     run = lambda p, x, h, n=None: infer(p, x, h, n, model=model, compute=compute)
     return timesplit.on_mesh(run, lambda out: (out.final, out.ys), params, xs, h0, lengths,
                              mesh, model=model, compute=compute)
-  if shape.num_directions == 2 or kernels.use_kernel(compute, params.W_hy.dtype,
-                                                     shape.hidden_size):
+  if shape.num_directions == 2 or kernels.use_kernel(compute, params.W_hy.dtype, shape.hidden_size):
     trace = forward(params, xs, h0, mask, model, compute)
     with precision_scope(compute):
       return trace.final, readout(params, trace.top, model, mask)

@@ -96,8 +96,7 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
   layers = tuple(tuple(layer(found[l, d]) for d in range(num_dirs)) for l in range(num_layers))
   if linear is None:
     width = num_dirs * layers[0][0].W_hh.shape[0]
-    params = RNNParams(layers=layers, W_hy=jnp.zeros((0, width), dtype),
-                       b_y=jnp.zeros((0,), dtype))
+    params = RNNParams(layers=layers, W_hy=jnp.zeros((0, width), dtype), b_y=jnp.zeros((0,), dtype))
   else:
     W_hy = jnp.asarray(_to_numpy("linear.weight", linear["weight"]), dtype)
     b_y = (jnp.asarray(_to_numpy("linear.bias", linear["bias"]), dtype) if "bias" in linear

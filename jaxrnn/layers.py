@@ -36,8 +36,7 @@ def check_options(shape: Shape, model: ModelSpec, compute: Any, batch_first: Any
 
 
 def new_params(key: jax.Array, input_size: int, hidden_size: int, output_size: int | None,
-               num_layers: int, bidirectional: bool, init: InitSpec | str,
-               dtype: Any) -> RNNParams:
+               num_layers: int, bidirectional: bool, init: InitSpec | str, dtype: Any) -> RNNParams:
   """:func:`jaxrnn.init_params`; for ``output_size=None`` the same cells and an empty read-out."""
   if output_size is not None:
     checks.check_int("output_size", output_size)

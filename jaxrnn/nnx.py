@@ -68,8 +68,7 @@ class RNN(nnx.Module):
                rngs: nnx.Rngs):
     if not isinstance(rngs, nnx.Rngs):
       raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
-    model = layers.model_spec(activation, output_activation, dropout, input_dropout,
-                              state_dropout)
+    model = layers.model_spec(activation, output_activation, dropout, input_dropout, state_dropout)
     params = layers.new_params(rngs.params(), input_size, hidden_size, output_size, num_layers,
                                bidirectional, init, dtype)
     self.shape = checks.check_params(params)

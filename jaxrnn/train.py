@@ -166,7 +166,7 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
 
   def checked_step(params, opt_state, batch, key=None):
     leaves = jax.tree.leaves((params, opt_state))
-    if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in leaves):
+    if any(checks.is_deleted(leaf) for leaf in leaves):
       raise ValueError("params or opt_state were donated to an earlier step and deleted: pass "
                        "the ones that step returned, or build that step with donate=False")
     if donate and len({id(leaf) for leaf in leaves}) < len(leaves):
