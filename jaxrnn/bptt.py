@@ -6,6 +6,8 @@ hold ``jax.grad`` to, and (through :func:`jaxrnn.recurrence.fused_layer`) the
 backward pass the library trains with.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -85,6 +87,7 @@ def bptt(params: RNNParams, batch: Batch, h0: jax.Array | None = None, *,
   return hand_gradients(params, batch, problem, model, loss)
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
 def hand_gradients(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
                    loss: LossSpec) -> tuple[RNNParams, jax.Array]:
   """:func:`bptt` on checked inputs (no dropout); the steps are numbered as there."""

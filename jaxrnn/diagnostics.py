@@ -12,6 +12,7 @@ actual rate is the largest Lyapunov exponent ``lambda_1``:
 (:func:`lyapunov_exponents`).
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -65,6 +66,7 @@ def check_path(params: RNNParams, xs: jax.Array, h0: jax.Array | None, layer: in
   return shape, h0
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def path_slopes(params: RNNParams, xs: jax.Array, h0: jax.Array, layer: int, direction: int,
                 model: ModelSpec) -> tuple[jax.Array, jax.Array]:
   """``W_hh [H, H]`` of cell ``params.layers[layer][direction]`` and ``act'(a_t) [T, H]``
@@ -81,6 +83,7 @@ def jacobian_times(slope: jax.Array, W_hh: jax.Array, m: jax.Array) -> jax.Array
   return slope[:, None] * (W_hh @ m)
 
 
+@jax.jit
 def jacobian_norms(slopes: jax.Array, W_hh: jax.Array) -> jax.Array:
   """``N[t, k] = ||J_t J_{t-1} ... J_{k+1}||_2 [T+1, T+1]`` (0 for ``k > t``) from
   ``act'(a_1..a_T) [T, H]``: ``T + 1`` scans of ``T`` steps, ``O(T^2 H^3)`` time."""
@@ -99,6 +102,7 @@ def jacobian_norms(slopes: jax.Array, W_hh: jax.Array) -> jax.Array:
   return jax.vmap(from_k, out_axes=1)(jnp.arange(num_steps + 1))        # [t, k]
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def log_norms_from(slopes: jax.Array, W_hh: jax.Array, start: int, stride: int) -> jax.Array:
   """``log ||J_t ... J_{start+1}||_2`` at ``t = start, start + stride, ... <= T``, ``[n]``.
 
@@ -223,7 +227,13 @@ def lyapunov_exponents(params: RNNParams, xs: jax.Array, h0: jax.Array | None = 
     raise ValueError(f"k must be an int in [1, H] = [1, {hidden}], got {k!r}")
   if not isinstance(burn_in, int) or isinstance(burn_in, bool) or not 0 <= burn_in < num_steps:
     raise ValueError(f"burn_in must be an int in [0, T) = [0, {num_steps}), got {burn_in!r}")
-  W_hh, slopes = path_slopes(params, xs, h0, layer, direction, model)
+  return exponents(*path_slopes(params, xs, h0, layer, direction, model), k, burn_in)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def exponents(W_hh: jax.Array, slopes: jax.Array, k: int, burn_in: int) -> jax.Array:
+  """:func:`lyapunov_exponents` from ``W_hh [H, H]`` and ``act'(a_t) [T, H]`` (checked)."""
+  num_steps = slopes.shape[0]
 
   def step(carry, inputs):
     q, total = carry
@@ -232,6 +242,6 @@ def lyapunov_exponents(params: RNNParams, xs: jax.Array, h0: jax.Array | None = 
     return (q, jnp.where(counted, total + jnp.log(jnp.abs(jnp.diagonal(r))), total)), None
 
   counted = jnp.arange(num_steps) >= burn_in
-  start = (jnp.eye(hidden, k, dtype=slopes.dtype), jnp.zeros(k, slopes.dtype))
+  start = (jnp.eye(W_hh.shape[0], k, dtype=slopes.dtype), jnp.zeros(k, slopes.dtype))
   (_, total), _ = jax.lax.scan(step, start, (slopes, counted))
   return total / (num_steps - burn_in)

@@ -4,6 +4,7 @@ Both step every layer one time step at a time (:func:`jaxrnn.cell.stack_step`),
 so a unidirectional model needs only its ``[L, B, H]`` states, whatever ``T``.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxrnn import checks, kernels, timesplit
 from jaxrnn.cell import output_logits, readout, stack_step
-from jaxrnn.pytrees import RNNParams
+from jaxrnn.pytrees import RNNParams, shape_of
 from jaxrnn.spec import ComputeSpec, ModelSpec, check_specs, precision_scope
 from jaxrnn.unroll import forward
 
@@ -38,14 +39,20 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
   shape, h0, mask = checks.check_inputs(params, xs, h0, lengths)
   check_specs(shape, model, None, compute)
   if mesh is not None:
-    run = lambda p, x, h, n=None: infer(p, x, h, n, model=model, compute=compute)
-    return timesplit.on_mesh(run, lambda out: (out.final, out.ys), params, xs, h0, lengths,
+    return timesplit.on_mesh(infer, lambda out: (out.final, out.ys), params, xs, h0, lengths,
                              mesh, model=model, compute=compute)
-  if shape.num_directions == 2 or kernels.use_kernel(compute, params.W_hy.dtype, shape.hidden_size):
+  return forward_only(params, xs, h0, mask, model, compute)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def forward_only(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
+                 model: ModelSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
+  """:func:`infer` on checked inputs, one program per shape and specs."""
+  if len(params.layers[0]) == 2 or kernels.use_kernel(compute, params.W_hy.dtype, h0.shape[-1]):
     trace = forward(params, xs, h0, mask, model, compute)
     with precision_scope(compute):
       return trace.final, readout(params, trace.top, model, mask)
-  num_steps, batch = jnp.shape(xs)[:2]
+  num_steps, batch = xs.shape[:2]
   live = jnp.ones((num_steps, batch), xs.dtype) if mask is None else mask  # [T, B]
 
   def body(h, inputs):
@@ -101,7 +108,14 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
     raise ValueError(f"length={length} needs {needed / 2**30:.1f} GiB for the sampled symbols, "
                      f"more than the {checks.device_memory() / 2**30:.1f} GiB of the device")
   checks.check_real("temperature", temperature, 1e6 / float(jnp.finfo(params.W_hy.dtype).max))
-  dtype = params.W_hy.dtype
+  return sample(params, key, prompt, length, temperature, model, compute)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 5, 6))
+def sample(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
+           temperature: float, model: ModelSpec, compute: ComputeSpec) -> jax.Array:
+  """:func:`generate` on checked arguments, one program per shape, ``length`` and specs."""
+  shape, dtype = shape_of(params), params.W_hy.dtype
   one_hot = lambda s: jax.nn.one_hot(s, shape.input_size, dtype=dtype)
 
   def read(h, symbol):

@@ -171,6 +171,7 @@ def chunked_loss(params: RNNParams, batch: Batch, problem: Problem, model: Model
   return jnp.sum(losses), final
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def loss_body(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
               loss: LossSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
   """``(L, final)`` on checked inputs: the one loss body of every path (split, chunked, TBPTT),

@@ -218,9 +218,16 @@ def split_time(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None, *,
   checks.check_int("chunk", chunk)
   if jnp.shape(xs)[0] < 1:
     raise ValueError("xs must hold at least one step (T >= 1) to split time")
+  work = params.W_hy.dtype if compute.dtype is None else jnp.dtype(compute.dtype)
+  return split_layers(params, xs, h0, mesh, chunk, check_tolerance(tol, work), model, compute)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def split_layers(params: RNNParams, xs: jax.Array, h0: jax.Array, mesh: Mesh, chunk: int,
+                 tol: float, model: ModelSpec, compute: ComputeSpec) -> TimeSplit:
+  """:func:`split_time` on checked arguments, one program per shape, options and specs."""
   dtype = params.W_hy.dtype
   work = dtype if compute.dtype is None else jnp.dtype(compute.dtype)
-  tol = check_tolerance(tol, work)
   x, h0 = xs.astype(work), h0.astype(work)
   finals, stats = [], []
   for l, layer in enumerate(params.layers):
@@ -244,7 +251,7 @@ def on_mesh(run: Callable[..., Any], pick: Callable[[TimeSplit], Any], params: R
             xs: jax.Array, h0: jax.Array, lengths: jax.Array | None, mesh: Mesh | int | None,
             **options) -> Any:
   """What ``mesh=`` does in :func:`jaxrnn.unroll` and :func:`jaxrnn.infer`, whose unsplit
-  body is ``run(params, xs, h0, lengths) -> arrays with B on axis 1``.
+  body is ``run(params, xs, h0, lengths, **options) -> arrays with B on axis 1``.
 
   Fewer sequences than devices: ``pick`` of :func:`split_time` with the keyword
   arguments ``options``; no ``lengths`` (a stream has one length: slice ``xs``).
@@ -261,8 +268,16 @@ def on_mesh(run: Callable[..., Any], pick: Callable[[TimeSplit], Any], params: R
   if batch % devices:
     raise ValueError(f"batch size B={batch} must be divisible by the {devices} devices of mesh "
                      f"(or smaller than their number, to split time)")
+  return split_batch(run, mesh, tuple(options.items()), params, xs, h0, lengths)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def split_batch(run: Callable[..., Any], mesh: Mesh, options: tuple[tuple[str, Any], ...],
+                params: RNNParams, xs: jax.Array, h0: jax.Array, lengths: jax.Array | None) -> Any:
+  """The batch split of :func:`on_mesh`, one program per ``run``, mesh, options and shapes."""
   rows = P(None, mesh.axis_names[0])
   args, specs = (params, xs, h0), (P(), rows, rows)
   if lengths is not None:
     args, specs = args + (lengths,), specs + (P(mesh.axis_names[0]),)
-  return jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(*args)
+  body = lambda *args: run(*args, **dict(options))
+  return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(*args)

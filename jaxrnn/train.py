@@ -78,6 +78,7 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
   return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def value_and_grad(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
                    loss: LossSpec, compute: ComputeSpec) -> tuple[tuple[jax.Array, RNNParams],
                                                                    jax.Array]:
@@ -187,6 +188,7 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
   return checked_step
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def evaluation_sums(params: RNNParams, batch: Batch, problem: Problem, model: ModelSpec,
                     loss: LossSpec, compute: ComputeSpec) -> tuple[Metrics, jax.Array]:
   """``({"loss": L, "live": live steps, "score": hits or squared errors over them}, final)``:

@@ -11,6 +11,7 @@ own last step. Under ``jit`` a length outside ``[0, T]`` (which cannot be
 checked there) makes that sequence's ``hs``, ``ys`` and final state NaN.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 from jaxrnn import checks, timesplit
 from jaxrnn.cell import readout, time_order
 from jaxrnn.dropout import DropoutMasks, draw_masks
-from jaxrnn.pytrees import CellParams, RNNParams
+from jaxrnn.pytrees import CellParams, RNNParams, shape_of
 from jaxrnn.recurrence import fused_layer, scan_hidden
 from jaxrnn.spec import ComputeSpec, ModelSpec, check_specs, precision_scope
 
@@ -129,11 +130,21 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
     if key is not None:
       raise ValueError("key must be None with mesh=: no dropout on a mesh here (train with "
                        "make_train_step(mesh=...))")
-    run = lambda p, x, h, n=None: unroll(p, x, h, n, model=model, compute=compute)
-    return timesplit.on_mesh(run, lambda out: Outputs(*out[:3]), params, xs, h0, lengths, mesh,
+    return timesplit.on_mesh(unroll, lambda out: Outputs(*out[:3]), params, xs, h0, lengths, mesh,
                              model=model, compute=compute)
-  num_steps, batch = jnp.shape(xs)[:2]
-  masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or params.W_hy.dtype)
+  if key is not None:
+    checks.check_key("key", key)
+  return outputs(params, xs, h0, mask, key, model, compute)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def outputs(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
+            key: jax.Array | None, model: ModelSpec, compute: ComputeSpec) -> Outputs:
+  """:func:`unroll` on checked inputs, one program per shape and specs (an eager call
+  compiles and runs it whole, not operation by operation)."""
+  num_steps, batch = xs.shape[:2]
+  masks = draw_masks(key, model, shape_of(params), num_steps, batch,
+                     compute.dtype or params.W_hy.dtype)
   trace = forward(params, xs, h0, mask, model, compute, masks)
   with precision_scope(compute):
     ys = readout(params, trace.top, model, mask)                         # [T, B, O]
