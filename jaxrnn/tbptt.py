@@ -98,8 +98,9 @@ def tbptt_epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, stream: Batc
                 key: jax.Array | None = None) -> TBPTTResult:
   """One pass over a stream with truncated BPTT: one optimizer update per chunk.
 
-  A ``lax.scan`` over the chunks carries ``(params, opt_state, h)``; it is
-  pure, so ``jax.jit`` it with ``step`` and ``chunk_length`` static.
+  A ``lax.scan`` over the chunks carries ``(params, opt_state, h)``, compiled
+  once per ``step``, shapes and ``chunk_length``; it is pure, so a caller's
+  ``jax.jit`` takes ``step`` and ``chunk_length`` static.
 
   ``step`` from :func:`make_tbptt_step` runs each chunk of ``chunk_length`` (which divides
   ``T``) steps of ``stream`` (``xs [T, B, I]``, ``B`` streams, and ``targets``; no ``lengths``
@@ -130,7 +131,13 @@ def tbptt_epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, stream: Batc
                    params.W_hy.dtype)
   keys = None if key is None else jax.vmap(lambda c: jax.random.fold_in(key, c))(
       jnp.arange(num_chunks))
+  return epoch(step, params, opt_state, chunks, h0, keys)
 
+
+@functools.partial(jax.jit, static_argnums=0)
+def epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, chunks: Batch, h0: jax.Array,
+          keys: jax.Array | None) -> TBPTTResult:
+  """:func:`tbptt_epoch` on checked ``chunks [N, k, B, ...]`` and their dropout ``keys [N]``."""
   def body(carry, inputs):
     params, opt_state, h = carry
     chunk, key_c = inputs

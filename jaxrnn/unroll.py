@@ -140,8 +140,7 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
 @functools.partial(jax.jit, static_argnums=(5, 6))
 def outputs(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
             key: jax.Array | None, model: ModelSpec, compute: ComputeSpec) -> Outputs:
-  """:func:`unroll` on checked inputs, one program per shape and specs (an eager call
-  compiles and runs it whole, not operation by operation)."""
+  """:func:`unroll` on checked inputs, one program per shape and specs (also when eager)."""
   num_steps, batch = xs.shape[:2]
   masks = draw_masks(key, model, shape_of(params), num_steps, batch,
                      compute.dtype or params.W_hy.dtype)

@@ -425,6 +425,7 @@ def test_a_step_built_per_call_is_caught_compiling_again():
   assert compiles() > before
 
 
+TBPTT_STEP = jaxrnn.make_tbptt_step(optax.adam(0.1))
 EAGER_CALLS = {
     "unroll": lambda p, b: jaxrnn.unroll(p, b.xs, lengths=b.lengths).ys,
     "unroll mesh=1": lambda p, b: jaxrnn.unroll(p, b.xs, lengths=b.lengths, mesh=1).ys,
@@ -441,6 +442,8 @@ EAGER_CALLS = {
     "gradient_flow start": lambda p, b: jaxrnn.gradient_flow(p, b.xs[:, 0], start=1).log_norms,
     "lyapunov_exponents": lambda p, b: jaxrnn.lyapunov_exponents(p, b.xs[:, 0], k=2),
     "generate": lambda p, b: jaxrnn.generate(p, jax.random.key(0), b.targets[:, 0], 4, 1e-3),
+    "tbptt_epoch": lambda p, b: jaxrnn.tbptt_epoch(TBPTT_STEP, p, optax.adam(0.1).init(p),
+                                                   jaxrnn.Batch(b.xs, b.targets), 3).params,
 }
 """Each public function, called on ``random_problem(seed, sizes=(3, 5, 3))`` (``I = O``)."""
 
@@ -452,8 +455,8 @@ def test_a_second_eager_call_on_new_values_of_the_same_shapes_compiles_nothing(
   """Every public function called outside ``jit`` runs one compiled program per shape and specs:
   a second call on other values (other weights and data) compiles nothing, and its result is
   new (0.4.0 traced its ``lax.scan`` bodies afresh and compiled again on every call: 0.1-1.8 s)."""
-  if name == "generate" and bidirectional:
-    pytest.skip("generate reads text left to right: one direction")
+  if name in ("generate", "tbptt_epoch") and bidirectional:
+    pytest.skip("generation and streams read left to right: one direction")
   compiles = count_compiles()
   call = EAGER_CALLS[name]
   problem = functools.partial(random_problem, sizes=(3, 5, 3), num_layers=num_layers,
