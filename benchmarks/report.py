@@ -367,6 +367,18 @@ def layers(results: list[Result]) -> str:
   return table(head, rows, "l" + "r" * (len(head) - 1)) + "\n\n" + source(path, payload, rounds)
 
 
+def eager_calls(results: list[Result]) -> str:
+  (path, payload), = results
+  rows = [[f"`{name}`", number(r["first_call_ms"], 0), number(r["eager_ms"], 3),
+           number(r["jit_ms"], 3), number(r["eager_over_jit"]), str(r["compiles_second_call"])]
+          for name, r in payload["results"].items()]
+  head = ["call", "first call ms", "eager call ms", "jitted call ms", "eager / jitted",
+          "compiles in the 2nd eager call"]
+  extra = (f"{sizes(payload['sizes'])}, {payload['layers']} layers, float32; median of "
+           f"{payload['rounds']} interleaved rounds after {payload['warmup']} warm-up")
+  return table(head, rows, "lrrrrr") + "\n\n" + source(path, payload, extra)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[Result]], str]]] = {
     "train_step": ("train_step*.json", newest, train_step),
     "split_threshold": ("split_threshold*.json", newest, split_threshold),
@@ -379,6 +391,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[str], list[Result]], Callable[[list[R
     "long_stream": ("long_stream*.json", newest, long_stream),
     "layers": ("layers*.json", newest, layers),
     "xla_cpu_flags": ("xla_cpu_flags*.json", newest, xla_cpu_flags),
+    "eager_calls": ("eager_calls*.json", newest, eager_calls),
 }
 """Name -> (results pattern, which results to use, renderer)."""
 

@@ -31,8 +31,8 @@ sys.path.insert(0, str(BENCHMARKS))
 import common  # noqa: E402
 import train_step  # noqa: E402
 
-SCRIPTS = ("chaos", "common", "compare_release", "gpu", "inference", "irnn_adding", "layers",
-           "long_stream", "scaling", "train_step", "xla_cpu_flags")
+SCRIPTS = ("chaos", "common", "compare_release", "eager_calls", "gpu", "inference", "irnn_adding",
+           "layers", "long_stream", "scaling", "train_step", "xla_cpu_flags")
 SIZES = (6, 3, 4, 8, 5)   # (T, B, I, H, O)
 
 
@@ -226,6 +226,18 @@ def test_inference_quick_run_agrees_with_torch(results):
   assert set(payload["throughput"]) == {"jaxrnn_unroll", "jaxrnn_infer", "torch"}
   assert set(payload["generation"]) == {"jaxrnn_loop", "jaxrnn_scan", "torch_loop"}
   assert written(results, "inference_quick")["tokens"] == 10
+
+
+def test_eager_calls_quick_run_compiles_each_call_once(results):
+  """``eager_calls.py --quick``: every call of its list ran, its second eager call compiled
+  nothing, and the ratio is that of the medians."""
+  import eager_calls  # pylint: disable=import-outside-toplevel
+  payload = eager_calls.main(["--quick"])
+  r = payload["results"]
+  assert set(r) == set(eager_calls.CALLS) and written(results, "eager_calls_quick")["results"] == r
+  assert all(x["compiles_second_call"] == 0 and x["first_call_ms"] > x["eager_ms"] > 0 for x in
+             r.values()), r
+  assert all(x["eager_over_jit"] == x["eager_ms"] / x["jit_ms"] for x in r.values())
 
 
 def test_layers_quick_run_trains_the_same_model_every_way(results):

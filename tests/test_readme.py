@@ -74,7 +74,8 @@ def test_shell_command_lines_parse():
 
 
 def test_the_pages_stay_short():
-  """The README and the benchmarks page are for users: at most 200 and 250 lines (150 until
-  0.4.0 added the transition to chaos, the long stream and the XLA:CPU options, a table each)."""
+  """The README and the benchmarks page are for users: at most 200 and 265 lines (150 until
+  0.4.0 added the transition to chaos, the long stream, the XLA:CPU options and the eager
+  calls, a table each)."""
   assert len(README.read_text().splitlines()) <= 200
-  assert len((README.parent / "benchmarks" / "README.md").read_text().splitlines()) <= 250
+  assert len((README.parent / "benchmarks" / "README.md").read_text().splitlines()) <= 265
