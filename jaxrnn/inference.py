@@ -48,11 +48,13 @@ def infer(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
 def forward_only(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
                  model: ModelSpec, compute: ComputeSpec) -> tuple[jax.Array, jax.Array]:
   """:func:`infer` on checked inputs, one program per shape and specs."""
-  if len(params.layers[0]) == 2 or kernels.use_kernel(compute, params.W_hy.dtype, h0.shape[-1]):
+  shape = shape_of(params)
+  if shape.num_directions == 2 or kernels.use_kernel(compute, params.W_hy.dtype,
+                                                     shape.hidden_size):
     trace = forward(params, xs, h0, mask, model, compute)
     with precision_scope(compute):
       return trace.final, readout(params, trace.top, model, mask)
-  num_steps, batch = xs.shape[:2]
+  num_steps, batch = jnp.shape(xs)[:2]
   live = jnp.ones((num_steps, batch), xs.dtype) if mask is None else mask  # [T, B]
 
   def body(h, inputs):

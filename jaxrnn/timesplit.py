@@ -219,16 +219,16 @@ def split_time(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None, *,
   if jnp.shape(xs)[0] < 1:
     raise ValueError("xs must hold at least one step (T >= 1) to split time")
   work = params.W_hy.dtype if compute.dtype is None else jnp.dtype(compute.dtype)
-  return split_layers(params, xs, h0, mesh, chunk, check_tolerance(tol, work), model, compute)
+  return split_layers(params, xs.astype(work), h0.astype(work), mesh, chunk,
+                      check_tolerance(tol, work), model, compute)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
 def split_layers(params: RNNParams, xs: jax.Array, h0: jax.Array, mesh: Mesh, chunk: int,
                  tol: float, model: ModelSpec, compute: ComputeSpec) -> TimeSplit:
-  """:func:`split_time` on checked arguments, one program per shape, options and specs."""
-  dtype = params.W_hy.dtype
-  work = dtype if compute.dtype is None else jnp.dtype(compute.dtype)
-  x, h0 = xs.astype(work), h0.astype(work)
+  """:func:`split_time` on checked arguments (``xs`` and ``h0`` in the working dtype), one
+  program per shape, options and specs."""
+  dtype, work, x = params.W_hy.dtype, xs.dtype, xs
   finals, stats = [], []
   for l, layer in enumerate(params.layers):
     cells = []

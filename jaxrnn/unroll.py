@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxrnn import checks, timesplit
 from jaxrnn.cell import readout, time_order
 from jaxrnn.dropout import DropoutMasks, draw_masks
-from jaxrnn.pytrees import CellParams, RNNParams, shape_of
+from jaxrnn.pytrees import CellParams, RNNParams
 from jaxrnn.recurrence import fused_layer, scan_hidden
 from jaxrnn.spec import ComputeSpec, ModelSpec, check_specs, precision_scope
 
@@ -132,18 +132,15 @@ def unroll(params: RNNParams, xs: jax.Array, h0: jax.Array | None = None,
                        "make_train_step(mesh=...))")
     return timesplit.on_mesh(unroll, lambda out: Outputs(*out[:3]), params, xs, h0, lengths, mesh,
                              model=model, compute=compute)
-  if key is not None:
-    checks.check_key("key", key)
-  return outputs(params, xs, h0, mask, key, model, compute)
+  num_steps, batch = jnp.shape(xs)[:2]
+  masks = draw_masks(key, model, shape, num_steps, batch, compute.dtype or params.W_hy.dtype)
+  return outputs(params, xs, h0, mask, masks, model, compute)
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6))
 def outputs(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Array | None,
-            key: jax.Array | None, model: ModelSpec, compute: ComputeSpec) -> Outputs:
+            masks: DropoutMasks | None, model: ModelSpec, compute: ComputeSpec) -> Outputs:
   """:func:`unroll` on checked inputs, one program per shape and specs (also when eager)."""
-  num_steps, batch = xs.shape[:2]
-  masks = draw_masks(key, model, shape_of(params), num_steps, batch,
-                     compute.dtype or params.W_hy.dtype)
   trace = forward(params, xs, h0, mask, model, compute, masks)
   with precision_scope(compute):
     ys = readout(params, trace.top, model, mask)                         # [T, B, O]

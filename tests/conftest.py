@@ -95,6 +95,18 @@ def random_problem(seed: int, num_steps: int = 6, batch: int = 4, sizes=(3, 5, 2
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def all_equations(jaxpr):
+  """Every equation of ``jaxpr`` and of all the jaxprs inside it (``jit``, ``scan``,
+  ``custom_vjp``, ...), depth first."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else [value]:
+        sub = sub if hasattr(sub, "eqns") else getattr(sub, "jaxpr", None)
+        if hasattr(sub, "eqns"):
+          yield from all_equations(sub)
+
+
 COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",
                   "/jax/compilation_cache/cache_retrieval_time_sec")
 """The duration events of one compilation: by XLA, or read from the test process's persistent

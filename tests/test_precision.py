@@ -12,24 +12,15 @@ import jax.numpy as jnp
 import pytest
 
 import jaxrnn
-from conftest import MODELS, random_problem
+from conftest import MODELS, all_equations, random_problem
 
 PRECISION = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
 
-def dot_precisions(jaxpr, found=None):
+def dot_precisions(jaxpr):
   """The ``precision`` of every ``dot_general`` in ``jaxpr`` and all the jaxprs inside it."""
-  found = [] if found is None else found
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      found.append(eqn.params["precision"])
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else [value]:
-        if hasattr(sub, "eqns"):
-          dot_precisions(sub, found)
-        elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-          dot_precisions(sub.jaxpr, found)
-  return found
+  return [eqn.params["precision"] for eqn in all_equations(jaxpr)
+          if eqn.primitive.name == "dot_general"]
 
 
 def test_default_is_highest_and_values_are_checked():

@@ -13,7 +13,7 @@ from absl.testing import parameterized
 
 import jaxrnn
 import reference
-from conftest import MODELS, random_params, random_problem
+from conftest import MODELS, all_equations, random_params, random_problem
 
 T, B = 6, 4
 LENGTHS = np.array([6, 2, 0, 4])
@@ -157,14 +157,6 @@ def test_scan_unroll_changes_nothing(num_layers, bidirectional):
                                 rtol=1e-12, atol=1e-14, strict=True)
 
 
-def num_equations(jaxpr) -> int:
-  """The equations of ``jaxpr`` and of every jaxpr inside it (``jit``, ``scan``, ``custom_vjp``)."""
-  inner = lambda value: value if hasattr(value, "eqns") else getattr(value, "jaxpr", None)
-  subs = [inner(v) for eqn in jaxpr.eqns for p in eqn.params.values()
-          for v in (p if isinstance(p, (tuple, list)) else [p])]
-  return len(jaxpr.eqns) + sum(num_equations(sub) for sub in subs if hasattr(sub, "eqns"))
-
-
 def test_program_size_does_not_grow_with_sequence_length():
   """No Python loop over time: the traced gradient program, with every jaxpr inside it, is the
   same for T = 3 and T = 3000."""
@@ -175,7 +167,7 @@ def test_program_size_does_not_grow_with_sequence_length():
       xs = jnp.zeros((num_steps, 2, 3), jnp.float64)
       lengths = jnp.full(2, num_steps)
       fn = lambda p: jaxrnn.unroll(p, xs, lengths=lengths).ys.sum()
-      return num_equations(jax.make_jaxpr(jax.grad(fn))(params).jaxpr)
+      return sum(1 for _ in all_equations(jax.make_jaxpr(jax.grad(fn))(params).jaxpr))
 
     assert size(3) == size(3000) > 40
 
