@@ -95,16 +95,39 @@ def prepare(params: RNNParams, batch: Batch, h0: jax.Array | None, key: jax.Arra
   return Problem(h0, mask, weights, masks)
 
 
+@jax.custom_vjp
+def invalid_to_nan(x: jax.Array, valid: jax.Array) -> jax.Array:
+  """``x`` where ``valid``, else NaN, and so is its gradient wherever the cotangent is nonzero.
+
+  ``jnp.where(valid, x, nan)`` alone would pass a zero gradient back from a NaN term, so a step
+  whose loss is NaN would still give a finite, plausible update; a zero cotangent (a step that
+  :func:`weighted_sum` drops) stays zero, as in :func:`jaxrnn.bptt`'s ``dz_t``.
+  """
+  return jnp.where(valid, x, jnp.nan)
+
+
+def _invalid_to_nan_fwd(x, valid):
+  return invalid_to_nan(x, valid), valid
+
+
+def _invalid_to_nan_bwd(valid, g):
+  return jnp.where(valid | (g == 0), g, jnp.nan), None
+
+
+invalid_to_nan.defvjp(_invalid_to_nan_fwd, _invalid_to_nan_bwd)
+
+
 def step_losses(z: jax.Array, targets: jax.Array, model: ModelSpec, loss: LossSpec) -> jax.Array:
   """``L_t(y_t, target_t) [T, B]`` from the logits ``z [T, B, O]`` and ``targets`` (``[T, B]``
-  classes or ``[T, B, O]`` values), unweighted; a class outside ``[0, O)`` gives NaN."""
+  classes or ``[T, B, O]`` values), unweighted; a class outside ``[0, O)`` gives NaN, and a NaN
+  gradient where the step counts (:func:`invalid_to_nan`)."""
   if loss.loss == "cross_entropy":
     num_out = z.shape[-1]
     valid = (targets >= 0) & (targets < num_out)
     classes = jnp.clip(targets, 0, num_out - 1)[..., None]             # [T, B, 1]
     log_probs = jax.nn.log_softmax(z, axis=-1)                          # [T, B, O]
     picked = -jnp.take_along_axis(log_probs, classes, axis=-1)[..., 0]
-    return jnp.where(valid, picked, jnp.nan)
+    return invalid_to_nan(picked, valid)
   y = output_activation(model, z)
   return jnp.sum((y - targets) ** 2, axis=-1)
 

@@ -77,7 +77,9 @@ class TestLossVariants(chex.TestCase):
   def test_a_class_outside_0_O_raises_eagerly_and_is_nan_under_jit(self, num_layers,
                                                                    bidirectional):
     """On a live step a class index outside [0, O) raises; under jit, where it cannot be
-    checked, the loss is NaN (not a clamped class). On a dead step it is ignored either way."""
+    checked, the loss is NaN (not a clamped class), and so is every parameter's gradient, as
+    bptt's (a NaN loss with a finite gradient would still train). On a dead step it is ignored
+    either way, gradient included."""
     prob = random_problem(4, T, B, num_layers=num_layers, bidirectional=bidirectional,
                           masked=True)
     batch = prob.batch
@@ -87,6 +89,7 @@ class TestLossVariants(chex.TestCase):
     t, b = np.argwhere(live)[0]
     model, spec = jaxrnn.ModelSpec(), jaxrnn.LossSpec("cross_entropy", "mean")
     run = self.variant(functools.partial(jaxrnn.sequence_loss, model=model, loss=spec))
+    grad = self.variant(jax.grad(lambda *args: run(*args)[0]))
     for bad in (2, 5, -1):                                             # O = 2
       bad_batch = batch._replace(targets=batch.targets.at[t, b].set(bad))
       if self.variant.type == chex.ChexVariantType.WITHOUT_JIT:
@@ -94,10 +97,16 @@ class TestLossVariants(chex.TestCase):
           run(prob.params, bad_batch, prob.h0)
       else:
         assert np.isnan(run(prob.params, bad_batch, prob.h0)[0]), bad
+        for grads in (grad(prob.params, bad_batch, prob.h0),
+                      jax.jit(functools.partial(jaxrnn.bptt, model=model, loss=spec))(
+                          prob.params, bad_batch, prob.h0)[0]):
+          assert all(np.isnan(leaf).any() for leaf in jax.tree.leaves(grads)), bad
     dead = batch._replace(targets=jnp.where(jnp.asarray(live), batch.targets, 99))
     chex.assert_trees_all_close(run(prob.params, dead, prob.h0)[0],
                                 np.float64(reference_loss(prob, model, spec)[0]),
                                 rtol=1e-12, strict=True)
+    chex.assert_trees_all_close(grad(prob.params, dead, prob.h0),
+                                grad(prob.params, batch, prob.h0), rtol=1e-12)
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters(("sum", 0.5), ("sum", -1.0), ("sum", 2.0), ("mean", 0.5),
