@@ -98,12 +98,31 @@ def check_unidirectional(shape: Shape, what: str, why: str) -> None:
 
 
 def check_key(name: str, key: Any) -> None:
-  """Raises ``TypeError`` unless ``key`` is a ``jax.random`` key (typed, or legacy ``uint32[2]``)."""
-  if isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                     or (key.dtype == jnp.uint32 and key.shape == (2,))):
+  """Raises ``TypeError`` unless ``key`` is a ``jax.random`` key (typed, or legacy ``uint32[2]``),
+  ``ValueError`` for an array of several typed keys."""
+  typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  if typed and key.shape:
+    raise ValueError(f"{name} must be one jax.random key, got an array of keys of shape "
+                     f"{key.shape}")
+  if typed or (isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)):
     return
   raise TypeError(f"{name} must be a jax.random key (e.g. jax.random.key(0)), got "
                   f"{type(key).__name__}")
+
+
+FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
+
+
+def float_dtype(name: str, dtype: Any) -> np.dtype:
+  """``dtype`` as a NumPy dtype; ``TypeError`` naming ``name`` unless it is one of
+  :data:`FLOAT_DTYPES` (float8 formats are floating too, but nothing here computes in them)."""
+  try:
+    parsed = jnp.dtype(dtype)
+  except TypeError:
+    parsed = None
+  if parsed is None or parsed.name not in FLOAT_DTYPES:
+    raise TypeError(f"{name} must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+  return parsed
 
 
 def check_params(params: Any) -> Shape:
@@ -123,6 +142,10 @@ def check_params(params: Any) -> Shape:
   width = None if hidden is None else num_dirs * hidden
   check_shape("params.W_hy", params.W_hy, "[O, D*H]", (None, None))
   dtype = params.W_hy.dtype
+  if jnp.result_type(params.W_hy) != dtype:      # float64 NumPy arrays without jax_enable_x64
+    raise TypeError(f"params.W_hy has dtype {dtype}, which JAX computes in "
+                    f"{jnp.result_type(params.W_hy)} while jax_enable_x64 is off: turn it on, "
+                    f"or cast the params")
   for l, layer in enumerate(layers):
     for d, cell in enumerate(layer):
       name = f"params.layers[{l}][{d}]"

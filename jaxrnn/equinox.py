@@ -87,7 +87,7 @@ class RNN(eqx.Module):
         dropout in training mode; ignored otherwise).
       inference: overrides the layer's (no dropout when true).
     """
-    inference = self.inference if inference is None else inference
+    inference = layers.no_dropout("inference", inference, self.inference)
     if not layers.has_dropout(self.model) or inference:
       key = None
     elif key is None:

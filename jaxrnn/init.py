@@ -48,9 +48,7 @@ def init_params(key: jax.Array, input_size: int, hidden_size: int, output_size: 
   checks.check_type("init", init, InitSpec)
   if not isinstance(bidirectional, bool):
     raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
-  dtype = default_dtype() if dtype is None else jnp.dtype(dtype)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+  dtype = default_dtype() if dtype is None else checks.float_dtype("dtype", dtype)
   num_dirs = 2 if bidirectional else 1
   width = num_dirs * hidden_size
   count = num_layers * num_dirs * hidden_size * (hidden_size + width + 1) + output_size * width
@@ -85,5 +83,9 @@ def init_params(key: jax.Array, input_size: int, hidden_size: int, output_size: 
       tuple(cell(jax.random.fold_in(k_layers, l * num_dirs + d), input_size if l == 0 else width)
             for d in range(num_dirs))
       for l in range(num_layers))
-  return RNNParams(layers=layers, W_hy=dense(k_out, (output_size, width)),
-                   b_y=jnp.zeros((output_size,), dtype))
+  params = RNNParams(layers=layers, W_hy=dense(k_out, (output_size, width)),
+                     b_y=jnp.zeros((output_size,), dtype))
+  leaves = jax.tree.leaves(params)
+  if checks.is_concrete(*leaves) and not all(bool(jnp.isfinite(leaf).all()) for leaf in leaves):
+    raise ValueError(f"init.scale={scale!r} overflows {dtype.name}: some weights drawn are inf")
+  return params

@@ -14,21 +14,28 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import checks
 from jaxrnn.pytrees import CellParams, RNNParams
 
-_KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?")
+_KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(0|[1-9]\d*)(_reverse)?")
 
 
 def _to_numpy(name: str, tensor: Any) -> np.ndarray:
-  """A torch tensor (any device, with or without grad) or array as a floating NumPy array."""
+  """A torch tensor (any device, with or without grad) or array as a floating NumPy array
+  (bfloat16 stays bfloat16: NumPy has no such type, ``ml_dtypes`` has)."""
+  if isinstance(tensor, jax.core.Tracer):
+    raise TypeError(f"{name} is traced: from_torch reads concrete weights, call it outside "
+                    f"jax.jit")
   if hasattr(tensor, "detach"):
-    tensor = tensor.detach().cpu().numpy()
+    tensor = tensor.detach().cpu()
+    bfloat16 = str(tensor.dtype) == "torch.bfloat16"
+    tensor = tensor.float().numpy().astype(jnp.bfloat16) if bfloat16 else tensor.numpy()
   array = np.asarray(tensor)
-  if not np.issubdtype(array.dtype, np.floating):
+  if not jnp.issubdtype(array.dtype, jnp.floating):
     raise TypeError(f"{name} must be a floating-point tensor or array, got {array.dtype}")
   if array.ndim != (1 if "bias" in name else 2):
     raise ValueError(f"{name} must be a {'vector' if 'bias' in name else 'matrix'}, got shape "
@@ -66,8 +73,9 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
   for name, tensor in state_dict.items():
     match = _KEY.fullmatch(name)
     if match is None:
-      raise ValueError(f"unsupported torch.nn.RNN state dict key {name!r} (proj_size is not "
-                       f"supported)")
+      raise ValueError(f"unsupported torch.nn.RNN state dict key {name!r}: expected "
+                       f"weight_ih_l<k>, weight_hh_l<k>, bias_ih_l<k> or bias_hh_l<k>, each "
+                       f"optionally _reverse (proj_size is not supported)")
     kind, layer, reverse = match.groups()
     found.setdefault((int(layer), int(reverse is not None)), {})[kind] = _to_numpy(name, tensor)
   num_layers = 1 + max(layer for layer, _ in found) if found else 0
@@ -78,7 +86,7 @@ def from_torch(state_dict: Mapping[str, Any], linear: Mapping[str, Any] | None =
     raise ValueError("every layer needs weight_ih_l{k} and weight_hh_l{k}")
   if linear is not None and "weight" not in linear:
     raise ValueError("linear must hold the nn.Linear's 'weight' (and optionally 'bias')")
-  dtype = jnp.dtype(dtype if dtype is not None else found[0, 0]["weight_ih"].dtype)
+  dtype = checks.float_dtype("dtype", found[0, 0]["weight_ih"].dtype if dtype is None else dtype)
 
   for (l, d), arrays in found.items():
     hidden = arrays["weight_hh"].shape[0]
@@ -127,8 +135,12 @@ def to_torch(params: RNNParams) -> tuple[dict[str, Any], dict[str, Any]]:
   import torch  # pylint: disable=import-outside-toplevel
 
   checks.check_params(params)
+  if not checks.is_concrete(*jax.tree.leaves(params)):
+    raise TypeError("params are traced: to_torch copies concrete weights, call it outside jax.jit")
 
   def tensor(a: jnp.ndarray) -> Any:
+    if a.dtype == jnp.bfloat16:                       # NumPy's bfloat16 is not torch's
+      return torch.from_numpy(np.asarray(a, np.float32)).to(torch.bfloat16)
     return torch.from_numpy(np.array(a))
 
   rnn: dict[str, Any] = {}

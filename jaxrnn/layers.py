@@ -55,6 +55,17 @@ def sizes(params: Any) -> dict[str, Any]:
           "bidirectional": shape.num_directions == 2, "dtype": params.W_hy.dtype}
 
 
+def no_dropout(name: str, value: bool | None, default: bool) -> bool:
+  """A call's ``deterministic`` (Flax) or ``inference`` (Equinox) ``value``, the layer's
+  ``default`` for ``None``; ``TypeError`` naming ``name`` for anything but a bool (a string such
+  as ``"no"`` would be true)."""
+  if value is None:
+    return default
+  if not isinstance(value, bool):
+    raise TypeError(f"{name} must be a bool or None, got {value!r}")
+  return value
+
+
 def has_dropout(model: ModelSpec) -> bool:
   """Whether any dropout rate of ``model`` is above 0 (a training call then needs randomness)."""
   return bool(model.dropout or model.input_dropout or model.state_dropout)

@@ -9,7 +9,8 @@
 ``reduction="sum"`` is the seed's ``L = sum_t L_t`` (over the batch too),
 ``"mean"`` divides by the live ``(t, b)`` steps. Under ``jit``, where values
 cannot be checked, a class outside ``[0, O)``, a length outside ``[0, T]`` or a
-``target_mask`` entry other than 0 or 1 makes the loss NaN, never a plausible number.
+``target_mask`` entry other than 0 or 1 makes the loss NaN, and NaN reaches its gradient: never
+a plausible number.
 """
 
 import dataclasses
@@ -82,6 +83,9 @@ def prepare(params: RNNParams, batch: Batch, h0: jax.Array | None, key: jax.Arra
                                      (None, "auto") or compute.dtype is not None):
     raise ValueError("compute.gradient='bptt' is the plain hand-derived oracle: it takes no "
                      "dropout key, checkpoint_every or compute dtype")
+  if shape.output_size == 0:
+    raise ValueError("params.W_hy has no rows: a loss needs a read-out of O >= 1 outputs "
+                     "(from_torch(state_dict, linear) adds one)")
   dtype = params.W_hy.dtype
   check_targets(batch, shape, dtype, loss)
   num_steps, size = jnp.shape(batch.xs)[:2]

@@ -95,7 +95,7 @@ class RNN(nnx.Module):
       rngs: where this call's dropout key comes from (``nnx.Rngs``, a stream or a key);
         ``None``: the stream forked from the constructor's ``rngs``.
     """
-    deterministic = self.deterministic if deterministic is None else deterministic
+    deterministic = layers.no_dropout("deterministic", deterministic, self.deterministic)
     key = None
     if layers.has_dropout(self.model) and not deterministic:
       rngs = self.rngs if rngs is None else rngs
@@ -103,8 +103,13 @@ class RNN(nnx.Module):
         raise ValueError("rngs: the layer has dropout and is in training mode, but no nnx.Rngs "
                          "was passed to its constructor or this call; pass rngs=, or "
                          "deterministic=True (model.eval()) to evaluate")
-      key = rngs["dropout"]() if isinstance(rngs, nnx.Rngs) else (
-          rngs() if isinstance(rngs, nnx.RngStream) else rngs)
+      if isinstance(rngs, nnx.Rngs):
+        key = rngs["dropout"]()
+      elif isinstance(rngs, nnx.RngStream):
+        key = rngs()
+      else:
+        checks.check_key("rngs", rngs)
+        key = rngs
     return layers.apply(self, self.to_params(), xs, lengths, h0, key)
 
   def set_view(self, deterministic: bool | None = None):

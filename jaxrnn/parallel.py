@@ -27,8 +27,9 @@ def batch_mesh(num_devices: int | None = None) -> Mesh:
 
 
 def as_mesh(mesh: Mesh | int | None) -> Mesh:
-  """``mesh`` itself, or :func:`batch_mesh` of a device count (all devices for ``None``)."""
-  return mesh if isinstance(mesh, Mesh) else batch_mesh(mesh)
+  """``mesh`` itself, or a batch mesh over a device count (all devices for ``None``); a bad count
+  is named ``mesh``, the argument it came from."""
+  return mesh if isinstance(mesh, Mesh) else checks.device_mesh("mesh", mesh, AXIS)
 
 
 def resolve(mesh: Mesh | int | str | None, batch_size: int) -> Mesh | int | None:
@@ -44,6 +45,15 @@ def resolve(mesh: Mesh | int | str | None, batch_size: int) -> Mesh | int | None
   if devices < 2 or batch_size % devices or jax.process_count() > 1:
     return None
   return batch_mesh(devices)
+
+
+def batch_size(batch: Batch) -> int:
+  """``B`` of ``batch``, which a step reads before anything else to choose its split;
+  ``TypeError``/``ValueError`` naming ``batch`` unless it is a :class:`jaxrnn.Batch` whose
+  ``xs`` is ``[T, B, I]``."""
+  checks.check_type("batch", batch, Batch)
+  checks.check_shape("batch.xs", batch.xs, "[T, B, I]", (None, None, None))
+  return jnp.shape(batch.xs)[1]
 
 
 def check_divisible(batch_size: int, mesh: Mesh) -> None:

@@ -151,12 +151,7 @@ class ComputeSpec:
     if self.checkpoint_every not in (None, "auto"):
       checks.check_int("compute.checkpoint_every", self.checkpoint_every)
     if self.dtype is not None:
-      try:
-        floating = jnp.issubdtype(jnp.dtype(self.dtype), jnp.floating)
-      except TypeError:
-        floating = False
-      if not floating:
-        raise TypeError(f"compute.dtype must be a floating-point dtype, got {self.dtype!r}")
+      checks.float_dtype("compute.dtype", self.dtype)
 
 
 @dataclasses.dataclass(frozen=True)

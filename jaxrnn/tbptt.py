@@ -18,9 +18,9 @@ import optax
 
 from jaxrnn import checks, parallel
 from jaxrnn.losses import prepare
-from jaxrnn.pytrees import Batch, RNNParams, Shape
+from jaxrnn.pytrees import Batch, RNNParams
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec, check_specs
-from jaxrnn.train import value_and_grad
+from jaxrnn.train import check_opt_state, check_optimizer, opt_state_layout, value_and_grad
 
 
 class TBPTTResult(NamedTuple):
@@ -50,11 +50,10 @@ def tbptt_chunks(xs: jax.Array, chunk_length: int) -> jax.Array:
   return jnp.reshape(xs, (num_steps // chunk_length, chunk_length) + jnp.shape(xs)[1:])
 
 
-def check_stateful(params: RNNParams) -> Shape:
-  """Checks ``params`` and that the model has a state running forward in time; returns its shape."""
-  shape = checks.check_params(params)
-  checks.check_unidirectional(shape, "truncated BPTT", "it carries the state forward in time")
-  return shape
+def check_stateful(params: RNNParams) -> None:
+  """Checks ``params`` and that the model has a state running forward in time."""
+  checks.check_unidirectional(checks.check_params(params), "truncated BPTT",
+                              "it carries the state forward in time")
 
 
 def make_tbptt_step(optimizer: optax.GradientTransformation, *, model: ModelSpec = ModelSpec(),
@@ -80,11 +79,13 @@ def make_tbptt_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
     ((1, 4, 5), ())
   """
   check_specs(None, model, loss, compute)
+  check_optimizer(optimizer)
   body = parallel.split(functools.partial(value_and_grad, model=model, loss=loss,
                                           compute=compute), mesh)
 
   def tbptt_step(params, opt_state, h, chunk, key=None):
     check_stateful(params)
+    check_opt_state(opt_state, opt_state_layout(optimizer, params))
     problem = prepare(params, chunk, jax.lax.stop_gradient(h), key, model, loss, compute)
     (value, grads), h_next = body(params, chunk, problem)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -117,18 +118,19 @@ def tbptt_epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, stream: Batc
     >>> result.losses.shape                      # T = 6 steps in 2 chunks
     (2,)
   """
-  shape = check_stateful(params)
+  check_stateful(params)
   checks.check_type("stream", stream, Batch)
   if stream.lengths is not None or stream.target_mask is not None:
     raise ValueError("stream must be a jaxrnn.Batch of xs and targets only (no lengths or "
                      "target_mask: a stream has no end)")
   if key is not None:
     checks.check_key("key", key)
+  _, h0, _ = checks.check_inputs(params, stream.xs, h0, None, "stream.xs")   # h0: zeros if None
+  steps_and_rows = jnp.shape(stream.xs)[:2]                                 # (T, B)
+  checks.check_shape("stream.targets", stream.targets, "[T, B, ...]",
+                     steps_and_rows + (None,) * (jnp.ndim(stream.targets) - 2))
   chunks = jax.tree.map(lambda a: tbptt_chunks(a, chunk_length), stream)  # [N, k, B, ...]
   num_chunks = chunks.xs.shape[0]
-  if h0 is None:
-    h0 = jnp.zeros((shape.num_layers, jnp.shape(stream.xs)[1], shape.hidden_size),
-                   params.W_hy.dtype)
   keys = None if key is None else jax.vmap(lambda c: jax.random.fold_in(key, c))(
       jnp.arange(num_chunks))
   return epoch(step, params, opt_state, chunks, h0, keys)

@@ -36,6 +36,15 @@ Metrics = dict[str, jax.Array]
 Step = Callable[..., tuple[RNNParams, Any, Metrics]]
 
 
+def check_optimizer(optimizer: Any) -> None:
+  """``TypeError`` unless ``optimizer`` has optax's ``init`` and ``update`` (a step built with
+  anything else would fail only when first called)."""
+  if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update",
+                                                                           None))):
+    raise TypeError(f"optimizer must be an optax.GradientTransformation (e.g. "
+                    f"jaxrnn.make_optimizer('adam')), got {type(optimizer).__name__}")
+
+
 def make_optimizer(name: str = "adam", learning_rate: float = 1e-3,
                    clip_norm: float | None = None, **kwargs: Any) -> optax.GradientTransformation:
   """``optax.chain(clip_by_global_norm(clip_norm), <name>(learning_rate, **kwargs))``.
@@ -118,6 +127,18 @@ def shapes_of(tree: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
   return treedef, tuple(tuple(jnp.shape(leaf)) for leaf in leaves)
 
 
+def opt_state_layout(optimizer: optax.GradientTransformation, params: RNNParams) -> Any:
+  """:func:`shapes_of` ``optimizer.init(params)``, without computing it."""
+  return shapes_of(jax.eval_shape(optimizer.init, params))
+
+
+def check_opt_state(opt_state: Any, layout: Any) -> None:
+  """``ValueError`` unless ``opt_state`` has the :func:`opt_state_layout` ``layout``."""
+  if shapes_of(opt_state) != layout:
+    raise ValueError("opt_state does not fit params: its tree or shapes differ from "
+                     "optimizer.init(params)'s (another optimizer or another model?)")
+
+
 def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec = ModelSpec(),
                     loss: LossSpec = LossSpec(), compute: ComputeSpec = ComputeSpec(),
                     donate: bool = True, mesh: Any = "auto") -> Step:
@@ -150,6 +171,9 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
     ['grad_norm', 'loss', 'param_max']
   """
   check_specs(None, model, loss, compute)
+  check_optimizer(optimizer)
+  if not isinstance(donate, bool):
+    raise TypeError(f"donate must be a bool, got {donate!r}")
   body = parallel.split(functools.partial(value_and_grad, model=model, loss=loss,
                                           compute=compute), mesh)
 
@@ -176,11 +200,9 @@ def make_train_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
     layout = shapes_of(params)
     if layout not in expected:
       checks.check_params(params)
-      expected[layout] = shapes_of(jax.eval_shape(optimizer.init, params))
-    if shapes_of(opt_state) != expected[layout]:
-      raise ValueError("opt_state does not fit params: its tree or shapes differ from "
-                       "optimizer.init(params)'s (another optimizer or another model?)")
-    if (split_over := parallel.resolve(mesh, jnp.shape(batch.xs)[1])) is not None:
+      expected[layout] = opt_state_layout(optimizer, params)
+    check_opt_state(opt_state, expected[layout])
+    if (split_over := parallel.resolve(mesh, parallel.batch_size(batch))) is not None:
       place = parallel.place_step_arguments(parallel.as_mesh(split_over))
       params, opt_state, batch, key = place(params, opt_state, batch, key)
     return compiled(params, opt_state, batch, key)
@@ -255,7 +277,7 @@ def make_eval_step(*, model: ModelSpec = ModelSpec(), loss: LossSpec = LossSpec(
                                        mesh=mesh))
 
   def eval_step(params, batch):
-    if (split_over := parallel.resolve(mesh, jnp.shape(batch.xs)[1])) is None:
+    if (split_over := parallel.resolve(mesh, parallel.batch_size(batch))) is None:
       return compiled(params, batch)
     split_over = parallel.as_mesh(split_over)
     return compiled(parallel.replicate(params, split_over), parallel.shard_batch(batch, split_over))
@@ -305,6 +327,9 @@ def fit(params: RNNParams, opt_state: Any, train_step: Step,
     >>> result.history["loss"].shape
     (3,)
   """
+  if not checks.is_concrete(*jax.tree.leaves((params, opt_state))):
+    raise TypeError("fit runs a Python loop of compiled steps and cannot be traced: call it "
+                    "outside jax.jit (the train step inside it is compiled already)")
   if isinstance(steps, int) and not isinstance(steps, bool):
     checks.check_int("steps", steps, 0)
     steps = range(steps)

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl.testing import parameterized
 
@@ -30,6 +31,8 @@ def with_cell(params, l, d, **changes):
 
 unroll = jaxrnn.unroll
 loss = jaxrnn.sequence_loss
+ADAM = optax.adam(1e-2)
+STEP = jaxrnn.make_train_step(ADAM, donate=False)
 nan = float("nan")
 
 CASES = {
@@ -101,6 +104,10 @@ CASES = {
         r"temperature must be a finite number in \(5\.56\d*e-303, inf\), got 1e-305"),
     "key not a key": (lambda: unroll(P1, XS, model=jaxrnn.ModelSpec(dropout=0.5), key=0),
                       TypeError, r"key must be a jax\.random key"),
+    "key an array of keys": (lambda: unroll(P1, XS, model=jaxrnn.ModelSpec(dropout=0.5),
+                                            key=jax.random.split(KEY, 3)),
+                             ValueError, r"key must be one jax\.random key, got an array of keys "
+                                         r"of shape \(3,\)"),
     # batch
     "batch a tuple": (lambda: loss(P1, (XS, TARGETS)), TypeError, r"batch must be"),
     "target_mask -1": (lambda: loss(P1, BATCH._replace(target_mask=-jnp.ones((T, B)))),
@@ -150,6 +157,8 @@ CASES = {
                               r"compute\.dtype"),
     "compute dtype unknown": (lambda: jaxrnn.ComputeSpec(dtype="float7"), TypeError,
                               r"compute\.dtype"),
+    "compute dtype float8": (lambda: jaxrnn.ComputeSpec(dtype="float8_e4m3fn"), TypeError,
+                             r"compute\.dtype must be one of bfloat16, float16, float32, float64"),
     "unknown init scheme": (lambda: jaxrnn.InitSpec("xavier"), ValueError,
                             r"init\.scheme 'xavier'"),
     "glorot with a scale": (lambda: jaxrnn.InitSpec("glorot", 2.0), ValueError,
@@ -201,6 +210,34 @@ CASES = {
                         r"key must be a jax\.random key"),
     "init integer dtype": (lambda: jaxrnn.init_params(KEY, I, H, O, dtype=jnp.int32), TypeError,
                            r"dtype"),
+    "init unknown dtype": (lambda: jaxrnn.init_params(KEY, I, H, O, dtype="foo"), TypeError,
+                           r"dtype must be one of .*, got 'foo'"),
+    "init scale overflows": (lambda: jaxrnn.init_params(KEY, I, H, O, dtype=jnp.float32,
+                                                        init=jaxrnn.InitSpec("normal", 1e39)),
+                             ValueError, r"init\.scale=1e\+39 overflows float32"),
+    "init key an array of keys": (lambda: jaxrnn.init_params(jax.random.split(KEY, 2), I, H, O),
+                                  ValueError, r"key must be one jax\.random key, got an array"),
+    # steps and loops
+    "loss without a read-out": (lambda: loss(P1._replace(W_hy=jnp.zeros((0, H)),
+                                                         b_y=jnp.zeros((0,))), BATCH),
+                                ValueError, r"params\.W_hy has no rows"),
+    "train step batch a tuple": (lambda: STEP(P1, ADAM.init(P1), (XS, TARGETS)), TypeError,
+                                 r"batch must be a jaxrnn\.Batch"),
+    "train step xs a vector": (lambda: STEP(P1, ADAM.init(P1), BATCH._replace(xs=XS[0, 0])),
+                               ValueError, r"batch\.xs must have shape \[T, B, I\]"),
+    "eval step batch a tuple": (lambda: jaxrnn.make_eval_step()(P1, (XS, TARGETS)), TypeError,
+                                r"batch must be a jaxrnn\.Batch"),
+    "train step optimizer a string": (lambda: jaxrnn.make_train_step("adam"), TypeError,
+                                      r"optimizer must be an optax\.GradientTransformation"),
+    "tbptt step optimizer None": (lambda: jaxrnn.make_tbptt_step(None), TypeError,
+                                  r"optimizer must be an optax\.GradientTransformation"),
+    "donate a string": (lambda: jaxrnn.make_train_step(ADAM, donate="no"), TypeError,
+                        r"donate must be a bool"),
+    "mesh 0": (lambda: jaxrnn.loss_and_grad(P1, BATCH, mesh=0), ValueError,
+               r"^mesh must be an int >= 1, got 0"),
+    "fit under jit": (lambda: jax.jit(lambda p: jaxrnn.fit(p, ADAM.init(p), STEP, [BATCH], 1,
+                                                           progress=False))(P1),
+                      TypeError, r"fit runs a Python loop"),
     "bidirectional not a bool": (lambda: jaxrnn.init_params(KEY, I, H, O, bidirectional="yes"),
                                  TypeError, r"bidirectional"),
 }
@@ -211,6 +248,16 @@ def test_bad_input_is_named(name):
   call, error, pattern = CASES[name]
   with pytest.raises(error, match=pattern):
     call()
+
+
+def test_float64_numpy_params_without_x64_are_named_not_blamed_on_another_array():
+  """Without jax_enable_x64, JAX computes float64 NumPy arrays in float32: the message says so
+  instead of calling one array of an all-float64 model float32."""
+  params = jax.tree.map(lambda a: np.asarray(a, np.float64), P1)
+  with jax.enable_x64(False):
+    with pytest.raises(TypeError, match=r"params\.W_hy has dtype float64, which JAX computes in "
+                                        r"float32 while jax_enable_x64 is off"):
+      unroll(params, np.asarray(XS))
 
 
 def test_no_h0_is_zeros_for_every_layer_and_direction():

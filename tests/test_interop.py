@@ -135,6 +135,8 @@ def test_bad_keys_and_missing_weights_raise():
     jaxrnn.from_torch({**state(), "weight_hr_l0": np.zeros((2, H))})
   with pytest.raises(ValueError, match="unsupported"):
     jaxrnn.from_torch({**state(), "something": np.zeros(3)})
+  with pytest.raises(ValueError, match="unsupported .* key 'weight_ih_l00'"):   # not layer 0 again
+    jaxrnn.from_torch({**state(), "weight_ih_l00": np.zeros((H, I), np.float32)})
   with pytest.raises(ValueError, match="layers 0..L-1"):
     jaxrnn.from_torch({k: v for k, v in state().items() if "_l0" not in k})
   with pytest.raises(ValueError, match="layers 0..L-1"):
@@ -202,3 +204,24 @@ def test_a_state_dict_that_is_not_a_mapping_raises_naming_it(state_dict):
 def test_string_or_scalar_values_raise_naming_the_key(values):
   with pytest.raises((TypeError, ValueError), match="weight_"):
     jaxrnn.from_torch(dict(zip(("weight_ih_l0", "weight_hh_l0"), values)))
+
+
+def test_bfloat16_weights_go_both_ways_exactly():
+  """torch's bfloat16 tensors have no NumPy type: from_torch and to_torch keep them bfloat16."""
+  params = jaxrnn.init_params(jax.random.key(0), I, H, O, num_layers=2, dtype=jnp.bfloat16)
+  rnn_state, linear_state = jaxrnn.to_torch(params)
+  assert {t.dtype for t in [*rnn_state.values(), *linear_state.values()]} == {torch.bfloat16}
+  back = jaxrnn.from_torch(rnn_state, linear_state)
+  chex.assert_trees_all_equal(back, params, strict=True)
+  rnn = torch.nn.RNN(I, H, num_layers=2).to(torch.bfloat16)
+  chex.assert_type(jax.tree.leaves(jaxrnn.from_torch(rnn.state_dict())), jnp.bfloat16)
+
+
+def test_traced_weights_and_unknown_dtypes_are_named():
+  params = random_params(3, (I, H, O))
+  with pytest.raises(TypeError, match="params are traced: .*outside jax.jit"):
+    jax.jit(jaxrnn.to_torch)(params)
+  with pytest.raises(TypeError, match="weight_ih_l0 is traced"):
+    jax.jit(lambda w: jaxrnn.from_torch({"weight_ih_l0": w, "weight_hh_l0": w}))(jnp.ones((H, H)))
+  with pytest.raises(TypeError, match="dtype must be one of .*got 'foo'"):
+    jaxrnn.from_torch(state(), dtype="foo")

@@ -211,6 +211,8 @@ def test_dropout_without_randomness_is_refused(fw):
   xs = jnp.ones((T, B, 3))
   with pytest.raises(ValueError, match=fw.randomness):
     fw.call(layer, xs)
+  with pytest.raises(TypeError, match=f"^{fw.randomness} must be a jax.random key .*got int"):
+    fw.call(layer, xs, key=3)
   chex.assert_trees_all_equal(fw.call(fw.evaluation(layer), xs),
                               tuple(jaxrnn.unroll(layer.to_params(), xs))[1:])
   no_dropout = fw.from_params(random_params(9))
@@ -264,6 +266,9 @@ def test_bad_calls_name_the_argument(fw):
                             ((xs, jnp.full(B, T + 1)), ValueError, "lengths")]:
     with pytest.raises(error, match=name):
       fw.call(layer, *args)
+  flag = "deterministic" if fw.randomness == "rngs" else "inference"
+  with pytest.raises(TypeError, match=f"{flag} must be a bool or None, got 'no'"):
+    layer(xs, **{flag: "no"})                   # a truthy string would turn dropout off
 
 
 def test_another_layers_weights_are_refused(fw):

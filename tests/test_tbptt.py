@@ -190,6 +190,13 @@ def test_chunk_length_and_stream_checks():
     epoch((data.xs, data.targets))
   with pytest.raises(TypeError, match="key"):
     epoch(data, key=7)
+  with pytest.raises(ValueError, match=r"stream\.targets must have shape \[T, B, \.\.\.\]"):
+    epoch(data._replace(targets=data.targets[:K]))                 # the chunk count would blame K
+  with pytest.raises(TypeError, match=r"stream\.xs must be a jax or NumPy array, got list"):
+    epoch(data._replace(xs=np.asarray(data.xs).tolist()))
+  adam = optax.adam(0.1)
+  with pytest.raises(ValueError, match="opt_state does not fit params"):   # another model's
+    jaxrnn.tbptt_epoch(jaxrnn.make_tbptt_step(adam), params, adam.init(uni_params(9, 2)), data, K)
   with pytest.raises(ValueError, match="bptt"):     # the hand-derived oracle takes no dropout key
     jaxrnn.tbptt_epoch(jaxrnn.make_tbptt_step(sgd, compute=jaxrnn.ComputeSpec(gradient="bptt")),
                        params, sgd.init(params), data, K, key=jax.random.key(0))
