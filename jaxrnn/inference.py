@@ -67,6 +67,12 @@ def forward_only(params: RNNParams, xs: jax.Array, h0: jax.Array, mask: jax.Arra
   return final + 0 * live.sum(0)[None, :, None], ys                      # NaN for a bad length
 
 
+def min_temperature(dtype: Any) -> float:
+  """The smallest ``temperature`` :func:`generate` takes for params of ``dtype``: logits up to
+  ``1e6`` over it stay finite."""
+  return 1e6 / float(jnp.finfo(dtype).max)
+
+
 def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
              temperature: float = 1.0, *, model: ModelSpec = ModelSpec(),
              compute: ComputeSpec = ComputeSpec()) -> jax.Array:
@@ -109,7 +115,7 @@ def generate(params: RNNParams, key: jax.Array, prompt: jax.Array, length: int,
   if needed > checks.device_memory():
     raise ValueError(f"length={length} needs {needed / 2**30:.1f} GiB for the sampled symbols, "
                      f"more than the {checks.device_memory() / 2**30:.1f} GiB of the device")
-  checks.check_real("temperature", temperature, 1e6 / float(jnp.finfo(params.W_hy.dtype).max))
+  checks.check_real("temperature", temperature, min_temperature(params.W_hy.dtype))
   return sample(params, key, prompt, length, temperature, model, compute)
 
 

@@ -29,6 +29,8 @@ from conftest import TEST_XLA_FLAGS, free_port, process_env
 
 TINY_RUN = ["--seq-len", "4", "--hidden-size", "4", "--batch-size", "4", "--no-progress"]
 """Options of a run that ends at once (for checks that must stop a run before it starts)."""
+TINY_DIGITS = TINY_RUN[2:]
+""":data:`TINY_RUN` without ``--seq-len``, which digits (sequences of a fixed length) refuses."""
 TINY = ["--batch-size", "16", "--eval-every", "10", "--save-every", "50", "--no-progress"]
 TASK_OPTIONS = {
     "adding": ["--steps", "200", "--seq-len", "10", "--hidden-size", "16", "--lr", "1e-2",
@@ -305,14 +307,96 @@ def test_sample_generates_from_the_prompt_with_a_two_layer_text_model(tmp_path, 
   assert capsys.readouterr().out == "the \n"
   for bad, message in ((["--length", "-5"], "--length must be from 0 to 10000000"),
                        (["--length", "10000001"], "--length must be from 0 to 10000000"),
-                       (["--temperature", "inf"], "--temperature must be a finite number > 0"),
-                       (["--temperature", "0"], "--temperature must be a finite number > 0"),
+                       *((["--temperature", t, "--prompt", "at"], "--temperature must be a "
+                          "finite number > 2.93874e-33") for t in ("inf", "0", "nan")),
                        (["--prompt", "the dog"], "from the run's vocabulary (not 'dg')"),
                        (["--prompt", ""], "the prompt must be non-empty"),
                        *((["--seed", seed], "--seed must be a whole number from 0 to "
                           "4294967295") for seed in (str(2**64), str(2**32)))):
     assert cli.main(["sample", str(tmp_path / "run"), *bad]) == 2
     assert message in one_error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+  """A finished tiny ``text`` run with checkpoints at steps 5 and 10, for tests that read it."""
+  folder = tmp_path_factory.mktemp("text")
+  (folder / "corpus.txt").write_text("hello world. " * 50, encoding="utf-8")
+  assert cli.main(["train", "text", "--text-file", str(folder / "corpus.txt"), "--run-dir",
+                   str(folder / "run"), "--steps", "10", "--save-every", "5", "--eval-every", "5",
+                   "--seq-len", "8", "--hidden-size", "8", "--batch-size", "4",
+                   "--no-progress"]) == 0
+  return folder / "run"
+
+
+@pytest.mark.parametrize("temperature, message", [
+    *((t, f"--temperature must be a finite number > 2.93874e-33, got {float(t)}")
+      for t in ("1e-35", "1e-39")),
+    ("1e300", "--temperature must be a finite number > 2.93874e-33, of a magnitude float32 holds "
+              "(from 1.175e-38 to 3.403e+38, or 0), got 1e+300")])
+def test_sample_refuses_a_temperature_the_model_cannot_divide_by(temperature, message, text_run,
+                                                                  capsys):
+  """Below generate's bound for the run's dtype (jaxrnn.inference.min_temperature) the logits
+  overflow, beyond float32 the temperature does: one line each, no traceback, no warning."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert cli.main(["sample", str(text_run), "--prompt", "hel", "--temperature",
+                     temperature]) == 2
+  assert one_error_line(capsys) == f"jaxrnn: error: {message}"
+
+
+def garble_state(step_dir):
+  """Overwrites the arrays of a checkpoint's state with garbage."""
+  for data in (step_dir / "state" / "d").iterdir():
+    data.write_bytes(b"garbage" * 20)
+
+
+def garble_metadata(step_dir):
+  """Overwrites the metadata of a checkpoint's state with text that is not JSON."""
+  (step_dir / "state" / "_METADATA").write_text("garbage")
+
+
+def edit_config(**changes):
+  """A damage that changes the config saved with a checkpoint (its weights stay)."""
+  def edit(step_dir):
+    path = step_dir / "config" / "metadata"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+  return edit
+
+
+@pytest.mark.parametrize("damage", [garble_state, garble_metadata])
+def test_sample_goes_on_from_an_older_checkpoint_as_resume_does(damage, text_run, tmp_path,
+                                                                capsys):
+  """The newest checkpoint does not restore: sample says so in one line and samples from the
+  older one, leaving the damaged one where it is (sample only reads)."""
+  run_dir = copy_of(text_run, tmp_path)
+  damage(run_dir / "checkpoints" / "10")
+  assert cli.main(["sample", str(run_dir), "--prompt", "hel", "--length", "5"]) == 0
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith(f"jaxrnn: checkpoint 10 in {run_dir} does not "
+                                             "restore ("), err
+  assert err[0].endswith("; going on from an older one")
+  assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["10", "5"]
+
+
+@pytest.mark.parametrize("damage", [garble_state, garble_metadata, edit_config(num_layers=2),
+                                    edit_config(optimizer="sgd")])
+def test_sample_from_a_run_none_of_whose_checkpoints_restores_is_one_line_per_checkpoint(
+    damage, text_run, tmp_path, capsys):
+  """Garbage state files or metadata, or a config another model's (the weights of one layer, the
+  state of adam): one line per checkpoint, then one saying none restores, exit status 2, as
+  resume; nothing is moved."""
+  run_dir = copy_of(text_run, tmp_path)
+  for step in ("10", "5"):
+    damage(run_dir / "checkpoints" / step)
+  assert cli.main(["sample", str(run_dir), "--prompt", "hel", "--length", "5"]) == 2
+  err = capsys.readouterr().err.splitlines()
+  assert [line.split(" in ")[0] for line in err[:2]] == ["jaxrnn: checkpoint 10",
+                                                         "jaxrnn: checkpoint 5"], err
+  assert err[2:] == [f"jaxrnn: error: no checkpoint in {run_dir} restores; start again with "
+                     "jaxrnn train"]
+  assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["10", "5"]
+  assert not (run_dir / "damaged").exists()
 
 
 def test_gradients_plots_norms_against_the_rate_and_the_bound(tmp_path, saved_figures, capsys):
@@ -386,6 +470,13 @@ def test_gradients_of_a_long_sequence_take_every_stride_th_step(tmp_path, saved_
     assert abs(float(norm) - float(rate)) < 2 + 0.01 * abs(float(rate))
 
 
+def test_gradients_at_the_ends_of_the_radius_range_are_finite(tmp_path, capsys):
+  """``--radii 1e-12 5`` at the default T and H: every number of the table is finite."""
+  assert cli.main(["gradients", "--radii", "1e-12", "5", "--out", str(tmp_path / "g.png")]) == 0
+  rows = capsys.readouterr().out.splitlines()[1:-1]
+  assert len(rows) == 4 and all(math.isfinite(float(v)) for row in rows for v in row.split()[1:])
+
+
 def test_the_gradients_memory_estimate_counts_what_xla_allocates():
   """``cli.gradients_memory(T, H)`` against XLA's ``memory_analysis()`` of the compiled
   ``gradient_curves`` (arguments + outputs + scratch): never below it, and within 25 % plus
@@ -420,12 +511,14 @@ def test_the_gradients_memory_estimate_counts_what_xla_allocates():
      "--layers must be a whole number from 1 to 2147483647, got 0"),
     (["train", "adding", "--lr", "nan"], "--lr must be a finite number > 0"),
     (["train", "adding", "--clip-norm", "nan"], "--clip-norm must be a finite number"),
-    *((["train", "digits", "--epochs", epochs, *TINY_RUN], "--epochs must be a finite number > 0")
-      for epochs in ("inf", "nan", "0", "-1")),
+    *((["train", "digits", "--epochs", epochs, *TINY_DIGITS],
+       "--epochs must be a finite number > 0") for epochs in ("inf", "nan", "0", "-1")),
     (["gradients", "--out", "plot.txt"], "--out must end in .png, .pdf or .svg"),
-    *((["gradients", *bad], "--steps, --hidden-size and every radius must be positive")
-      for bad in (["--steps", "0"], ["--hidden-size", "0"], ["--radii", "1", "0"],
-                  ["--radii", "nan"], ["--radii", "inf"])),
+    *((["gradients", *bad], "--steps and --hidden-size must be positive")
+      for bad in (["--steps", "0"], ["--hidden-size", "0"])),
+    *((["gradients", "--steps", "5", "--hidden-size", "3", "--radii", "1", radius],
+       f"--radii must be a finite number from 1e-12 to 5, got {float(radius)}")
+      for radius in ("0", "nan", "inf", "1e308", "1e30", "5.01", "1e-300", "9e-13")),
     (["train", "adding", "--coordinator", "127.0.0.1:0", "--num-processes", "2",
       "--process-id", "0"], "expected HOST:PORT with PORT below 65535"),
     (["train", "adding", "--coordinator", "127.0.0.1:1", "--num-processes", "2",
@@ -434,6 +527,14 @@ def test_the_gradients_memory_estimate_counts_what_xla_allocates():
     (["train", "adding", "--text-file", "corpus.txt"], "--text-file is for the text task"),
     (["train", "text", "--delay", "3"], "--delay is for the copy task"),
     (["train", "adding", "--read", "pixels"], "--read is for the digits task, not adding"),
+    (["train", "digits", "--seq-len", "3", *TINY_DIGITS],
+     "--seq-len is for the adding, copy, sine, sunspots and text tasks, not digits"),
+    (["train", "text", "--text-file", "no\nsuch.txt"], "text file no\\nsuch.txt does not exist"),
+    *((["train", "adding", "--steps", "1", *TINY_RUN, option, value], f"{option} must be a "
+       f"finite number {rule}, of a magnitude float32 holds (from 1.175e-38 to 3.403e+38, or "
+       f"0), got {float(value)}")
+      for option, rule in (("--lr", "> 0"), ("--clip-norm", ">= 0 (0 disables clipping)"))
+      for value in ("1e39", "1e-39")),
     (["train", "digits", "--text-file", "corpus.txt"], "--text-file is for the text task, not "
                                                         "digits"),
     (["train", "adding", "--steps", "99999999999999999999"],
@@ -461,8 +562,10 @@ def test_the_gradients_memory_estimate_counts_what_xla_allocates():
       for seed in (str(2**64), str(2**32))),
     *((["gradients", "--steps", "3", "--hidden-size", "2", "--seed", seed],
        "--seed must be a whole number from 0") for seed in (str(2**64), str(2**32))),
-    (["train", "digits", *TINY_RUN, "--epochs", "1e12"], "steps, more than 2147483647"),
-    (["train", "digits", "--epochs", "2", "--steps", "2", *TINY_RUN],
+    *((["train", "digits", *TINY_DIGITS, "--epochs", epochs], f"--epochs {epochs} makes more "
+       "than 2147483647 steps: at most 5.97353e+06 epochs of 1438 sequences in batches of 4")
+      for epochs in ("1e+12", "1e+308")),
+    (["train", "digits", "--epochs", "2", "--steps", "2", *TINY_DIGITS],
      "give --steps or --epochs, not both"),
 ])
 def test_bad_input_is_one_line_and_non_zero(argv, message, tmp_path, monkeypatch, capsys):
@@ -471,6 +574,28 @@ def test_bad_input_is_one_line_and_non_zero(argv, message, tmp_path, monkeypatch
   Path("a-file").write_text("not a directory")
   assert cli.main(argv) == 2
   assert message in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "adding", "--steps", "abc"],
+     "jaxrnn train: error: argument --steps: invalid int value: 'abc'"),
+    (["train", "adding", "--steps", "nan"],
+     "jaxrnn train: error: argument --steps: invalid int value: 'nan'"),
+    (["sample", "run", "--length", "abc"],
+     "jaxrnn sample: error: argument --length: invalid int value: 'abc'"),
+    (["gradients", "--radii"],
+     "jaxrnn gradients: error: argument --radii: expected at least one argument"),
+    (["train", "adding", "a\nb"], "jaxrnn: error: unrecognized arguments: a\\nb"),
+])
+def test_an_argument_that_does_not_parse_is_one_line_without_the_usage(argv, line, capsys):
+  """argparse's error (of the command or a sub-command) is one line, exit status 2; ``--help``
+  still prints the whole usage."""
+  with pytest.raises(SystemExit) as done:
+    cli.main(argv)
+  assert done.value.code == 2 and capsys.readouterr().err == line + "\n"
+  with pytest.raises(SystemExit) as done:
+    cli.main(["train", "--help"])
+  assert done.value.code == 0 and len(capsys.readouterr().out.splitlines()) > 40
 
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
@@ -586,6 +711,12 @@ def edit_saved_configs(run_dir, edit):
 @pytest.mark.parametrize("field, value, message", [
     ("hidden_size", "8", "--hidden-size must be a whole number from 1 to 2147483647, got '8'"),
     ("learning_rate", None, "--lr must be a finite number > 0, got None"),
+    *(pytest.param(field, 10**400, f"{option} must be a finite number {rule}, of a magnitude "
+                   "float32 holds", id=f"{field}-400-digits")
+      for field, option, rule in (("learning_rate", "--lr", "> 0"),
+                                  ("clip_norm", "--clip-norm", ">= 0 (0 disables clipping)"))),
+    pytest.param("dropout", 10**400, f"--dropout must be a finite number in [0, 1), got {10**400}",
+                 id="dropout-400-digits"),
 ])
 def test_a_damaged_saved_config_is_one_line(field, value, message, adding_run, tmp_path,
                                              capsys):

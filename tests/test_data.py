@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from jaxrnn.app import data
-from jaxrnn.app.config import (FIELDS, MAX_STEPS, RENAMED, TASK_DEFAULTS, Config, from_saved,
-                               resolve_config)
+from jaxrnn.app.config import (FIELDS, FLOAT32_HIGH, FLOAT32_LOW, MAX_STEPS, RENAMED, TASK_DEFAULTS,
+                               Config, from_saved, resolve_config)
 from jaxrnn.app.tasks import TASKS, build_task
 
 KEY = jax.random.key(0)
@@ -282,10 +282,14 @@ def test_config_names_the_option_of_a_bad_value(field, value, option):
 
 def test_config_accepts_the_edges_of_every_range():
   edges = dict(steps=MAX_STEPS, batch_size=1, hidden_size=1, seq_len=1, delay=1, eval_every=1,
-               save_every=1, keep=1, seed=2**32 - 1, clip_norm=0.0, learning_rate=1e-300)
+               save_every=1, keep=1, seed=2**32 - 1, clip_norm=0.0, learning_rate=FLOAT32_LOW)
   config = Config(**edges)
   assert {k: getattr(config, k) for k in edges} == edges
-  assert Config(num_layers=MAX_STEPS, dropout=0.999, clip_norm=1e300, seed=0).dropout == 0.999
+  assert Config(num_layers=MAX_STEPS, dropout=0.999, clip_norm=FLOAT32_HIGH,
+                seed=0).dropout == 0.999
+  for field, value in (("learning_rate", FLOAT32_LOW / 2), ("clip_norm", FLOAT32_HIGH * 2)):
+    with pytest.raises(ValueError, match="of a magnitude float32 holds"):
+      Config(**{field: value})
   assert Config(text_file=None).text_file is None and Config(text_file="a.txt").text_file
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -18,20 +18,21 @@ import numpy as np
 
 import jaxrnn
 from jaxrnn.app import checkpoint, job
-from jaxrnn.app.config import (CHOICES, FIELDS, MAX_STEPS, TASK_DEFAULTS, Config, flag,
-                               resolve_config)
+from jaxrnn.app.config import (CHOICES, FIELDS, MAX_STEPS, TASK_DEFAULTS, Config, check_real,
+                               flag, resolve_config)
 from jaxrnn.app.plots import plot_gradients
-from jaxrnn.app.rundir import (JobFailed, RunError, TrainingStopped, is_primary, locked,
-                               require_extras, restore_state, run_config)
+from jaxrnn.app.rundir import (JobFailed, RunError, TrainingStopped, is_primary, locked, one_line,
+                               require_extras, restore_newest, run_config)
 from jaxrnn.app.training import fresh_model, load_task, train_run
 from jaxrnn.checks import device_memory
 from jaxrnn.diagnostics import gradient_flow, lyapunov_exponents
-from jaxrnn.inference import generate
+from jaxrnn.inference import generate, min_temperature
 from jaxrnn.init import init_params
 from jaxrnn.spec import ACTIVATION_NAMES, InitSpec, ModelSpec
 
 DEMO = dict(steps=1500, hidden_size=64, seq_len=50, eval_every=500)
-TASK_OPTIONS = {"delay": ("copy",), "read": ("digits",), "text_file": ("text",)}
+TASK_OPTIONS = {"seq_len": ("adding", "copy", "sine", "sunspots", "text"), "delay": ("copy",),
+                "read": ("digits",), "text_file": ("text",)}
 TRAIN_OPTIONS = tuple(f for f in FIELDS if f not in ("task", "vocab", "data_fingerprint"))
 RESUME_OVERRIDES = {"steps": "new total number of steps (default: the run's)",
                     "learning_rate": "a new learning rate from here on, recorded in "
@@ -69,6 +70,19 @@ def configured(task: str, **options) -> Config:
     raise RunError(str(error)) from None
 
 
+def real_option(option: str, value: float, rule: str, ok: Callable[[float], bool]) -> None:
+  """:func:`check_real`, its ``ValueError`` as a :class:`RunError`."""
+  try:
+    check_real(option, value, rule, ok)
+  except ValueError as error:
+    raise RunError(str(error)) from None
+
+
+def listed(words: Sequence[str]) -> str:
+  """``words`` as a phrase: ``"a"``, ``"a and b"``, ``"a, b and c"``."""
+  return " and ".join(filter(None, (", ".join(words[:-1]), words[-1])))
+
+
 def check_seed(seed: int) -> None:
   """Raises :class:`RunError` unless ``seed`` is a valid ``jax.random`` seed."""
   if not 0 <= seed < 2**32:
@@ -79,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> None:
   options = {k: getattr(args, k) for k in TRAIN_OPTIONS}
   for name, tasks in TASK_OPTIONS.items():
     if options[name] is not None and args.task not in tasks:
-      raise RunError(f"--{name.replace('_', '-')} is for the {' and '.join(tasks)} task, "
+      raise RunError(f"{flag(name)} is for the {listed(tasks)} task{'s' * (len(tasks) > 1)}, "
                      f"not {args.task}")
   config = configured(args.task, **options)
   if args.epochs is not None:
@@ -90,10 +104,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     task = load_task(config)
     if task.train_size is None:
       raise RunError(f"{args.task} draws fresh data every step; use --steps, not --epochs")
-    steps = math.ceil(args.epochs * task.train_size / config.batch_size)
+    steps = args.epochs * task.train_size / config.batch_size    # inf beyond float's range
     if steps > MAX_STEPS:
-      raise RunError(f"--epochs {args.epochs:g} makes {steps} steps, more than {MAX_STEPS}")
-    config = config.replace(steps=steps)
+      raise RunError(f"--epochs {args.epochs:g} makes more than {MAX_STEPS} steps: at most "
+                     f"{MAX_STEPS * config.batch_size / task.train_size:.6g} epochs of "
+                     f"{task.train_size} sequences in batches of {config.batch_size}")
+    config = config.replace(steps=math.ceil(steps))
   else:
     task = None
   if args.run_dir is None and jax.process_count() > 1:
@@ -141,11 +157,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
   run_dir = Path(args.run_dir)
-  config, step = run_config(run_dir)
+  config, _ = run_config(run_dir)
   if config.task != "text":
     raise RunError(f"{run_dir} is a run of the {config.task} task; sample needs a text run")
-  if not (math.isfinite(args.temperature) and args.temperature > 0):
-    raise RunError("--temperature must be a finite number > 0")
   if not 0 <= args.length <= 10**7:
     raise RunError("--length must be from 0 to 10000000")
   check_seed(args.seed)
@@ -156,9 +170,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
   if config.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
   params, optimizer = fresh_model(config, len(config.vocab), len(config.vocab))
+  low = min_temperature(params.W_hy.dtype)
+  real_option("--temperature", args.temperature, f"> {low:.6g}", lambda t: t > low)
   checkpoints = checkpoint.manager(run_dir / "checkpoints")
-  params = restore_state(checkpoints, step, config, params, optimizer, run_dir)["params"]
-  checkpoints.close()
+  try:      # as resume does, but leaving a damaged checkpoint where it is: sample only reads
+    params = restore_newest(checkpoints, config, params, optimizer, run_dir,
+                            set_aside=False)["params"]
+  finally:
+    checkpoints.close()
   prompt = jnp.asarray([config.vocab.index(c) for c in args.prompt])
   sampled = generate(params, jax.random.key(args.seed), prompt, args.length, args.temperature,
                      model=ModelSpec(config.activation))
@@ -170,6 +189,11 @@ GRADIENT_POINTS = 1000
 ``stride``-th, ``stride = ceil(T / GRADIENT_POINTS)``), plus ``t = 0``."""
 GRADIENT_INPUTS = 4
 """``I`` of the random model and sequence of ``jaxrnn gradients``."""
+RADII = (1e-12, 5.0)
+"""The spectral radii ``jaxrnn gradients`` takes. Beyond them float32 rounds the norms to 0 (a
+tiny ``W_hh``; tanh saturated, ``act' = 0``) or overflows to nan (found by trying ``T`` up to
+100000 and ``H`` up to 2048); within them only a ReLU path with every unit off at one step has a
+norm of 0, and that 0 is exact."""
 
 
 def gradient_curves(params: jaxrnn.RNNParams, xs: jax.Array, stride: int,
@@ -192,9 +216,11 @@ def gradients_memory(steps: int, hidden: int) -> int:
 
 def cmd_gradients(args: argparse.Namespace) -> None:
   require_extras("matplotlib")
-  if args.steps < 1 or args.hidden_size < 1 or not all(
-      math.isfinite(r) and r > 0 for r in args.radii):
-    raise RunError("--steps, --hidden-size and every radius must be positive")
+  if args.steps < 1 or args.hidden_size < 1:
+    raise RunError("--steps and --hidden-size must be positive")
+  for radius in args.radii:
+    real_option("--radii", radius, f"from {RADII[0]:g} to {RADII[1]:g}",
+                lambda r: RADII[0] <= r <= RADII[1])
   check_seed(args.seed)
   needed = gradients_memory(args.steps, args.hidden_size)
   if needed > device_memory() // 2:
@@ -326,9 +352,17 @@ def add_run_options(parser: argparse.ArgumentParser, devices_help: str, job: boo
                         help="how long to wait for every process of the job (default 30)")
 
 
+class Parser(argparse.ArgumentParser):
+  """An ``ArgumentParser`` (its sub-parsers too) whose error is one line, ``jaxrnn train: error:
+  ...`` and exit status 2, without the usage text; ``--help`` still prints it all."""
+
+  def error(self, message: str) -> NoReturn:
+    self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The ``jaxrnn`` argument parser, one sub-parser per command."""
-  parser = argparse.ArgumentParser(prog="jaxrnn", description="Train and inspect Elman RNNs.")
+  parser = Parser(prog="jaxrnn", description="Train and inspect Elman RNNs.")
   parser.add_argument("--version", action="version", version=f"jaxrnn {jaxrnn.__version__}")
   commands = parser.add_subparsers(dest="command", required=True)
   train = commands.add_parser("train", help="train a task into a run directory")
@@ -356,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
   sample.set_defaults(handler=cmd_sample)
   gradients = commands.add_parser("gradients", help="plot vanishing/exploding gradients")
   gradients.add_argument("--radii", type=float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5],
-                         help="spectral radii of the orthogonal W_hh (default 0.5 0.9 1 1.1 1.5)")
+                         help=f"spectral radii of the orthogonal W_hh, each from {RADII[0]:g} "
+                         f"to {RADII[1]:g} (default 0.5 0.9 1 1.1 1.5)")
   add_defaults(gradients, steps=(50, "sequence length T"), hidden_size=(64, "H"),
                seed=(0, "of W_hh and the inputs"), out=("gradients.png", "the plot to write"))
   gradients.set_defaults(handler=cmd_gradients)
@@ -386,20 +421,20 @@ def main(argv: Sequence[str] | None = None) -> int:
       use_every_core()
     args.handler(args)
   except RunError as error:
-    return stop(done, 2, f"jaxrnn: error: {error}")
+    return stop(done, 2, f"jaxrnn: error: {one_line(error)}")
   except TrainingStopped as error:
-    return stop(done, 2 if isinstance(error, JobFailed) else 1, f"jaxrnn: {error}")
+    return stop(done, 2 if isinstance(error, JobFailed) else 1, f"jaxrnn: {one_line(error)}")
   except KeyboardInterrupt:
     return stop(done, 130, "\njaxrnn: interrupted" + (
-        f"; continue from the last checkpoint with: jaxrnn resume {args.run_dir}"
+        f"; continue from the last checkpoint with: jaxrnn resume {one_line(args.run_dir)}"
         if args.command in ("train", "resume") else ""))
   except BrokenPipeError:                 # stdout closed early (| head): say nothing more
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141
   except OSError as error:                # a write no handler above names (a full disk)
     where = f" {error.filename}" if error.filename else ""
-    return stop(done, 2, f"jaxrnn: error: could not read or write{where}: "
-                f"{checkpoint.reason(error)}")
+    return stop(done, 2, one_line(f"jaxrnn: error: could not read or write{where}: "
+                                  f"{checkpoint.reason(error)}"))
   if done is not None:
     done()
   return 0

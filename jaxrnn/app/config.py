@@ -2,13 +2,19 @@
 command line or from the JSON saved in every checkpoint)."""
 
 import dataclasses
-import math
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from jaxrnn.spec import ACTIVATION_NAMES, GRADIENTS, SCHEMES
 from jaxrnn.train import OPTIMIZERS
 
 MAX_STEPS = 2**31 - 1
+FLOAT32_LOW, FLOAT32_HIGH = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+"""The magnitudes float32 holds without rounding to 0 or overflowing (1.2e-38 to 3.4e38): the
+learning rate, clipping, dropout, ``sample``'s temperature and ``gradients``' radii are 0 or between
+them, whatever the run's dtype."""
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "adding": dict(steps=3000, hidden_size=64, activation="relu", init="identity",
                    learning_rate=1e-2, warmup=300, seq_len=50),
@@ -31,6 +37,18 @@ RENAMED = {"checkpoint_every": "save_every"}
 """Fields renamed since 0.2.0: old name -> new name (a 0.2.0 run directory still resumes)."""
 ADDED = {"warmup": 0}
 """Fields added since 0.3.0, and the value an older run directory had (it still resumes)."""
+
+
+def check_real(option: str, value: Any, rule: str, ok: Callable[[float], bool]) -> None:
+  """Raises ``ValueError`` naming ``option`` and ``rule`` unless ``value`` is a real number, ``ok``,
+  and 0 or of a magnitude float32 holds (:data:`FLOAT32_LOW` to :data:`FLOAT32_HIGH`; not inf, nor
+  an integer of 400 digits)."""
+  if (not isinstance(value, (int, float)) or isinstance(value, bool) or value != value
+      or not ok(value)):
+    raise ValueError(f"{option} must be a finite number {rule}, got {value!r}")
+  if value and not FLOAT32_LOW <= abs(value) <= FLOAT32_HIGH:
+    raise ValueError(f"{option} must be a finite number {rule}, of a magnitude float32 holds "
+                     f"(from {FLOAT32_LOW:.4g} to {FLOAT32_HIGH:.4g}, or 0), got {value!r}")
 
 
 def flag(name: str) -> str:
@@ -83,10 +101,7 @@ class Config:
     for name, ok, rule in (("learning_rate", lambda v: v > 0, "> 0"),
                            ("clip_norm", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
                            ("dropout", lambda v: 0 <= v < 1, "in [0, 1)")):
-      value = getattr(self, name)
-      if (not isinstance(value, (int, float)) or isinstance(value, bool)
-          or not math.isfinite(value) or not ok(value)):
-        raise ValueError(f"{flag(name)} must be a finite number {rule}, got {value!r}")
+      check_real(flag(name), getattr(self, name), rule, ok)
     if not isinstance(self.bidirectional, bool):
       raise ValueError(f"--bidirectional must be true or false, got {self.bidirectional!r}")
     for name in ("text_file", "vocab", "data_fingerprint"):

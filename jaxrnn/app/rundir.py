@@ -31,6 +31,12 @@ class JobFailed(TrainingStopped):
   """Another process of a multi-process job died (its collectives fail): one line, exit status 2."""
 
 
+def one_line(text: object) -> str:
+  """``str(text)`` with its unprintable characters escaped (a newline in a path shows as ``\\n``),
+  so that a message printed from it stays one line."""
+  return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def is_primary() -> bool:
   """Whether this process writes the run's files and prints (process 0 of a job; any lone one)."""
   return jax.process_index() == 0
@@ -154,9 +160,10 @@ def run_config(run_dir: Path) -> tuple[Config, int]:
 
 
 def restore_newest(checkpoints: Any, config: Config, params: Any, optimizer: Any,
-                   run_dir: Path) -> dict[str, Any]:
-  """The state of the newest checkpoint that restores; a damaged one is moved to
-  ``RUN_DIR/damaged/STEP`` and named in one line on stderr."""
+                   run_dir: Path, set_aside: bool = True) -> dict[str, Any]:
+  """The state of the newest checkpoint that restores; a damaged one is named in one line on
+  stderr and, with ``set_aside`` (for a command that owns the run), moved to
+  ``RUN_DIR/damaged/STEP``."""
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
       with checkpoint.quiet():
@@ -166,9 +173,10 @@ def restore_newest(checkpoints: Any, config: Config, params: Any, optimizer: Any
       raise
     except Exception as error:  # a damaged file: orbax, tensorstore, JSON and OS errors alike
       if is_primary():
-        kept = checkpoint.set_aside(checkpoints, step, run_dir / "damaged")
-        print(f"jaxrnn: checkpoint {step} in {run_dir} does not restore "
-              f"({checkpoint.reason(error)}); moved it to {kept}, going on from an older one",
+        moved = (f"moved it to {checkpoint.set_aside(checkpoints, step, run_dir / 'damaged')}, "
+                 if set_aside else "")
+        print(one_line(f"jaxrnn: checkpoint {step} in {run_dir} does not restore "
+                       f"({checkpoint.reason(error)}); {moved}going on from an older one"),
               file=sys.stderr)
   raise RunError(f"no checkpoint in {run_dir} restores; start again with jaxrnn train")
 
