@@ -14,7 +14,6 @@ import math
 from typing import Any, Literal, get_args
 
 import jax
-import jax.numpy as jnp
 
 from jaxrnn import checks
 from jaxrnn.pytrees import Shape

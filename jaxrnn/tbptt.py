@@ -18,7 +18,7 @@ import optax
 
 from jaxrnn import checks, parallel
 from jaxrnn.losses import prepare
-from jaxrnn.pytrees import Batch, RNNParams
+from jaxrnn.pytrees import Batch, RNNParams, Shape
 from jaxrnn.spec import ComputeSpec, LossSpec, ModelSpec, check_specs
 from jaxrnn.train import check_opt_state, check_optimizer, opt_state_layout, value_and_grad
 
@@ -50,10 +50,9 @@ def tbptt_chunks(xs: jax.Array, chunk_length: int) -> jax.Array:
   return jnp.reshape(xs, (num_steps // chunk_length, chunk_length) + jnp.shape(xs)[1:])
 
 
-def check_stateful(params: RNNParams) -> None:
-  """Checks ``params`` and that the model has a state running forward in time."""
-  checks.check_unidirectional(checks.check_params(params), "truncated BPTT",
-                              "it carries the state forward in time")
+def check_stateful(shape: Shape) -> None:
+  """Raises ``ValueError`` unless the model of ``shape`` has its state running forward in time."""
+  checks.check_unidirectional(shape, "truncated BPTT", "it carries the state forward in time")
 
 
 def make_tbptt_step(optimizer: optax.GradientTransformation, *, model: ModelSpec = ModelSpec(),
@@ -84,7 +83,7 @@ def make_tbptt_step(optimizer: optax.GradientTransformation, *, model: ModelSpec
                                           compute=compute), mesh)
 
   def tbptt_step(params, opt_state, h, chunk, key=None):
-    check_stateful(params)
+    check_stateful(checks.check_params(params))
     check_opt_state(opt_state, opt_state_layout(optimizer, params))
     problem = prepare(params, chunk, jax.lax.stop_gradient(h), key, model, loss, compute)
     (value, grads), h_next = body(params, chunk, problem)
@@ -118,14 +117,14 @@ def tbptt_epoch(step: TBPTTStep, params: RNNParams, opt_state: Any, stream: Batc
     >>> result.losses.shape                      # T = 6 steps in 2 chunks
     (2,)
   """
-  check_stateful(params)
   checks.check_type("stream", stream, Batch)
   if stream.lengths is not None or stream.target_mask is not None:
     raise ValueError("stream must be a jaxrnn.Batch of xs and targets only (no lengths or "
                      "target_mask: a stream has no end)")
   if key is not None:
     checks.check_key("key", key)
-  _, h0, _ = checks.check_inputs(params, stream.xs, h0, None, "stream.xs")   # h0: zeros if None
+  shape, h0, _ = checks.check_inputs(params, stream.xs, h0, None, "stream.xs")  # h0: zeros if None
+  check_stateful(shape)
   steps_and_rows = jnp.shape(stream.xs)[:2]                                 # (T, B)
   checks.check_shape("stream.targets", stream.targets, "[T, B, ...]",
                      steps_and_rows + (None,) * (jnp.ndim(stream.targets) - 2))

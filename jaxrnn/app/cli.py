@@ -191,9 +191,8 @@ GRADIENT_INPUTS = 4
 """``I`` of the random model and sequence of ``jaxrnn gradients``."""
 RADII = (1e-12, 5.0)
 """The spectral radii ``jaxrnn gradients`` takes. Beyond them float32 rounds the norms to 0 (a
-tiny ``W_hh``; tanh saturated, ``act' = 0``) or overflows to nan (found by trying ``T`` up to
-100000 and ``H`` up to 2048); within them only a ReLU path with every unit off at one step has a
-norm of 0, and that 0 is exact."""
+tiny ``W_hh``; tanh saturated, ``act' = 0``) or overflows to nan; within them only a ReLU path
+with every unit off at one step has a norm of 0, and that 0 is exact."""
 
 
 def gradient_curves(params: jaxrnn.RNNParams, xs: jax.Array, stride: int,
